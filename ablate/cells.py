@@ -1,0 +1,69 @@
+"""Cells on disk: content-addressed ids, atomic files, status.json (DESIGN §3)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+# The keys that decide what a cell computes. Paths, launcher, logger and device are not among
+# them, so moving a sweep or switching launchers keeps every finished cell.
+SEMANTIC_KEYS = ("objective", "lora", "model", "data", "trainer", "seed")
+
+
+def semantic_config(cfg: DictConfig) -> dict:
+    return {key: OmegaConf.to_container(cfg, resolve=True)[key] for key in SEMANTIC_KEYS}
+
+
+def config_hash(obj) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def cell_id(cfg: DictConfig) -> str:
+    return config_hash(semantic_config(cfg))[:12]
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write to a temporary name in the same directory, then rename: readers never see half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode())
+
+
+def atomic_write_json(path: Path, obj) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+def read_status(cell_dir: Path) -> dict:
+    try:
+        return json.loads((cell_dir / "status.json").read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return {}
+
+
+def update_status(cell_dir: Path, **fields) -> dict:
+    status = read_status(cell_dir) | fields | {"updated_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    atomic_write_json(cell_dir / "status.json", status)
+    return status
+
+
+def is_done(cell_dir: Path) -> bool:
+    """Finished = metrics.json present (written last) and state done (DESIGN §3)."""
+    return (cell_dir / "metrics.json").exists() and read_status(cell_dir).get("state") == "done"

@@ -1,0 +1,264 @@
+"""Config schemas (types live here, values in conf/*.yaml) and the range checks run on every cell.
+
+The dataclasses are registered in Hydra's ConfigStore; each YAML file in conf/ pulls its schema in
+through its defaults list. A typo (`lora.rank`), a wrong type (`objective.beta=abc`) or another
+objective's key (`objective.gamma` with dpo) is then rejected when Hydra composes the config.
+Range checks (β > 0, r ≥ 1, …) cannot be expressed as types: `validate_cell` runs them, and the
+launcher calls it for every cell of a sweep before the first one trains.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import DictConfig, ListConfig
+
+from ablate.objectives import OBJECTIVES, register_objective_schemas
+
+
+# ------------------------------------------------------------------------------------- groups
+@dataclass
+class LoraConfig:
+    r: int = 8
+    alpha: float = 16.0  # peft's lora_alpha; the update is scaled by alpha / r
+    dropout: float = 0.0
+    # module names (e.g. [q_proj, v_proj]) or "all-linear" (every linear layer but the LM head)
+    target_modules: Any = field(default_factory=lambda: ["q_proj", "v_proj"])
+
+
+@dataclass
+class EmbeddedModelConfig:
+    """The tiny Llama-architecture model built in code (DESIGN §7); no download ever."""
+
+    kind: str = "embedded"
+    hidden_size: int = 128
+    num_layers: int = 2
+    num_heads: int = 4
+    intermediate_size: int = 256
+    warmup_steps: int = 300  # SFT steps that teach the task's format (not its preference rule)
+    warmup_lr: float = 3e-3
+    warmup_seed: int = 0
+    dtype: str = "float32"
+
+
+@dataclass
+class HubModelConfig:
+    """Any causal LM: a Hugging Face hub id or a local directory in the same format."""
+
+    kind: str = "hub"
+    path: str = "???"
+    revision: str | None = None
+    dtype: str = "bfloat16"  # float32 | bfloat16 | float16 | auto
+    trust_remote_code: bool = False  # off unless asked: it runs code from the model repo
+
+
+@dataclass
+class DataLimits:
+    max_length: int = 512  # prompt + completion tokens
+    max_prompt_length: int = 256  # prompts longer than this are cut from the left
+    max_train_pairs: int | None = None
+    max_heldout_pairs: int | None = None
+
+
+@dataclass
+class VerbosityTrapDataConfig(DataLimits):
+    """The embedded task (DESIGN §7): echo a sequence, reversed or copied by a hidden rule."""
+
+    kind: str = "verbosity_trap"
+    n_train: int = 2400
+    n_heldout_per_slice: int = 300
+    min_symbols: int = 3
+    max_symbols: int = 7
+    filler_fraction: float = 0.5  # share of training pairs whose CHOSEN answer is padded
+    min_filler: int = 2
+    max_filler: int = 5
+    seed: int = 1234  # the data, including the held-out pairs, never depend on the cell's seed
+
+
+@dataclass
+class FileDataConfig(DataLimits):
+    """Local JSONL / Parquet files with columns prompt, chosen, rejected [, slice, id]."""
+
+    kind: str = "files"
+    train_files: list[str] = field(default_factory=list)
+    heldout_files: list[str] = field(default_factory=list)  # empty: split off heldout_fraction
+    heldout_fraction: float = 0.1
+    split_seed: int = 0
+
+
+@dataclass
+class HubDataConfig(DataLimits):
+    """A Hugging Face dataset id (or a local dataset directory) and its splits."""
+
+    kind: str = "hub"
+    path: str = "???"
+    name: str | None = None
+    revision: str | None = None
+    train_split: str = "train"
+    heldout_split: str | None = "test"  # null: split off heldout_fraction of train_split
+    heldout_fraction: float = 0.1
+    split_seed: int = 0
+
+
+@dataclass
+class TrainerConfig:
+    max_steps: int = 150
+    batch_size: int = 16  # preference pairs per optimiser step
+    grad_accum: int = 1  # micro-batches per step; each holds batch_size / grad_accum pairs
+    lr: float = 4e-3
+    weight_decay: float = 0.0
+    warmup_ratio: float = 0.1  # linear warm-up over this share of steps, then cosine to 0
+    max_grad_norm: float = 1.0
+    eval_every: int = 50
+    eval_batch_size: int = 128
+    log_every: int = 10
+
+
+@dataclass
+class LoggerConfig:
+    kind: str = "none"
+
+
+@dataclass
+class AblateConfig:
+    objective: Any = "???"
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    model: Any = "???"
+    data: Any = "???"
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda | cuda:N — not part of the cell id
+    threads: int | None = None  # torch CPU threads; null keeps torch's default
+
+
+def register_configs() -> None:
+    cs = ConfigStore.instance()
+    cs.store(name="schema", node=AblateConfig)
+    cs.store(group="lora", name="schema", node=LoraConfig)
+    cs.store(group="model", name="schema_embedded", node=EmbeddedModelConfig)
+    cs.store(group="model", name="schema_hub", node=HubModelConfig)
+    cs.store(group="data", name="schema_verbosity_trap", node=VerbosityTrapDataConfig)
+    cs.store(group="data", name="schema_files", node=FileDataConfig)
+    cs.store(group="data", name="schema_hub", node=HubDataConfig)
+    cs.store(group="trainer", name="schema", node=TrainerConfig)
+    cs.store(group="logger", name="schema", node=LoggerConfig)
+    register_objective_schemas(cs)
+
+
+# ------------------------------------------------------------------------------ range checks
+class ConfigError(ValueError):
+    """A config that composes but cannot run; raised before any cell of the sweep trains."""
+
+
+def _positive(x):
+    return x > 0
+
+
+def _non_negative(x):
+    return x >= 0
+
+
+# Objective hyper-parameters are checked by name, so a new objective reusing a name is covered;
+# tests/test_config.py fails when an objective introduces a name missing here.
+OBJECTIVE_PARAMETER_RULES = {
+    "beta": (_positive, "> 0"),
+    "tau": (_positive, "> 0"),
+    "delta": (_positive, "> 0"),
+    "gamma": (_non_negative, ">= 0"),
+    "label_smoothing": (lambda x: 0 <= x < 0.5, "in [0, 0.5)"),
+    "nll_weight": (_non_negative, ">= 0"),
+    "odds_ratio_weight": (_positive, "> 0"),
+    "desirable_weight": (_positive, "> 0"),
+    "undesirable_weight": (_positive, "> 0"),
+}
+
+RULES = {
+    "lora.r": (lambda x: x >= 1, ">= 1"),
+    "lora.alpha": (_positive, "> 0"),
+    "lora.dropout": (lambda x: 0 <= x < 1, "in [0, 1)"),
+    "trainer.max_steps": (lambda x: x >= 1, ">= 1"),
+    "trainer.batch_size": (lambda x: x >= 1, ">= 1"),
+    "trainer.grad_accum": (lambda x: x >= 1, ">= 1"),
+    "trainer.lr": (_positive, "> 0"),
+    "trainer.weight_decay": (_non_negative, ">= 0"),
+    "trainer.warmup_ratio": (lambda x: 0 <= x < 1, "in [0, 1)"),
+    "trainer.max_grad_norm": (_positive, "> 0"),
+    "trainer.eval_every": (lambda x: x >= 1, ">= 1"),
+    "trainer.eval_batch_size": (lambda x: x >= 1, ">= 1"),
+    "trainer.log_every": (lambda x: x >= 1, ">= 1"),
+    "data.max_length": (lambda x: x >= 2, ">= 2"),
+    "data.max_prompt_length": (lambda x: x >= 1, ">= 1"),
+    "data.heldout_fraction": (lambda x: 0 < x < 1, "in (0, 1)"),
+    "data.filler_fraction": (lambda x: 0 <= x <= 1, "in [0, 1]"),
+    "data.n_train": (lambda x: x >= 1, ">= 1"),
+    "data.n_heldout_per_slice": (lambda x: x >= 1, ">= 1"),
+    "model.hidden_size": (lambda x: x >= 1, ">= 1"),
+}
+
+DTYPES = ("float32", "bfloat16", "float16", "auto")
+
+
+def _get(cfg: DictConfig, dotted: str):
+    node: Any = cfg
+    for key in dotted.split("."):
+        if not isinstance(node, DictConfig) or key not in node:
+            return None
+        node = node[key]
+    return node
+
+
+def cell_problems(cfg: DictConfig) -> list[str]:
+    """Every range problem of one composed cell config, as 'key = value: must be ...' lines."""
+    problems = []
+
+    def check(key: str, value, rule) -> None:
+        ok, wanted = rule
+        if isinstance(value, float) and not math.isfinite(value):
+            problems.append(f"{key} = {value}: must be finite")
+        elif not ok(value):
+            problems.append(f"{key} = {value}: must be {wanted}")
+
+    name = cfg.objective.name
+    if name not in OBJECTIVES:
+        problems.append(f"objective.name = {name!r}: unknown; known: {', '.join(sorted(OBJECTIVES))}")
+    else:
+        known = OBJECTIVES[name].hyperparameters
+        for param in known:
+            check(f"objective.{param}", cfg.objective[param], OBJECTIVE_PARAMETER_RULES[param])
+        for param in set(cfg.objective) - set(known) - {"name"}:  # forced in with +objective.x=...
+            problems.append(f"objective.{param}: not a parameter of {name} (it takes {', '.join(known)})")
+    for key, rule in RULES.items():
+        value = _get(cfg, key)
+        if value is not None:
+            check(key, value, rule)
+
+    if cfg.trainer.batch_size % cfg.trainer.grad_accum:
+        problems.append(
+            f"trainer.batch_size = {cfg.trainer.batch_size}: must be divisible by "
+            f"trainer.grad_accum = {cfg.trainer.grad_accum}"
+        )
+    if cfg.data.max_prompt_length >= cfg.data.max_length:
+        problems.append(
+            f"data.max_prompt_length = {cfg.data.max_prompt_length}: must be < "
+            f"data.max_length = {cfg.data.max_length} (completions need room)"
+        )
+    if cfg.model.dtype not in DTYPES:
+        problems.append(f"model.dtype = {cfg.model.dtype!r}: must be one of {', '.join(DTYPES)}")
+    targets = cfg.lora.target_modules
+    if not (targets == "all-linear" or (isinstance(targets, ListConfig) and len(targets) > 0)):
+        problems.append(f"lora.target_modules = {targets}: must be a non-empty list or 'all-linear'")
+    if cfg.data.kind == "files" and not cfg.data.train_files:
+        problems.append("data.train_files: empty; give one or more .jsonl/.parquet files")
+    return problems
+
+
+def validate_cell(cfg: DictConfig, overrides: list[str] | tuple[str, ...] = ()) -> None:
+    """Raise ConfigError naming the cell (its overrides) and every offending key."""
+    problems = cell_problems(cfg)
+    if problems:
+        cell = " ".join(overrides) if overrides else "(no overrides)"
+        raise ConfigError(f"invalid cell [{cell}]:\n  " + "\n  ".join(problems))

@@ -1,0 +1,56 @@
+"""Objective-neutral held-out metrics (DESIGN §5), identical for every cell.
+
+The objectives log rewards that mean different things (DPO: β·summed log-ratio; SimPO: β·mean
+log-prob), so arms are compared on these definitions instead, computed from the per-pair table
+(heldout_pairs.parquet). With S = summed completion log-prob, n = completion tokens, ref = the
+adapter-disabled base model, w = chosen, l = rejected.
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+
+PAIR_COLUMNS = [
+    "pair_id", "slice",
+    "chosen_logp", "rejected_logp", "chosen_tokens", "rejected_tokens",
+    "ref_chosen_logp", "ref_rejected_logp",
+]  # fmt: skip
+
+
+def pair_outcomes(pairs: pd.DataFrame) -> pd.DataFrame:
+    """Per-pair margins and correctness; the collector's paired tests use these columns too."""
+    logratio_margin = (pairs.chosen_logp - pairs.ref_chosen_logp) - (pairs.rejected_logp - pairs.ref_rejected_logp)
+    avglogp_margin = pairs.chosen_logp / pairs.chosen_tokens - pairs.rejected_logp / pairs.rejected_tokens
+    return pd.DataFrame(
+        {
+            "logratio_margin": logratio_margin,
+            "logratio_correct": logratio_margin > 0,
+            "logratio_tie": logratio_margin == 0,
+            "avglogp_margin": avglogp_margin,
+            "avglogp_correct": avglogp_margin > 0,
+            "chosen_logp_shift": (pairs.chosen_logp - pairs.ref_chosen_logp) / pairs.chosen_tokens,
+        },
+        index=pairs.index,
+    )
+
+
+def _summarise(outcomes: pd.DataFrame, prefix: str) -> dict[str, float]:
+    return {
+        f"{prefix}/pairs": int(len(outcomes)),
+        f"{prefix}/logratio_margin": float(outcomes.logratio_margin.mean()),
+        f"{prefix}/logratio_accuracy": float(outcomes.logratio_correct.mean()),
+        f"{prefix}/logratio_ties": int(outcomes.logratio_tie.sum()),  # a count: ties are neither right nor wrong
+        f"{prefix}/avglogp_margin": float(outcomes.avglogp_margin.mean()),
+        f"{prefix}/avglogp_accuracy": float(outcomes.avglogp_correct.mean()),
+        f"{prefix}/chosen_logp_shift": float(outcomes.chosen_logp_shift.mean()),
+    }
+
+
+def heldout_metrics(pairs: pd.DataFrame) -> dict[str, float]:
+    """`heldout/<metric>` over all pairs, plus `heldout/<slice>/<metric>` for each tagged slice."""
+    outcomes = pair_outcomes(pairs)
+    metrics = _summarise(outcomes, "heldout")
+    slices = pairs["slice"].dropna()
+    for name in sorted(slices.unique()):
+        metrics |= _summarise(outcomes[pairs["slice"] == name], f"heldout/{name}")
+    return metrics

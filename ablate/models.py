@@ -1,0 +1,67 @@
+"""The base causal LM and its LoRA adapter.
+
+One loader for every source: the embedded model is first materialised as a local Hugging Face
+directory, then loaded exactly like a hub id or a user's local directory.
+"""
+
+from __future__ import annotations
+
+import torch
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "auto": "auto"}
+
+
+def model_path(model_cfg) -> str:
+    if model_cfg.kind == "embedded":
+        from ablate.embedded import embedded_model_dir
+
+        return str(embedded_model_dir(model_cfg))
+    return model_cfg.path
+
+
+def load_tokenizer(model_cfg):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(
+        model_path(model_cfg),
+        revision=model_cfg.get("revision"),
+        trust_remote_code=model_cfg.get("trust_remote_code", False),
+    )
+    if tokenizer.pad_token_id is None:  # many causal LMs ship without one; padding is masked anyway
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_base_model(model_cfg, device: torch.device):
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(
+        model_path(model_cfg),
+        revision=model_cfg.get("revision"),
+        trust_remote_code=model_cfg.get("trust_remote_code", False),
+        dtype=DTYPES[model_cfg.dtype],
+    )
+    model.config.use_cache = False  # training and scoring never generate
+    return model.to(device)
+
+
+def add_lora(model, lora_cfg):
+    """Wrap `model` with a fresh LoRA adapter; the base weights are frozen by peft."""
+    from omegaconf import OmegaConf
+    from peft import LoraConfig, get_peft_model
+
+    targets = lora_cfg.target_modules
+    config = LoraConfig(
+        r=lora_cfg.r,
+        lora_alpha=lora_cfg.alpha,
+        lora_dropout=lora_cfg.dropout,
+        target_modules=targets if isinstance(targets, str) else list(OmegaConf.to_container(targets)),
+        task_type="CAUSAL_LM",
+    )
+    return get_peft_model(model, config)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)

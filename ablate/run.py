@@ -1,0 +1,45 @@
+"""Run one cell: validate, skip if finished, train, and keep status.json true throughout."""
+
+from __future__ import annotations
+
+import json
+import time
+import traceback
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from ablate.cells import atomic_write_text, cell_id, is_done, read_status, update_status
+from ablate.config import validate_cell
+
+
+def run_cell(cfg: DictConfig, sweep_dir: Path, overrides: list[str] | tuple[str, ...] = ()) -> dict:
+    """Train the cell `cfg` under <sweep_dir>/cells/<cell_id>/ and return its final metrics.
+
+    A finished cell is not trained again. A failing cell records its error, the step it reached
+    and the traceback tail in status.json, then re-raises (so a SLURM job ends FAILED).
+    """
+    validate_cell(cfg, overrides)
+    cid = cell_id(cfg)
+    cell_dir = Path(sweep_dir) / "cells" / cid
+    if is_done(cell_dir):
+        return json.loads((cell_dir / "metrics.json").read_text())
+
+    from ablate.trainer import train  # heavy imports (torch, transformers) only when training
+
+    cell_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(cell_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+    attempts = read_status(cell_dir).get("attempts", 0) + 1
+    update_status(cell_dir, state="running", cell_id=cid, overrides=list(overrides), attempts=attempts,
+                  error=None, started_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+    started = time.monotonic()
+    try:
+        metrics = train(cfg, cell_dir, Path(sweep_dir) / "shared")
+    except BaseException as error:
+        update_status(cell_dir, state="failed", error=f"{type(error).__name__}: {error}",
+                      failed_step=getattr(error, "step", None),
+                      traceback=traceback.format_exc().splitlines()[-30:],
+                      elapsed_s=round(time.monotonic() - started, 2))
+        raise
+    update_status(cell_dir, state="done", elapsed_s=round(time.monotonic() - started, 2))
+    return metrics

@@ -1,0 +1,142 @@
+"""Plan a sweep before anything runs: compose and validate every cell, write sweep.json.
+
+Launchers (local now, SLURM too) receive every cell's overrides at once from Hydra; this module
+turns them into cells with ids, raising ONE error that lists every bad cell so nothing starts.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+
+from omegaconf import DictConfig, open_dict
+
+from ablate.cells import atomic_write_json, cell_id
+from ablate.config import ConfigError, cell_problems
+
+
+@dataclass
+class PlannedCell:
+    cell_id: str
+    overrides: list[str]
+    config: DictConfig  # the full composed config, hydra node included (for run_job)
+
+    @property
+    def task_config(self) -> DictConfig:
+        cfg = self.config.copy()
+        with open_dict(cfg):
+            del cfg["hydra"]
+        return cfg
+
+
+def plan_cells(config_loader, base_config: DictConfig, job_overrides, initial_job_idx: int = 0) -> list[PlannedCell]:
+    """Compose every cell; raise ConfigError listing every invalid one. Duplicates are run once."""
+    cells, errors, seen = [], [], set()
+    for num, overrides in enumerate(job_overrides, start=initial_job_idx):
+        overrides = list(overrides)
+        label = " ".join(overrides) or "(no overrides)"
+        try:
+            config = config_loader.load_sweep_config(base_config, overrides)
+        except Exception as error:  # Hydra's composition errors: unknown key, wrong type, bad choice
+            errors.append(f"[{label}]: {error}")
+            continue
+        planned = PlannedCell("", overrides, config)
+        problems = cell_problems(planned.task_config)
+        if problems:
+            errors.append(f"[{label}]:\n    " + "\n    ".join(problems))
+            continue
+        planned.cell_id = cell_id(planned.task_config)
+        with open_dict(config):
+            config.hydra.job.id = config.hydra.job.num = num
+            config.hydra.sweep.subdir = f"cells/{planned.cell_id}"  # Hydra's job dir IS the cell dir
+        if planned.cell_id not in seen:
+            seen.add(planned.cell_id)
+            cells.append(planned)
+    if errors:
+        raise ConfigError(f"{len(errors)} of {len(job_overrides)} cells are invalid; nothing was run:\n  "
+                          + "\n  ".join(errors))
+    return cells
+
+
+def grid_axes(cells: list[PlannedCell]) -> dict[str, list[str]]:
+    """The swept keys and their values, in command-line order."""
+    axes: dict[str, list[str]] = {}
+    for cell in cells:
+        for override in cell.overrides:
+            key, _, value = override.partition("=")
+            axes.setdefault(key.lstrip("+~"), [])
+            if value not in axes[key.lstrip("+~")]:
+                axes[key.lstrip("+~")].append(value)
+    return {k: v for k, v in axes.items() if len(v) > 1}
+
+
+def _git_sha() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                             cwd=Path(__file__).parent)
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def write_sweep_json(sweep_dir: Path, cells: list[PlannedCell], launcher: str, **extra) -> dict:
+    """sweep.json: grid axes, cells, launcher, versions. Cells of earlier runs of the sweep are kept."""
+    path = Path(sweep_dir) / "sweep.json"
+    previous = json.loads(path.read_text()) if path.exists() else {}
+    known = {c["cell_id"]: c for c in previous.get("cells", [])}
+    known |= {c.cell_id: {"cell_id": c.cell_id, "overrides": c.overrides} for c in cells}
+    packages = ("ablate", "torch", "transformers", "peft", "hydra-core", "submitit", "wandb", "pandas")
+    versions = {}
+    for name in packages:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    sweep = previous | {
+        "axes": grid_axes(cells),
+        "cells": list(known.values()),
+        "launcher": launcher,
+        "command": " ".join(sys.argv),
+        "updated_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "python": sys.version.split()[0],
+        "versions": versions,
+        "git_sha": _git_sha(),
+        **extra,
+    }
+    sweep.setdefault("created_at", sweep["updated_at"])
+    atomic_write_json(path, sweep)
+    return sweep
+
+
+
+TABLE_METRICS = ("avglogp_accuracy", "logratio_accuracy", "avglogp_margin")
+
+
+def cell_table(sweep_dir: Path, cells: list[PlannedCell]):
+    """One row per cell: its swept values, state and final held-out metrics (overall and per slice)."""
+    import pandas as pd
+
+    from ablate.cells import read_status
+
+    axes = grid_axes(cells)
+    rows = []
+    for cell in cells:
+        cell_dir = Path(sweep_dir) / "cells" / cell.cell_id
+        values = dict(o.partition("=")[::2] for o in cell.overrides)
+        row = {"cell": cell.cell_id, **{k: values.get(k, "") for k in axes}}
+        row["state"] = read_status(cell_dir).get("state", "missing")
+        try:
+            metrics = json.loads((cell_dir / "metrics.json").read_text())
+        except (FileNotFoundError, json.JSONDecodeError):
+            metrics = {}
+        for key, value in metrics.items():
+            parts = key.split("/")
+            if parts[0] == "heldout" and parts[-1] in TABLE_METRICS:
+                row["/".join(parts[1:])] = round(value, 3)
+        rows.append(row)
+    return pd.DataFrame(rows)

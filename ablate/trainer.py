@@ -1,0 +1,209 @@
+"""The shared preference trainer: one loop for every objective (DESIGN §4).
+
+Reads top to bottom: setup (model, shared data, reference log-probs, adapter, optimiser), the loop
+(micro-batches, objective, clipping, step, log), periodic evaluation, final evaluation and files.
+The objective is the only thing that differs between arms; it declares whether it needs the
+reference model and a KL batch, and this loop provides exactly that.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from ablate.cells import atomic_write_bytes, atomic_write_json, atomic_write_text
+from ablate.heldout import PAIR_COLUMNS, heldout_metrics
+from ablate.models import add_lora, load_base_model, load_tokenizer, resolve_device
+from ablate.objectives import ObjectiveOutput, SequenceLogps, get_objective
+from ablate.scoring import completion_logps, mismatched_batch, pair_batch, score_pairs
+from ablate.shared import reference_logps, tokenized_pairs
+
+
+class NonFiniteLoss(RuntimeError):
+    def __init__(self, step: int, reason: str):
+        super().__init__(f"step {step}: {reason}")
+        self.step = step
+
+
+def train(cfg, cell_dir: Path, shared_dir: Path) -> dict:
+    """Train one cell; write train_log.jsonl, eval_log.jsonl, heldout_pairs.parquet, metrics.json."""
+    # ---------------------------------------------------------------------------------- setup
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    torch.use_deterministic_algorithms(True, warn_only=True)  # same config + seed -> same metrics
+    device = resolve_device(cfg.device)
+    objective = get_objective(cfg.objective.name)
+    hparams = {name: cfg.objective[name] for name in objective.hyperparameters}
+    tc = cfg.trainer
+
+    tokenizer = load_tokenizer(cfg.model)
+    pad_id = tokenizer.pad_token_id
+    model = load_base_model(cfg.model, device)
+    data = tokenized_pairs(cfg, tokenizer, shared_dir)
+    train_data, heldout_data = data["train"], data["heldout"]
+    # The base model IS the reference: score with it before the adapter exists. Held-out reference
+    # log-probs are always needed (the neutral metrics are relative to the reference).
+    heldout_ref = reference_logps(cfg, "heldout", heldout_data, model, pad_id, shared_dir)
+    train_ref = (reference_logps(cfg, "train", train_data, model, pad_id, shared_dir)
+                 if objective.uses_reference else None)
+
+    torch.manual_seed(cfg.seed)  # LoRA init and dropout
+    model = add_lora(model, cfg.lora)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=tc.lr, weight_decay=tc.weight_decay)
+    warmup = int(tc.warmup_ratio * tc.max_steps)
+
+    def lr_factor(step: int) -> float:  # linear warm-up, then cosine to 0
+        if step < warmup:
+            return (step + 1) / (warmup + 1)
+        return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, tc.max_steps - warmup)))
+
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
+    order = DataOrder(len(train_data), tc.batch_size, cfg.seed)
+    micro_size = tc.batch_size // tc.grad_accum
+
+    def objective_inputs(logps, tokens, ref, kl_batches) -> dict:
+        b = len(logps) // 2
+        inputs = dict(chosen=logps[:b], rejected=logps[b:], chosen_tokens=tokens[:b], rejected_tokens=tokens[b:])
+        if objective.uses_reference:
+            inputs |= dict(ref_chosen=ref["chosen"].to(device), ref_rejected=ref["rejected"].to(device))
+        if objective.needs_kl_batch:  # KTO: E[log π/π_ref] on mismatched prompt/completion pairs
+            with torch.no_grad():
+                inputs["kl_policy"] = torch.cat([completion_logps(model, k)[0] for k in kl_batches])
+                with model.disable_adapter():
+                    inputs["kl_reference"] = torch.cat([completion_logps(model, k)[0] for k in kl_batches])
+        return inputs
+
+    def evaluate(step: int) -> tuple[dict, pd.DataFrame]:
+        """TRL-named eval_* metrics and the neutral held-out metrics, from one scoring pass."""
+        model.eval()
+        policy = score_pairs(model, heldout_data, batch_size=tc.eval_batch_size, pad_id=pad_id, desc="held-out")
+        with torch.no_grad():
+            starts = range(0, len(heldout_data), tc.eval_batch_size)
+            kl_batches = [mismatched_batch(heldout_data, list(range(s, min(s + tc.eval_batch_size,
+                          len(heldout_data)))), pad_id) for s in starts] if objective.needs_kl_batch else []
+            logps = torch.cat([policy["chosen"], policy["rejected"]]).to(device)
+            tokens = torch.cat([policy["chosen_tokens"], policy["rejected_tokens"]]).to(device)
+            inputs = objective_inputs(logps, tokens, heldout_ref, kl_batches)
+            eval_metrics = trl_metrics(objective(SequenceLogps(**inputs), **hparams), inputs)
+        model.train()
+        pairs = pd.DataFrame({
+            "pair_id": heldout_data.pair_ids, "slice": heldout_data.slices,
+            "chosen_logp": policy["chosen"].double().numpy(), "rejected_logp": policy["rejected"].double().numpy(),
+            "chosen_tokens": policy["chosen_tokens"].long().numpy(),
+            "rejected_tokens": policy["rejected_tokens"].long().numpy(),
+            "ref_chosen_logp": heldout_ref["chosen"].double().numpy(),
+            "ref_rejected_logp": heldout_ref["rejected"].double().numpy(),
+        })[PAIR_COLUMNS]  # fmt: skip
+        metrics = {"step": step, **{f"eval_{k}": v for k, v in eval_metrics.items()}, **heldout_metrics(pairs)}
+        return metrics, pairs
+
+    train_log: list[dict] = []
+    eval_log: list[dict] = []
+
+    def record(log: list[dict], path: Path, entry: dict) -> None:
+        log.append(entry)  # the whole file is rewritten atomically: a reader never sees a torn line
+        atomic_write_text(path, "".join(json.dumps(e) + "\n" for e in log))
+
+    # ----------------------------------------------------------------------------------- loop
+    record(eval_log, cell_dir / "eval_log.jsonl", evaluate(0)[0])  # step 0: the reference itself
+    model.train()
+    window = RunningMeans()
+    progress = tqdm(range(1, tc.max_steps + 1), desc=f"{cfg.objective.name} r={cfg.lora.r} seed={cfg.seed}",
+                    leave=False)
+    for step in progress:
+        idx = order.batch(step)
+        for micro in range(tc.grad_accum):
+            micro_idx = idx[micro * micro_size : (micro + 1) * micro_size]
+            logps, tokens = completion_logps(model, pair_batch(train_data, micro_idx, pad_id))  # (2B,), (2B,)
+            ref = {k: v[micro_idx] for k, v in train_ref.items()} if train_ref else None
+            kl_batches = [mismatched_batch(train_data, micro_idx, pad_id)] if objective.needs_kl_batch else []
+            inputs = objective_inputs(logps, tokens, ref, kl_batches)
+            out = objective(SequenceLogps(**inputs), **hparams)
+            loss = out.losses.mean()
+            if not torch.isfinite(loss):  # a CPU-GPU sync point, but a NaN must stop the cell here
+                raise NonFiniteLoss(step, f"loss is {loss.item()} (objective {objective.name}, lr {tc.lr})")
+            (loss / tc.grad_accum).backward()
+            window.add(trl_metrics(out, inputs), len(micro_idx))
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, tc.max_grad_norm)
+        if not torch.isfinite(grad_norm):
+            raise NonFiniteLoss(step, f"gradient norm is {grad_norm.item()}")
+        window.add({"grad_norm": grad_norm.item()}, 1)
+        lr = scheduler.get_last_lr()[0]
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+
+        if step % tc.log_every == 0 or step == tc.max_steps:
+            entry = {"step": step, "epoch": step * tc.batch_size / len(train_data), "learning_rate": lr,
+                     **window.means()}
+            record(train_log, cell_dir / "train_log.jsonl", entry)
+            progress.set_postfix(loss=f"{entry['loss']:.3f}", acc=f"{entry['rewards/accuracies']:.2f}")
+            window = RunningMeans()
+        if step % tc.eval_every == 0 and step != tc.max_steps:
+            record(eval_log, cell_dir / "eval_log.jsonl", evaluate(step)[0])
+    progress.close()
+
+    # ---------------------------------------------------------------------------------- final
+    metrics, pairs = evaluate(tc.max_steps)
+    record(eval_log, cell_dir / "eval_log.jsonl", metrics)
+    atomic_write_bytes(cell_dir / "heldout_pairs.parquet", pairs.to_parquet(index=False))
+    atomic_write_json(cell_dir / "metrics.json", metrics)  # written last: its presence means finished
+    return metrics
+
+
+def trl_metrics(out: ObjectiveOutput, inputs: dict) -> dict[str, float]:
+    """The per-batch values TRL logs, under TRL's names (their meaning differs per objective)."""
+    chosen, rejected = out.chosen_rewards, out.rejected_rewards
+    return {
+        "loss": out.losses.mean().item(),
+        "rewards/chosen": chosen.mean().item(),
+        "rewards/rejected": rejected.mean().item(),
+        "rewards/margins": (chosen - rejected).mean().item(),
+        "rewards/accuracies": (chosen > rejected).float().mean().item(),
+        "logps/chosen": inputs["chosen"].mean().item(),
+        "logps/rejected": inputs["rejected"].mean().item(),
+    }
+
+
+class RunningMeans:
+    """Weighted means of logged values over micro-batches or evaluation batches."""
+
+    def __init__(self):
+        self.sums: dict[str, float] = {}
+        self.weights: dict[str, float] = {}
+
+    def add(self, values: dict[str, float], weight: float) -> None:
+        for k, v in values.items():
+            self.sums[k] = self.sums.get(k, 0.0) + v * weight
+            self.weights[k] = self.weights.get(k, 0.0) + weight
+
+    def means(self) -> dict[str, float]:
+        return {k: self.sums[k] / self.weights[k] for k in self.sums}
+
+
+class DataOrder:
+    """Which training pairs step s uses: a fresh permutation per epoch, derived from the seed only.
+
+    The batch of any step can be recomputed from (seed, step), so a resumed run sees exactly the
+    data an uninterrupted one would.
+    """
+
+    def __init__(self, n: int, batch_size: int, seed: int):
+        self.n, self.batch_size, self.seed = n, batch_size, seed
+        self._perms: dict[int, list[int]] = {}
+
+    def _perm(self, epoch: int) -> list[int]:
+        if epoch not in self._perms:
+            g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+            self._perms[epoch] = torch.randperm(self.n, generator=g).tolist()
+        return self._perms[epoch]
+
+    def batch(self, step: int) -> list[int]:
+        positions = range((step - 1) * self.batch_size, step * self.batch_size)
+        return [self._perm(p // self.n)[p % self.n] for p in positions]

@@ -1,0 +1,72 @@
+"""ablate's local Hydra launcher: validate the whole sweep, then run its cells in this process.
+
+Cells run one after another in-process because importing torch + transformers costs seconds per
+process. Finished cells are skipped, a failing cell does not stop the others, and the sweep ends
+with a table of every cell's held-out metrics.
+"""
+
+# No `from __future__ import annotations` here: Hydra's plugin scan executes this module without
+# registering it in sys.modules, and dataclasses then cannot resolve string annotations.
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from hydra.core.config_store import ConfigStore
+from hydra.core.utils import JobReturn, JobStatus, configure_log, run_job, setup_globals
+from hydra.plugins.launcher import Launcher
+from hydra.types import HydraContext, TaskFunction
+from omegaconf import DictConfig
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class AblateLocalLauncherConf:
+    _target_: str = "hydra_plugins.ablate_launcher.local.AblateLocalLauncher"
+
+
+ConfigStore.instance().store(group="hydra/launcher", name="ablate_local", node=AblateLocalLauncherConf,
+                             provider="ablate")
+
+
+class AblateLocalLauncher(Launcher):
+    def __init__(self, **kwargs) -> None:
+        self.config: DictConfig | None = None
+        self.hydra_context: HydraContext | None = None
+        self.task_function: TaskFunction | None = None
+
+    def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
+        self.config, self.hydra_context, self.task_function = config, hydra_context, task_function
+
+    def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
+        from ablate.cells import is_done
+        from ablate.sweep import cell_table, plan_cells, write_sweep_json
+
+        setup_globals()
+        configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
+        sweep_dir = Path(str(self.config.hydra.sweep.dir))
+        cells = plan_cells(self.hydra_context.config_loader, self.config, job_overrides, initial_job_idx)
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        write_sweep_json(sweep_dir, cells, launcher="local")
+        log.info(f"ablate: {len(cells)} cells valid, sweep dir {sweep_dir}")
+
+        returns = []
+        for i, cell in enumerate(cells, start=1):
+            label = " ".join(cell.overrides) or "(defaults)"
+            if is_done(sweep_dir / "cells" / cell.cell_id):
+                log.info(f"[{i}/{len(cells)}] {cell.cell_id} {label}: done already, skipped")
+                returns.append(JobReturn(overrides=cell.overrides, cfg=cell.task_config, status=JobStatus.COMPLETED,
+                                         _return_value=None, working_dir=str(sweep_dir / "cells" / cell.cell_id)))
+                continue
+            log.info(f"[{i}/{len(cells)}] {cell.cell_id} {label}")
+            ret = run_job(hydra_context=self.hydra_context, task_function=self.task_function, config=cell.config,
+                          job_dir_key="hydra.sweep.dir", job_subdir_key="hydra.sweep.subdir")
+            if ret.status == JobStatus.FAILED:
+                log.error(f"[{i}/{len(cells)}] {cell.cell_id} failed: {ret._return_value!r} (see status.json)")
+            returns.append(ret)
+
+        table = cell_table(sweep_dir, cells)
+        print(f"\nablate sweep {sweep_dir} ({len(cells)} cells)\n{table.to_string(index=False)}\n", flush=True)
+        return returns

@@ -6,6 +6,8 @@ directory, then loaded exactly like a hub id or a user's local directory.
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "auto": "auto"}
@@ -34,6 +36,9 @@ def load_tokenizer(model_cfg):
 
 def load_base_model(model_cfg, device: torch.device):
     from transformers import AutoModelForCausalLM
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # a per-cell "Loading weights" bar drowns the training bars
 
     model = AutoModelForCausalLM.from_pretrained(
         model_path(model_cfg),
@@ -58,7 +63,9 @@ def add_lora(model, lora_cfg):
         target_modules=targets if isinstance(targets, str) else list(OmegaConf.to_container(targets)),
         task_type="CAUSAL_LM",
     )
-    return get_peft_model(model, config)
+    with warnings.catch_warnings():  # peft calls a transformers method deprecated in 5.x
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        return get_peft_model(model, config)
 
 
 def resolve_device(name: str) -> torch.device:

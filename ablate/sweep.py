@@ -114,7 +114,7 @@ def write_sweep_json(sweep_dir: Path, cells: list[PlannedCell], launcher: str, *
 
 
 
-TABLE_METRICS = ("avglogp_accuracy", "logratio_accuracy", "avglogp_margin")
+TABLE_METRICS = ("avglogp_accuracy", "logratio_accuracy")
 
 
 def cell_table(sweep_dir: Path, cells: list[PlannedCell]):

@@ -9,6 +9,7 @@ with a table of every cell's held-out metrics.
 # registering it in sys.modules, and dataclasses then cannot resolve string annotations.
 
 import logging
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,12 +43,17 @@ class AblateLocalLauncher(Launcher):
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
         from ablate.cells import is_done
+        from ablate.config import ConfigError
         from ablate.sweep import cell_table, plan_cells, write_sweep_json
 
         setup_globals()
         configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
         sweep_dir = Path(str(self.config.hydra.sweep.dir))
-        cells = plan_cells(self.hydra_context.config_loader, self.config, job_overrides, initial_job_idx)
+        try:
+            cells = plan_cells(self.hydra_context.config_loader, self.config, job_overrides, initial_job_idx)
+        except ConfigError as error:  # the message says it all; a traceback would bury it
+            print(f"ConfigError: {error}", file=sys.stderr, flush=True)
+            raise SystemExit(2) from None
         sweep_dir.mkdir(parents=True, exist_ok=True)
         write_sweep_json(sweep_dir, cells, launcher="local")
         log.info(f"ablate: {len(cells)} cells valid, sweep dir {sweep_dir}")

@@ -1,0 +1,58 @@
+"""Shared fixtures: an isolated environment per test session and Hydra composition of cells."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import hydra
+import pytest
+from omegaconf import DictConfig
+
+import ablate.config
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def isolated_env(tmp_path_factory):
+    """No network, no writes to ~/.cache: the embedded model is built once per session under a tmp dir."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("ABLATE_CACHE", str(tmp_path_factory.mktemp("ablate_cache")))
+    mp.setenv("HF_HUB_OFFLINE", "1")
+    mp.setenv("HF_DATASETS_OFFLINE", "1")
+    mp.setenv("WANDB_MODE", "offline")
+    mp.setenv("WANDB_DIR", str(tmp_path_factory.mktemp("wandb")))
+    yield
+    mp.undo()
+
+
+@pytest.fixture(scope="session")
+def repo_root() -> Path:
+    return REPO_ROOT
+
+
+@pytest.fixture(scope="session")
+def compose_cfg(repo_root) -> Callable[[list[str]], DictConfig]:
+    """compose_cfg(overrides) -> the composed cell config, as `python -m ablate <overrides>` would see it."""
+    ablate.config.register_configs()
+
+    def compose(overrides: list[str] | None = None) -> DictConfig:
+        with hydra.initialize_config_dir(config_dir=str(repo_root / "conf"), version_base="1.3"):
+            return hydra.compose("config", overrides=list(overrides or []))
+
+    return compose
+
+
+@pytest.fixture
+def tiny_overrides() -> list[str]:
+    """Shrinks a cell to a few seconds on CPU."""
+    return [
+        "trainer.max_steps=6",
+        "trainer.eval_every=3",
+        "trainer.log_every=2",
+        "trainer.batch_size=8",
+        "data.n_train=64",
+        "data.n_heldout_per_slice=16",
+        "trainer.eval_batch_size=32",
+    ]

@@ -123,6 +123,23 @@ class LoggerConfig:
 
 
 @dataclass
+class SelectConfig:
+    """The collector's decision rule (DESIGN §6); documented in conf/select/default.yaml."""
+
+    metric: str = "avglogp_accuracy"
+    slice: str | None = None
+    factor: str = "objective"
+    alpha: float = 0.05
+    min_extra_pairs: int = 10
+    min_margin_gain: float = 0.0
+    n_bootstrap: int = 2000
+    bootstrap_seed: int = 0
+    prefer_lower_rank: bool = True
+    overoptimisation_tolerance: float = 0.0
+    length_artifact_share: float = 0.6
+
+
+@dataclass
 class AblateConfig:
     objective: Any = "???"
     lora: LoraConfig = field(default_factory=LoraConfig)
@@ -130,6 +147,7 @@ class AblateConfig:
     data: Any = "???"
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
+    select: SelectConfig = field(default_factory=SelectConfig)
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N — not part of the cell id
     threads: int | None = None  # torch CPU threads; null keeps torch's default
@@ -146,6 +164,7 @@ def register_configs() -> None:
     cs.store(group="data", name="schema_hub", node=HubDataConfig)
     cs.store(group="trainer", name="schema", node=TrainerConfig)
     cs.store(group="logger", name="schema", node=LoggerConfig)
+    cs.store(group="select", name="schema", node=SelectConfig)
     register_objective_schemas(cs)
 
 

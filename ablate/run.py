@@ -31,7 +31,9 @@ def run_cell(cfg: DictConfig, sweep_dir: Path, overrides: list[str] | tuple[str,
     atomic_write_text(cell_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
     attempts = read_status(cell_dir).get("attempts", 0) + 1
     update_status(cell_dir, state="running", cell_id=cid, overrides=list(overrides), attempts=attempts,
-                  error=None, started_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+                  error=None, started_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                  # what the collector groups by, so it never parses config.yaml of every cell
+                  objective=cfg.objective.name, lora_r=cfg.lora.r, seed=cfg.seed, max_steps=cfg.trainer.max_steps)
     started = time.monotonic()
     try:
         metrics = train(cfg, cell_dir, Path(sweep_dir) / "shared")

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 
-from ablate.cells import atomic_write_bytes, config_hash
+from ablate.cells import atomic_write_bytes, atomic_write_json, config_hash
 from ablate.data import (
     PreferencePair,
     TokenizedPairs,
@@ -78,7 +78,23 @@ def tokenized_pairs(cfg, tokenizer, shared_dir: Path) -> dict[str, TokenizedPair
     tokens = {"train": tokenize_pairs(train, tokenizer, **limits),
               "heldout": tokenize_pairs(heldout, tokenizer, **limits)}
     _save(path, {split: asdict(t) for split, t in tokens.items()})
+    stats = {split: length_stats(t) for split, t in tokens.items()}
+    atomic_write_json(path.with_name(path.stem.replace("tokens-", "data-") + ".json"),
+                      {"data": _container(cfg.data), **stats})
     return tokens
+
+
+def length_stats(pairs: TokenizedPairs) -> dict:
+    """Chosen vs rejected completion lengths (tokens), for the collector's brevity/verbosity check."""
+    chosen = torch.tensor([len(c) for c in pairs.chosen_ids], dtype=torch.float64)
+    rejected = torch.tensor([len(r) for r in pairs.rejected_ids], dtype=torch.float64)
+    return {
+        "pairs": len(pairs),
+        "chosen_tokens_mean": chosen.mean().item(),
+        "rejected_tokens_mean": rejected.mean().item(),
+        "chosen_longer_share": (chosen > rejected).double().mean().item(),
+        "chosen_shorter_share": (chosen < rejected).double().mean().item(),
+    }
 
 
 def reference_logps(cfg, split: str, data: TokenizedPairs, base_model, pad_id: int,

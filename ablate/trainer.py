@@ -8,8 +8,11 @@ reference model and a KL batch, and this loop provides exactly that.
 
 from __future__ import annotations
 
+import io
 import json
 import math
+import shutil
+import threading
 from pathlib import Path
 
 import pandas as pd
@@ -30,8 +33,21 @@ class NonFiniteLoss(RuntimeError):
         self.step = step
 
 
-def train(cfg, cell_dir: Path, shared_dir: Path) -> dict:
-    """Train one cell; write train_log.jsonl, eval_log.jsonl, heldout_pairs.parquet, metrics.json."""
+class Interrupted(RuntimeError):
+    """Training stopped at a step boundary on request (preemption/timeout); a checkpoint was saved."""
+
+    def __init__(self, step: int):
+        super().__init__(f"interrupted after step {step}; checkpoint saved")
+        self.step = step
+
+
+def train(cfg, cell_dir: Path, shared_dir: Path, stop_requested: threading.Event | None = None) -> dict:
+    """Train one cell; write train_log.jsonl, eval_log.jsonl, heldout_pairs.parquet, metrics.json.
+
+    If <cell_dir>/checkpoint/ holds a checkpoint, training resumes from it. When `stop_requested` is
+    set (by the SLURM job's preemption/timeout handler), the loop saves a checkpoint at the next
+    step boundary and raises Interrupted.
+    """
     # ---------------------------------------------------------------------------------- setup
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -110,12 +126,44 @@ def train(cfg, cell_dir: Path, shared_dir: Path) -> dict:
         log.append(entry)  # the whole file is rewritten atomically: a reader never sees a torn line
         atomic_write_text(path, "".join(json.dumps(e) + "\n" for e in log))
 
-    # ----------------------------------------------------------------------------------- loop
-    record(eval_log, cell_dir / "eval_log.jsonl", evaluate(0)[0])  # step 0: the reference itself
-    model.train()
+    checkpoint_path = cell_dir / "checkpoint" / "state.pt"
     window = RunningMeans()
-    progress = tqdm(range(1, tc.max_steps + 1), desc=f"{cfg.objective.name} r={cfg.lora.r} seed={cfg.seed}",
-                    leave=False)
+
+    def save_checkpoint(step: int) -> None:
+        # Everything the rest of the run depends on; the data position is derived from `step`.
+        state = {
+            "step": step,
+            "adapter": {k: v for k, v in model.state_dict().items() if "lora_" in k},
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "rng_cpu": torch.get_rng_state(),
+            "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+            "window": (window.sums, window.weights),
+            "train_log": train_log,
+            "eval_log": eval_log,
+        }
+        buffer = io.BytesIO()
+        torch.save(state, buffer)
+        atomic_write_bytes(checkpoint_path, buffer.getvalue())
+
+    # ----------------------------------------------------------------------------------- loop
+    start = 0
+    if checkpoint_path.exists():
+        state = torch.load(checkpoint_path, map_location=device, weights_only=False)
+        model.load_state_dict(state["adapter"], strict=False)
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["rng_cpu"].cpu())
+        if state["rng_cuda"] is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all([s.cpu() for s in state["rng_cuda"]])
+        window.sums, window.weights = state["window"]
+        train_log[:], eval_log[:] = state["train_log"], state["eval_log"]
+        start = state["step"]
+    else:
+        record(eval_log, cell_dir / "eval_log.jsonl", evaluate(0)[0])  # step 0: the reference itself
+    model.train()
+    progress = tqdm(range(start + 1, tc.max_steps + 1), initial=start, total=tc.max_steps, leave=False,
+                    desc=f"{cfg.objective.name} r={cfg.lora.r} seed={cfg.seed}")
     for step in progress:
         idx = order.batch(step)
         for micro in range(tc.grad_accum):
@@ -147,6 +195,10 @@ def train(cfg, cell_dir: Path, shared_dir: Path) -> dict:
             window = RunningMeans()
         if step % tc.eval_every == 0 and step != tc.max_steps:
             record(eval_log, cell_dir / "eval_log.jsonl", evaluate(step)[0])
+        if stop_requested is not None and stop_requested.is_set() and step != tc.max_steps:
+            save_checkpoint(step)
+            progress.close()
+            raise Interrupted(step)
     progress.close()
 
     # ---------------------------------------------------------------------------------- final
@@ -154,6 +206,7 @@ def train(cfg, cell_dir: Path, shared_dir: Path) -> dict:
     record(eval_log, cell_dir / "eval_log.jsonl", metrics)
     atomic_write_bytes(cell_dir / "heldout_pairs.parquet", pairs.to_parquet(index=False))
     atomic_write_json(cell_dir / "metrics.json", metrics)  # written last: its presence means finished
+    shutil.rmtree(checkpoint_path.parent, ignore_errors=True)
     return metrics
 
 

@@ -34,10 +34,11 @@ def test_cell_id_changes_with_semantic_config(compose_cfg, override):
         ["device=cuda:1"],
         ["threads=2"],
         ["logger.kind=wandb"],
+        ["select.alpha=0.01"],  # the collector's decision rule: changing it must not retrain anything
         ["hydra.run.dir=/somewhere/else", "hydra.sweep.dir=/another/sweep", "hydra.sweep.subdir=cells/x"],
     ],
 )
-def test_cell_id_ignores_device_threads_logger_and_paths(compose_cfg, overrides):
+def test_cell_id_ignores_device_threads_logger_select_and_paths(compose_cfg, overrides):
     assert cell_id(compose_cfg(overrides)) == cell_id(compose_cfg([]))
 
 

@@ -69,6 +69,7 @@ def test_compose_time_rejection(compose_cfg, override, cause, key):
         (["objective.label_smoothing=0.5"], "objective.label_smoothing"),
         (["trainer.lr=0"], "trainer.lr"),
         (["trainer.batch_size=10", "trainer.grad_accum=3"], "trainer.batch_size"),
+        (["trainer.grad_accum=0"], "trainer.grad_accum"),  # must be a ConfigError, not a ZeroDivisionError
         (["data.max_prompt_length=64"], "data.max_prompt_length"),  # == data.max_length (64)
         (["data.max_prompt_length=80", "data.max_length=40"], "data.max_prompt_length"),
         (["lora.dropout=1.0"], "lora.dropout"),
@@ -171,6 +172,12 @@ def test_every_model_config_composes(compose_cfg, name):
     validate_cell(cfg, overrides)
 
 
-def test_hub_model_without_path_is_missing(compose_cfg):
-    cfg = compose_cfg(["model=hub"])
-    assert OmegaConf.missing_keys(cfg) == {"model.path"}
+@pytest.mark.parametrize(("overrides", "key"), [(["model=hub"], "model.path"), (["data=hub"], "data.path")])
+def test_missing_mandatory_value_is_a_config_error(compose_cfg, overrides, key):
+    """`path: ???` composes, but the cell cannot run: validate_cell must say so before anything trains
+    (DESIGN §1: bad config -> one clear error, nothing submitted; ConfigError: "composes but cannot run")."""
+    cfg = compose_cfg(overrides)
+    assert OmegaConf.missing_keys(cfg) == {key}
+    with pytest.raises(ConfigError) as info:
+        validate_cell(cfg, overrides)
+    assert key in str(info.value) and " ".join(overrides) in str(info.value)

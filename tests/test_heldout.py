@@ -1,8 +1,9 @@
 """Objective-neutral held-out metrics (ablate/heldout.py, DESIGN §5) on a hand-built table.
 
-S = summed completion log-prob, n = completion tokens, ref = reference, w = chosen, l = rejected.
+S = summed completion log-prob, n = completion tokens, ref = reference, w = chosen, l = rejected;
+chosen shift = (S_w − S_w^ref)/n_w.
 
-  row slice  S_w  S_w^ref  S_l  S_l^ref  n_w n_l | logratio margin          | avglogp margin        | shift (S_w−S_w^ref)/n_w
+  row slice  S_w  S_w^ref  S_l  S_l^ref  n_w n_l | logratio margin          | avglogp margin        | chosen shift
   0   a      -4   -6       -8   -7       2   4   | (2) − (−1)   =  3  ✓     | −2 − (−2)   = 0    ✗  | 2/2  =  1
   1   a      -6   -5       -3   -4       3   1   | (−1) − (1)   = −2  ✗     | −2 − (−3)   = 1    ✓  | −1/3
   2   b      -5   -6       -7   -8       5   2   | (1) − (1)    =  0  tie   | −1 − (−3.5) = 2.5  ✓  | 1/5  =  0.2

@@ -75,4 +75,17 @@ class AblateLocalLauncher(Launcher):
 
         table = cell_table(sweep_dir, cells)
         print(f"\nablate sweep {sweep_dir} ({len(cells)} cells)\n{table.to_string(index=False)}\n", flush=True)
+        self._collect(sweep_dir)
         return returns
+
+    def _collect(self, sweep_dir: Path) -> None:
+        """Run the collector with the sweep's own decision rule; a collector error never loses the cells."""
+        from ablate.collect import collect, describe, select_config
+
+        try:
+            summary = collect(sweep_dir, select_config(base=self.config.select))
+        except Exception as error:
+            log.error(f"collector failed ({type(error).__name__}: {error}); the cells are intact, "
+                      f"retry with: ablate collect {sweep_dir}")
+            return
+        print(describe(summary), flush=True)

@@ -1,0 +1,17 @@
+"""The collector: a sweep directory in, a decision a reviewer can trust out (DESIGN §6).
+
+    ablate collect <sweep_dir> [select overrides, e.g. slice=verbose_rejected alpha=0.01]
+    python -m ablate.collect <sweep_dir>
+
+Python API (used by notebooks/review_sweep.ipynb):
+
+    from ablate.collect import collect, load_sweep, select_config
+    summary = collect("outputs/sweeps/...")          # writes report/ and returns summary.json's content
+"""
+
+from __future__ import annotations
+
+from ablate.collect.collector import collect, describe, select_config, summarise
+from ablate.collect.load import Sweep, load_sweep
+
+__all__ = ["collect", "describe", "load_sweep", "select_config", "summarise", "Sweep"]

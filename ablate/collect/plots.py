@@ -1,0 +1,332 @@
+"""The report's figures, drawn from summary.json's content and the cells' logs (DESIGN §3, §6).
+
+Each function writes one PNG under `plots_dir` and returns its path, or None when the sweep has
+nothing to show for it (no finished cell, no slices, axes not swept). Figures are built with
+matplotlib's object API on the Agg canvas: no pyplot, so no global figure registry to leak into
+and no GUI backend is ever touched, even when a notebook imports this module.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.patches import Patch
+
+from ablate.cells import atomic_write_bytes
+from ablate.collect.decide import metric_key
+from ablate.collect.load import Sweep, read_jsonl
+from ablate.collect.stats import seed_ci
+
+DPI = 110
+MAX_CURVE_ARMS = 12  # reading logs costs one file per cell: a 1000-cell sweep draws its 12 best arms
+MAX_ARMS = 30  # beyond this a per-arm axis is unreadable anyway
+UNITS = {"avglogp_accuracy": "share of pairs", "logratio_accuracy": "share of pairs",
+         "avglogp_margin": "nats/token", "logratio_margin": "nats", "chosen_logp_shift": "nats/token"}
+BEST, OTHER, INCOMPLETE = "#d95f02", "#4c72b0", "#9a9a9a"
+
+
+# ---------------------------------------------------------------- shared helpers
+
+def short_labels(arms: list[str]) -> dict[str, str]:
+    """'objective=dpo lora.r=8' -> 'dpo r=8' (the last part of each key); full labels if that collides."""
+    def shorten(arm: str) -> str:
+        parts = []
+        for part in arm.split():
+            key, eq, value = part.partition("=")
+            parts.append(value if key == "objective" else f"{key.rsplit('.', 1)[-1]}={value}" if eq else part)
+        return " ".join(parts)
+
+    short = {arm: shorten(arm) for arm in arms}
+    return short if len(set(short.values())) == len(short) else {arm: arm for arm in arms}
+
+
+def metric_label(metric: str) -> str:
+    return f"held-out {metric} ({UNITS.get(metric, 'value')})"
+
+
+def scope_label(scope: str | None) -> str:
+    return {None: "all pairs", "all": "all pairs", "macro": "macro (slices weigh the same)"}.get(scope, f"{scope} pairs")
+
+
+def decisions_by_scope(summary: dict) -> dict[str, dict]:
+    """{'all' | slice | 'macro': decision} for every scope the collector decided."""
+    return {summary["decision"]["scope"]: summary["decision"], **summary.get("slices", {})}
+
+
+def slice_names(sweep: Sweep) -> list[str]:
+    return sorted({c.split("/")[1] for c in sweep.cells.columns if c.startswith("heldout/") and c.count("/") == 2})
+
+
+def cell_values(sweep: Sweep, metric: str, scope: str | None) -> pd.Series | None:
+    """The metric of every done cell in a scope (index of sweep.done); macro = mean over slices."""
+    done = sweep.done
+    if scope == "macro":
+        cols = [metric_key(metric, s) for s in slice_names(sweep) if metric_key(metric, s) in done]
+        return done[cols].astype(float).mean(axis=1) if cols else None
+    key = metric_key(metric, None if scope == "all" else scope)
+    return done[key].astype(float) if key in done else None
+
+
+def arm_stats(summary: dict, sweep: Sweep, metric: str, scope: str | None) -> dict[str, dict]:
+    """arm -> {n, mean, std, ci_low, ci_high}: the collector's seed stats, computed here only for macro."""
+    key = metric_key(metric, None if scope == "all" else scope)
+    values = cell_values(sweep, metric, scope) if scope == "macro" else None
+    out = {}
+    for arm in summary["arms"]:
+        if values is not None:
+            out[arm["arm"]] = seed_ci(values[sweep.done.arm == arm["arm"]].tolist())
+        else:
+            out[arm["arm"]] = arm["stats"].get(key) or {"n": 0, "mean": None}
+    return out
+
+
+def ranked_arms(summary: dict, sweep: Sweep) -> list[str]:
+    """Arms by the decision metric in the decision scope, best first; arms without a value last."""
+    stats = arm_stats(summary, sweep, summary["select"]["metric"], summary["decision"]["scope"])
+    return sorted(stats, key=lambda a: -stats[a]["mean"] if _finite(stats[a].get("mean")) else math.inf)
+
+
+def base_model_value(sweep: Sweep, key: str) -> float | None:
+    """The held-out metric at step 0 (the adapter starts at zero: it is the base model, same for all cells)."""
+    for cell_id in sweep.done.cell_id:
+        for entry in read_jsonl(sweep, cell_id, "eval_log.jsonl"):
+            if entry.get("step") == 0 and _finite(entry.get(key)):
+                return float(entry[key])
+        return None
+    return None
+
+
+def _finite(x) -> bool:
+    return x is not None and not pd.isna(x) and math.isfinite(float(x))
+
+
+def _seed_note(arm: dict) -> str:
+    return "" if arm["complete"] else f" ({arm['done']}/{arm['cells']} seeds)"
+
+
+def _save(fig: Figure, path: Path) -> Path:
+    FigureCanvasAgg(fig)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=DPI, bbox_inches="tight")
+    fig.clear()  # free the artists now; the Figure is not in any registry, so nothing else holds it
+    atomic_write_bytes(path, buffer.getvalue())
+    return path
+
+
+# ---------------------------------------------------------------- the four figures
+
+def decision_plot(sweep: Sweep, summary: dict, plots_dir: Path) -> Path | None:
+    """Per scope (all pairs, each slice): every arm's mean over seeds with its 95% t-interval, seeds as dots."""
+    if sweep.done.empty:
+        return None
+    metric = summary["select"]["metric"]
+    decisions = decisions_by_scope(summary)
+    headline = summary["decision"]["scope"]
+    scopes = ["all", *slice_names(sweep)] + (["macro"] if headline == "macro" else [])
+    ranked = ranked_arms(summary, sweep)[:MAX_ARMS]
+    arms = {a["arm"]: a for a in summary["arms"]}
+    labels = short_labels(list(arms))
+    y = {arm: len(ranked) - 1 - i for i, arm in enumerate(ranked)}  # best arm on top
+
+    fig = Figure(figsize=(1.2 + 3.6 * len(scopes), 2.0 + 0.45 * len(ranked)), layout="constrained")
+    axes = fig.subplots(1, len(scopes), sharey=True, squeeze=False)[0]
+    rng = np.random.default_rng(0)  # jitter of the seed dots, fixed so reruns give the same image
+    for ax, scope in zip(axes, scopes, strict=True):
+        stats, values = arm_stats(summary, sweep, metric, scope), cell_values(sweep, metric, scope)
+        decision = decisions.get(scope, {})
+        for arm in ranked:
+            s = stats[arm]
+            color = BEST if arm == decision.get("best_arm") else OTHER if arms[arm]["complete"] else INCOMPLETE
+            if values is not None:
+                seeds = values[sweep.done.arm == arm].dropna()
+                ax.scatter(seeds, y[arm] + rng.uniform(-0.12, 0.12, len(seeds)), s=16, color=color, alpha=0.6, lw=0, zorder=3)
+            if _finite(s.get("mean")):
+                ci = [s.get("ci_low"), s.get("ci_high")]
+                xerr = [[s["mean"] - ci[0]], [ci[1] - s["mean"]]] if all(map(_finite, ci)) else None
+                ax.errorbar(s["mean"], y[arm], xerr=xerr, fmt="D", ms=7, color=color, capsize=4, lw=1.6,
+                            mfc=color if arms[arm]["complete"] else "white")
+        reference = base_model_value(sweep, metric_key(metric, None if scope == "all" else scope))
+        if reference is not None and scope != "macro":
+            ax.axvline(reference, color="black", ls=":", lw=1.2)
+        if metric in ("avglogp_accuracy", "logratio_accuracy"):
+            ax.set_xlim(-0.03, 1.03)
+        ax.set_xlabel(metric_label(metric))
+        ax.grid(axis="x", alpha=0.3)
+        verdict = (f"{decision['winner']} wins decisively" if decision.get("decisive")
+                   else "no decisive winner" if decision.get("comparisons") else "not compared")
+        mark = " [decision scope]" if scope == headline else ""
+        ax.set_title(f"{scope_label(scope)}{mark}\n{verdict}", fontsize=10)
+    axes[0].set_yticks([y[a] for a in ranked], [labels[a] + _seed_note(arms[a]) for a in ranked])
+    axes[0].set_ylabel("arm")
+    axes[0].set_ylim(-0.6, len(ranked) - 0.4)
+    legend = [Line2D([], [], marker="D", color=OTHER, lw=1.6, label="mean over seeds, 95% t-interval"),
+              Line2D([], [], marker="o", color=OTHER, lw=0, alpha=0.55, label="one seed"),
+              Line2D([], [], marker="D", color=BEST, lw=1.6, label="best arm of the panel"),
+              Line2D([], [], marker="D", color=INCOMPLETE, mfc="white", lw=1.6, label="incomplete arm (not compared)"),
+              Line2D([], [], color="black", ls=":", label="base model (step 0)")]
+    fig.legend(handles=legend, loc="outside lower center", ncols=len(legend), fontsize=8.5, frameon=False)
+    shown = "" if len(ranked) == len(arms) else f" ({len(ranked)} best of {len(arms)} arms)"
+    fig.suptitle(f"Which arm is best on held-out pairs? {metric} per arm and scope{shown}", fontsize=12)
+    return _save(fig, plots_dir / "decision.png")
+
+
+def curves_plot(sweep: Sweep, summary: dict, plots_dir: Path) -> Path | None:
+    """Per arm: training rewards/margins vs held-out log-ratio margin (top) and the decision metric (bottom)."""
+    metric = summary["select"]["metric"]
+    scope = summary["decision"]["scope"]
+    key = metric_key(metric, None if scope in ("all", "macro") else scope)
+    arms = [a for a in ranked_arms(summary, sweep) if (sweep.done.arm == a).any()][:MAX_CURVE_ARMS]
+    if not arms:
+        return None
+    arm_info = {a["arm"]: a for a in summary["arms"]}
+    labels = short_labels(list(arm_info))
+    logs = {arm: [(read_jsonl(sweep, c, "train_log.jsonl"), read_jsonl(sweep, c, "eval_log.jsonl"))
+                  for c in sweep.done[sweep.done.arm == arm].cell_id] for arm in arms}
+    ncols = min(4, len(arms))
+    nblocks = math.ceil(len(arms) / ncols)
+    fig = Figure(figsize=(4.3 * ncols, 5.4 * nblocks))
+    grid = fig.add_gridspec(2 * nblocks, ncols, height_ratios=[1.25, 1] * nblocks, hspace=0.12)
+    heldout_axes, metric_axes = [], []
+    for i, arm in enumerate(arms):
+        block, col = divmod(i, ncols)
+        top = fig.add_subplot(grid[2 * block, col])
+        bottom = fig.add_subplot(grid[2 * block + 1, col], sharex=top)
+        twin = top.twinx()
+        for train, evals in logs[arm]:
+            train = [e for e in train if "rewards/margins" in e]
+            top.plot([e["step"] for e in train], [e["rewards/margins"] for e in train], color="#1f77b4", lw=1)
+            margin = [e for e in evals if "heldout/logratio_margin" in e]
+            twin.plot([e["step"] for e in margin], [e["heldout/logratio_margin"] for e in margin], color="#ff7f0e",
+                      lw=1, ls="--", marker=".", ms=4)
+            decided = [e for e in evals if key in e]
+            bottom.plot([e["step"] for e in decided], [e[key] for e in decided], color="#2ca02c", lw=1, marker=".")
+        of = "" if arm_info[arm]["complete"] else f" of {arm_info[arm]['cells']}"
+        top.set_title(f"{labels[arm]} ({len(logs[arm])}{of} seeds done)", fontsize=10)
+        top.tick_params(axis="y", colors="#1f77b4", labelsize=8)
+        twin.tick_params(axis="y", colors="#ff7f0e", labelsize=8)
+        top.tick_params(axis="x", labelbottom=False)
+        bottom.tick_params(labelsize=8)
+        top.grid(alpha=0.3)
+        bottom.grid(alpha=0.3)
+        if col == 0:
+            top.set_ylabel("training rewards/margins\n(objective's own units)", color="#1f77b4", fontsize=9)
+            bottom.set_ylabel(f"held-out {metric}\n{scope_label(scope)}", fontsize=9)
+        if col == ncols - 1 or i == len(arms) - 1:
+            twin.set_ylabel("held-out log-ratio margin (nats)", color="#ff7f0e", fontsize=9)
+        bottom.set_xlabel("training step")
+        heldout_axes.append(twin)
+        metric_axes.append(bottom)
+    for group in (heldout_axes, metric_axes):  # same scale across arms: these metrics mean the same everywhere
+        lows, highs = zip(*(ax.get_ylim() for ax in group), strict=True)
+        for ax in group:
+            ax.set_ylim(min(lows), max(highs))
+    legend = [Line2D([], [], color="#1f77b4", lw=1, label="training rewards/margins (one line per seed)"),
+              Line2D([], [], color="#ff7f0e", lw=1, ls="--", marker=".", label="held-out log-ratio margin"),
+              Line2D([], [], color="#2ca02c", lw=1, marker=".", label=f"held-out {metric} (decision metric)")]
+    fig.legend(handles=legend, loc="upper center", ncols=3, bbox_to_anchor=(0.5, 1.0 - 0.02 / nblocks),
+               frameon=False, fontsize=9)
+    shown = "" if len(arms) == len(summary["arms"]) else f" ({len(arms)} best arms)"
+    fig.suptitle(f"Training vs held-out margins over training, per arm{shown}: rising training margins with a "
+                 f"flat held-out {metric} suggest overoptimisation", fontsize=11, y=1.0 + 0.03 / nblocks)
+    return _save(fig, plots_dir / "curves.png")
+
+
+def heatmap_plot(sweep: Sweep, summary: dict, plots_dir: Path) -> Path | None:
+    """objective x lora.r: the decision metric, mean over seeds (and over any other swept factor)."""
+    axes = summary.get("axes", {})
+    if "objective" not in axes or "lora.r" not in axes:
+        return None
+    metric, scope = summary["select"]["metric"], summary["decision"]["scope"]
+    stats = arm_stats(summary, sweep, metric, scope)
+    objectives = list(axes["objective"])
+    ranks = sorted(axes["lora.r"], key=lambda r: float(r) if str(r).replace(".", "", 1).isdigit() else math.inf)
+    grid = np.full((len(objectives), len(ranks)), np.nan)
+    notes = [["no data"] * len(ranks) for _ in objectives]
+    others = [k for k in axes if k not in ("objective", "lora.r")]
+    for i, objective in enumerate(objectives):
+        for j, rank in enumerate(ranks):
+            members = [a for a in summary["arms"] if str(a["axes"].get("objective")) == str(objective)
+                       and str(a["axes"].get("lora.r")) == str(rank) and _finite(stats[a["arm"]].get("mean"))]
+            if members:
+                grid[i, j] = np.mean([stats[a["arm"]]["mean"] for a in members])
+                done, cells = sum(a["done"] for a in members), sum(a["cells"] for a in members)
+                std = stats[members[0]["arm"]].get("std") if len(members) == 1 else None
+                spread = f" ± {std:.3f}" if _finite(std) else ""
+                notes[i][j] = f"{grid[i, j]:.3f}{spread}\n{done}/{cells} seeds done"
+    fig = Figure(figsize=(2.2 + 1.9 * len(ranks), 1.8 + 1.0 * len(objectives)))
+    ax = fig.subplots()
+    image = ax.imshow(np.ma.masked_invalid(grid), cmap="viridis", aspect="auto")
+    finite = grid[np.isfinite(grid)]
+    middle = (finite.min() + finite.max()) / 2 if finite.size else 0
+    for i in range(len(objectives)):
+        for j in range(len(ranks)):
+            dark = np.isfinite(grid[i, j]) and grid[i, j] < middle
+            ax.text(j, i, notes[i][j], ha="center", va="center", fontsize=9, color="white" if dark else "black")
+    ax.set_xticks(range(len(ranks)), [f"r={r}" for r in ranks])
+    ax.set_yticks(range(len(objectives)), objectives)
+    ax.set_xlabel("LoRA rank (lora.r)")
+    ax.set_ylabel("objective")
+    fig.colorbar(image, ax=ax, label=metric_label(metric))
+    averaged = f", averaged over {', '.join(others)}" if others else ""
+    ax.set_title(f"Held-out {metric} on {scope_label(scope)} by objective and LoRA rank\n"
+                 f"mean ± std over seeds{averaged}", fontsize=10)
+    fig.tight_layout()
+    return _save(fig, plots_dir / "heatmap.png")
+
+
+def slices_plot(sweep: Sweep, summary: dict, plots_dir: Path) -> Path | None:
+    """Grouped bars: one group per held-out slice, one bar per arm (mean over seeds, 95% t-interval)."""
+    slices = slice_names(sweep)
+    if not slices or sweep.done.empty:
+        return None
+    metric = summary["select"]["metric"]
+    arms = {a["arm"]: a for a in summary["arms"]}
+    ranked = ranked_arms(summary, sweep)[:MAX_CURVE_ARMS]
+    labels = short_labels(list(arms))
+    colors = [f"C{i % 10}" for i in range(len(ranked))]
+    width = 0.8 / len(ranked)
+    fig = Figure(figsize=(max(6.0, 1.2 + len(slices) * (0.9 + 0.45 * len(ranked))), 4.6))
+    ax = fig.subplots()
+    for k, scope in enumerate(slices):
+        stats = arm_stats(summary, sweep, metric, scope)
+        for i, arm in enumerate(ranked):
+            s = stats[arm]
+            if not _finite(s.get("mean")):
+                continue
+            x = k - 0.4 + width * (i + 0.5)
+            ci = [s.get("ci_low"), s.get("ci_high")]
+            yerr = [[s["mean"] - ci[0]], [ci[1] - s["mean"]]] if all(map(_finite, ci)) else None
+            ax.bar(x, s["mean"], width * 0.92, yerr=yerr, capsize=3, color=colors[i],
+                   hatch=None if arms[arm]["complete"] else "//", edgecolor="white" if arms[arm]["complete"] else "k")
+        reference = base_model_value(sweep, metric_key(metric, scope))
+        if reference is not None:
+            ax.hlines(reference, k - 0.45, k + 0.45, color="black", ls=(0, (2, 1.5)), lw=2, zorder=3)
+    ax.set_xticks(range(len(slices)), slices)
+    ax.set_xlabel("held-out slice")
+    ax.set_ylabel(metric_label(metric))
+    if metric in ("avglogp_accuracy", "logratio_accuracy"):
+        ax.set_ylim(0, 1.05)
+    ax.grid(axis="y", alpha=0.3)
+    handles = [Patch(facecolor=colors[i], hatch=None if arms[a]["complete"] else "//",
+                     label=labels[a] + _seed_note(arms[a])) for i, a in enumerate(ranked)]
+    handles.append(Line2D([], [], color="black", ls=(0, (2, 1.5)), lw=2, label="base model (step 0)"))
+    ax.legend(handles=handles, title="arm (error bar: 95% CI over seeds)", loc="upper left",
+              bbox_to_anchor=(1.01, 1), fontsize=8.5, title_fontsize=8.5, frameon=False)
+    ax.set_title(f"Held-out {metric} per slice and arm: mean over seeds", fontsize=11)
+    fig.tight_layout()
+    return _save(fig, plots_dir / "slices.png")
+
+
+def all_plots(sweep: Sweep, summary: dict, plots_dir: Path) -> dict[str, Path]:
+    """{name: path} of every figure this sweep has data for."""
+    drawn = {name: draw(sweep, summary, Path(plots_dir)) for name, draw in
+             (("decision", decision_plot), ("slices", slices_plot), ("heatmap", heatmap_plot),
+              ("curves", curves_plot))}
+    return {name: path for name, path in drawn.items() if path is not None}

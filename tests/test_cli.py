@@ -1,0 +1,202 @@
+"""The real command line, `python -m ablate [-m] ...`, in subprocesses (lightning-hydra-template style).
+
+Each process pays ~6 s of imports, so there are few of them: the tiny 2x2 sweep runs once per module
+and is re-run once to check that finished cells are skipped. The environment (ABLATE_CACHE, offline
+flags) is inherited from the session fixture in conftest.py, so every process shares one embedded model.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from ablate.cells import cell_id
+
+# The same shrink as conftest's `tiny_overrides`, for the module-scoped sweep below.
+TINY = [
+    "trainer.max_steps=6",
+    "trainer.eval_every=3",
+    "trainer.log_every=2",
+    "trainer.batch_size=8",
+    "data.n_train=64",
+    "data.n_heldout_per_slice=16",
+    "trainer.eval_batch_size=32",
+]
+GRID = ["objective=dpo,simpo", "lora.r=8,16"]
+GRID_CELLS = [(o, r) for o in ("dpo", "simpo") for r in ("8", "16")]
+
+
+def ablate(repo_root: Path, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "ablate", *args], cwd=repo_root, env=os.environ.copy(),
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def read_json(path: Path) -> dict:
+    return json.loads(path.read_text())
+
+
+def output(proc: subprocess.CompletedProcess) -> str:
+    return f"--- exit {proc.returncode}\n--- stdout\n{proc.stdout}\n--- stderr\n{proc.stderr[-5000:]}"
+
+
+def table_rows(stdout: str, sweep_dir: Path, n_cells: int) -> list[str]:
+    """The rows of the end-of-sweep table (after its title and header line)."""
+    lines = stdout.splitlines()
+    title = f"ablate sweep {sweep_dir} ({n_cells} cells)"
+    assert title in lines, stdout
+    start = lines.index(title) + 2  # title, header
+    rows = []
+    for line in lines[start:]:
+        if not line.strip():
+            break
+        rows.append(line)
+    return rows
+
+
+def sweep_cells(sweep_dir: Path) -> dict[tuple[str, str], dict]:
+    """(objective, lora.r) -> {"cell_id": ..., "overrides": ...} from sweep.json."""
+    cells = {}
+    for cell in read_json(sweep_dir / "sweep.json")["cells"]:
+        values = dict(o.split("=", 1) for o in cell["overrides"])
+        cells[values["objective"], values["lora.r"]] = cell
+    return cells
+
+
+@pytest.fixture(scope="module")
+def tiny_sweep(repo_root, tmp_path_factory):
+    sweep_dir = tmp_path_factory.mktemp("cli_sweep")
+    args = ["-m", *GRID, f"hydra.sweep.dir={sweep_dir}", *TINY]
+    return sweep_dir, args, ablate(repo_root, *args)
+
+
+# ----------------------------------------------------------------------------------------- sweep
+def test_multirun_trains_every_cell_and_writes_sweep_json_and_table(tiny_sweep, compose_cfg):
+    sweep_dir, _, proc = tiny_sweep
+    assert proc.returncode == 0, output(proc)
+
+    sweep = read_json(sweep_dir / "sweep.json")
+    assert sweep["launcher"] == "local"
+    assert sweep["axes"] == {"objective": ["dpo", "simpo"], "lora.r": ["8", "16"]}
+    assert len(sweep["cells"]) == 4
+    cells = sweep_cells(sweep_dir)
+    assert sorted(cells) == sorted(GRID_CELLS)
+
+    cell_dirs = sorted(p.name for p in (sweep_dir / "cells").iterdir())
+    assert cell_dirs == sorted(c["cell_id"] for c in cells.values())
+    for (objective, rank), cell in cells.items():
+        assert cell["overrides"] == [f"objective={objective}", f"lora.r={rank}", *TINY]
+        # The id is the hash of the semantic config: composing the same overrides in-process agrees.
+        assert cell["cell_id"] == cell_id(compose_cfg(cell["overrides"]))
+        cell_dir = sweep_dir / "cells" / cell["cell_id"]
+        status = read_json(cell_dir / "status.json")
+        assert status["state"] == "done", status
+        assert status["overrides"] == cell["overrides"]
+        metrics = read_json(cell_dir / "metrics.json")
+        assert metrics["step"] == 6 and metrics["heldout/pairs"] == 32
+
+    rows = table_rows(proc.stdout, sweep_dir, 4)
+    assert len(rows) == 4, proc.stdout
+    for (objective, rank), cell in cells.items():
+        (row,) = [r for r in rows if r.split()[0] == cell["cell_id"]]
+        assert row.split()[1:4] == [objective, rank, "done"]
+
+
+def test_rerunning_a_sweep_skips_finished_cells(tiny_sweep, repo_root):
+    sweep_dir, args, first = tiny_sweep
+    assert first.returncode == 0, output(first)
+    metrics_files = sorted((sweep_dir / "cells").glob("*/metrics.json"))
+    assert len(metrics_files) == 4
+    before = {p: p.stat().st_mtime_ns for p in metrics_files}
+    status_before = {p: p.read_bytes() for p in (sweep_dir / "cells").glob("*/status.json")}
+
+    proc = ablate(repo_root, *args)
+    assert proc.returncode == 0, output(proc)
+    log = proc.stdout + proc.stderr
+    assert log.count("skipped") == 4, output(proc)
+    assert {p: p.stat().st_mtime_ns for p in metrics_files} == before
+    assert {p: p.read_bytes() for p in status_before} == status_before
+    assert len(table_rows(proc.stdout, sweep_dir, 4)) == 4
+    assert len(read_json(sweep_dir / "sweep.json")["cells"]) == 4
+
+
+# ------------------------------------------------------------------------------------ validation
+def test_an_invalid_cell_stops_the_sweep_before_anything_trains(repo_root, tmp_path):
+    sweep_dir = tmp_path / "sweep"
+    proc = ablate(repo_root, "-m", "objective.beta=0.1,-1", f"hydra.sweep.dir={sweep_dir}", *TINY)
+    assert proc.returncode != 0, output(proc)
+    log = proc.stdout + proc.stderr
+    assert "objective.beta=-1" in log, output(proc)  # names the bad cell by its overrides
+    assert "objective.beta = -1" in log and "> 0" in log, output(proc)
+    assert "objective.beta=0.1 " not in log  # ... and only the bad one
+    assert not (sweep_dir / "cells").exists()
+    assert not (sweep_dir / "shared").exists()
+    assert not (sweep_dir / "sweep.json").exists()
+
+
+def test_a_typo_fails_at_compose_time(repo_root, tmp_path):
+    sweep_dir = tmp_path / "sweep"
+    proc = ablate(repo_root, "-m", "lora.rank=4", f"hydra.sweep.dir={sweep_dir}", *TINY)
+    assert proc.returncode != 0, output(proc)
+    log = proc.stdout + proc.stderr
+    assert "lora.rank" in log and "Key 'rank' not in 'LoraConfig'" in log, output(proc)
+    assert not (sweep_dir / "cells").exists()
+
+
+# ------------------------------------------------------------------------------------ single run
+def test_single_run_writes_its_cell_under_the_run_dir(repo_root, tmp_path, compose_cfg):
+    run_dir = tmp_path / "run"
+    proc = ablate(repo_root, f"hydra.run.dir={run_dir}", *TINY)
+    assert proc.returncode == 0, output(proc)
+    cell_dir = run_dir / "cells" / cell_id(compose_cfg(TINY))
+    assert (cell_dir / "metrics.json").is_file(), sorted(str(p) for p in run_dir.rglob("*"))
+    assert read_json(cell_dir / "status.json")["state"] == "done"
+    assert read_json(cell_dir / "metrics.json")["step"] == 6
+
+
+# ------------------------------------------------------------------------------------- failures
+def test_a_failing_cell_does_not_stop_the_others(repo_root, tmp_path):
+    # lr = 1e30: the first Adam step throws the adapter to ~1e30, the next step's loss or gradient is NaN.
+    sweep_dir = tmp_path / "sweep"
+    proc = ablate(repo_root, "-m", "trainer.lr=1e30,1e-3", f"hydra.sweep.dir={sweep_dir}", *TINY)
+    assert proc.returncode != 0, output(proc)  # the sweep reports the failure ...
+
+    states = {}
+    for cell in read_json(sweep_dir / "sweep.json")["cells"]:
+        lr = dict(o.split("=", 1) for o in cell["overrides"])["trainer.lr"]
+        states[float(lr)] = read_json(sweep_dir / "cells" / cell["cell_id"] / "status.json")
+    assert sorted(states) == [1e-3, 1e30]
+    bad, good = states[1e30], states[1e-3]
+    assert bad["state"] == "failed", bad
+    assert "NonFiniteLoss" in bad["error"] and bad["failed_step"] >= 1
+    # ... but the good cell, run AFTER the failing one, still trained.
+    assert good["state"] == "done", good
+    assert (sweep_dir / "cells" / good["cell_id"] / "metrics.json").is_file()
+    assert not (sweep_dir / "cells" / bad["cell_id"] / "metrics.json").exists()
+    rows = table_rows(proc.stdout, sweep_dir, 2)
+    assert sorted(r.split()[2] for r in rows) == ["done", "failed"]
+
+
+# ------------------------------------------------------------------------------------------ bars
+@pytest.mark.slow
+def test_default_2x2_dpo_resists_the_verbosity_trap_and_simpo_falls_in(repo_root, tmp_path):
+    """The embedded default's headline (DESIGN §7) with the shipped defaults: no shrinking."""
+    sweep_dir = tmp_path / "sweep"
+    proc = ablate(repo_root, "-m", *GRID, f"hydra.sweep.dir={sweep_dir}")
+    assert proc.returncode == 0, output(proc)
+
+    metrics = {key: read_json(sweep_dir / "cells" / cell["cell_id"] / "metrics.json")
+               for key, cell in sweep_cells(sweep_dir).items()}
+    assert sorted(metrics) == sorted(GRID_CELLS)
+    summary = {key: {name: round(value, 3) for name, value in cell.items() if name.endswith("avglogp_accuracy")}
+               for key, cell in metrics.items()}
+    for rank in ("8", "16"):
+        dpo, simpo = metrics["dpo", rank], metrics["simpo", rank]
+        assert dpo["heldout/clean/avglogp_accuracy"] >= 0.75, summary
+        assert simpo["heldout/clean/avglogp_accuracy"] >= 0.75, summary
+        gap = dpo["heldout/verbose_rejected/avglogp_accuracy"] - simpo["heldout/verbose_rejected/avglogp_accuracy"]
+        assert gap >= 0.2, summary

@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import secrets
 from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from ablate.config import register_configs
 from ablate.run import run_cell
 
 register_configs()
+# `${ablate_suffix:}` in hydra.sweep.dir: two sweeps started in the same second get different folders.
+# Cached, so every reference in this process resolves to the same value.
+OmegaConf.register_new_resolver("ablate_suffix", lambda: secrets.token_hex(2), use_cache=True, replace=True)
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")

@@ -16,16 +16,26 @@ from omegaconf import DictConfig, OmegaConf
 SEMANTIC_KEYS = ("objective", "lora", "model", "data", "trainer", "seed")
 
 
-def semantic_config(cfg: DictConfig) -> dict:
-    return {key: OmegaConf.to_container(cfg, resolve=True)[key] for key in SEMANTIC_KEYS}
+def semantic_config(cfg: DictConfig | dict) -> dict:
+    plain = cfg if isinstance(cfg, dict) else OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False)
+    return {key: plain[key] for key in SEMANTIC_KEYS}
 
 
 def config_hash(obj) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def cell_id(cfg: DictConfig) -> str:
+def cell_id(cfg: DictConfig | dict) -> str:
+    """12 hex digits of the hash of the semantic config (a DictConfig, or its plain resolved form)."""
     return config_hash(semantic_config(cfg))[:12]
+
+
+def config_yaml(plain: dict) -> str:
+    """config.yaml text of a plain resolved config; libyaml's C dumper when present (thousands per sweep)."""
+    import yaml
+
+    dumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
+    return yaml.dump(plain, Dumper=dumper, sort_keys=False, default_flow_style=False)
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -35,8 +45,8 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
+        # rename is atomic for readers and concurrent writers; no fsync: durability across a power
+        # loss is not worth an fsync per file when a sweep writes thousands of them
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

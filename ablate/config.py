@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import DictConfig, ListConfig
+from omegaconf import DictConfig, OmegaConf
 
 from ablate.objectives import OBJECTIVES, register_objective_schemas
 
@@ -221,17 +221,31 @@ RULES = {
 DTYPES = ("float32", "bfloat16", "float16", "auto")
 
 
-def _get(cfg: DictConfig, dotted: str):
+def _get(cfg: dict, dotted: str):
     node: Any = cfg
     for key in dotted.split("."):
-        if not isinstance(node, DictConfig) or key not in node:
+        if not isinstance(node, dict) or key not in node:
             return None
         node = node[key]
     return node
 
 
-def cell_problems(cfg: DictConfig) -> list[str]:
+def _missing(node, prefix: str = "") -> list[str]:
+    if isinstance(node, dict):
+        return [k for key, value in node.items() for k in _missing(value, f"{prefix}{key}.")]
+    return [prefix[:-1]] if node == "???" else []
+
+
+def as_plain(cfg: DictConfig | dict) -> dict:
+    """The config as plain Python containers, resolved; `???` stays a string (checks are ~10x faster on it)."""
+    if isinstance(cfg, dict):
+        return cfg
+    return OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False)
+
+
+def cell_problems(cfg: DictConfig | dict) -> list[str]:
     """Every range problem of one composed cell config, as 'key = value: must be ...' lines."""
+    cfg = as_plain(cfg)
     problems = []
 
     def check(key: str, value, rule) -> None:
@@ -241,36 +255,42 @@ def cell_problems(cfg: DictConfig) -> list[str]:
         elif not ok(value):
             problems.append(f"{key} = {value}: must be {wanted}")
 
-    name = cfg.objective.name
+    for key in _missing(cfg):  # a `???` nobody filled in, e.g. model.path with model=hub
+        problems.append(f"{key}: missing value (set it on the command line, e.g. {key}=...)")
+    objective = cfg["objective"]
+    name = objective["name"]
     if name not in OBJECTIVES:
         problems.append(f"objective.name = {name!r}: unknown; known: {', '.join(sorted(OBJECTIVES))}")
     else:
         known = OBJECTIVES[name].hyperparameters
         for param in known:
-            check(f"objective.{param}", cfg.objective[param], OBJECTIVE_PARAMETER_RULES[param])
-        for param in set(cfg.objective) - set(known) - {"name"}:  # forced in with +objective.x=...
+            check(f"objective.{param}", objective[param], OBJECTIVE_PARAMETER_RULES[param])
+        for param in set(objective) - set(known) - {"name"}:  # forced in with +objective.x=...
             problems.append(f"objective.{param}: not a parameter of {name} (it takes {', '.join(known)})")
     for key, rule in RULES.items():
         value = _get(cfg, key)
-        if value is not None:
+        if value is not None and value != "???":
             check(key, value, rule)
+    if problems:  # the checks below combine keys; report what is wrong so far rather than crash on it
+        return problems
 
-    if cfg.trainer.batch_size % cfg.trainer.grad_accum:
+    trainer, data = cfg["trainer"], cfg["data"]
+    if trainer["batch_size"] % trainer["grad_accum"]:
         problems.append(
-            f"trainer.batch_size = {cfg.trainer.batch_size}: must be divisible by "
-            f"trainer.grad_accum = {cfg.trainer.grad_accum}"
+            f"trainer.batch_size = {trainer['batch_size']}: must be divisible by "
+            f"trainer.grad_accum = {trainer['grad_accum']}"
         )
-    if cfg.data.max_prompt_length >= cfg.data.max_length:
+    if data["max_prompt_length"] >= data["max_length"]:
         problems.append(
-            f"data.max_prompt_length = {cfg.data.max_prompt_length}: must be < "
-            f"data.max_length = {cfg.data.max_length} (completions need room)"
+            f"data.max_prompt_length = {data['max_prompt_length']}: must be < "
+            f"data.max_length = {data['max_length']} (completions need room)"
         )
-    if cfg.model.dtype not in DTYPES:
-        problems.append(f"model.dtype = {cfg.model.dtype!r}: must be one of {', '.join(DTYPES)}")
-    targets = cfg.lora.target_modules
-    if not (targets == "all-linear" or (isinstance(targets, ListConfig) and len(targets) > 0)):
+    if cfg["model"]["dtype"] not in DTYPES:
+        problems.append(f"model.dtype = {cfg['model']['dtype']!r}: must be one of {', '.join(DTYPES)}")
+    targets = cfg["lora"]["target_modules"]
+    if not (targets == "all-linear" or (isinstance(targets, list) and len(targets) > 0)):
         problems.append(f"lora.target_modules = {targets}: must be a non-empty list or 'all-linear'")
-    if cfg.data.kind == "files" and not cfg.data.train_files:
+    if data["kind"] == "files" and not data["train_files"]:
         problems.append("data.train_files: empty; give one or more .jsonl/.parquet files")
     return problems
 

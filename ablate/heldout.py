@@ -17,10 +17,14 @@ PAIR_COLUMNS = [
 ]  # fmt: skip
 
 
-def pair_outcomes(pairs: pd.DataFrame) -> pd.DataFrame:
-    """Per-pair margins and correctness; the collector's paired tests use these columns too."""
-    logratio_margin = (pairs.chosen_logp - pairs.ref_chosen_logp) - (pairs.rejected_logp - pairs.ref_rejected_logp)
-    avglogp_margin = pairs.chosen_logp / pairs.chosen_tokens - pairs.rejected_logp / pairs.rejected_tokens
+def pair_outcomes(pairs) -> pd.DataFrame:
+    """Per-pair margins and correctness; the collector's paired tests use these columns too.
+
+    `pairs`: the per-pair table, or any mapping of its columns to arrays.
+    """
+    chosen, rejected = pairs["chosen_logp"], pairs["rejected_logp"]
+    logratio_margin = (chosen - pairs["ref_chosen_logp"]) - (rejected - pairs["ref_rejected_logp"])
+    avglogp_margin = chosen / pairs["chosen_tokens"] - rejected / pairs["rejected_tokens"]
     return pd.DataFrame(
         {
             "logratio_margin": logratio_margin,
@@ -28,9 +32,9 @@ def pair_outcomes(pairs: pd.DataFrame) -> pd.DataFrame:
             "logratio_tie": logratio_margin == 0,
             "avglogp_margin": avglogp_margin,
             "avglogp_correct": avglogp_margin > 0,
-            "chosen_logp_shift": (pairs.chosen_logp - pairs.ref_chosen_logp) / pairs.chosen_tokens,
+            "chosen_logp_shift": (chosen - pairs["ref_chosen_logp"]) / pairs["chosen_tokens"],
         },
-        index=pairs.index,
+        index=getattr(pairs, "index", None),
     )
 
 

@@ -7,17 +7,20 @@ import time
 import traceback
 from pathlib import Path
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from ablate.cells import atomic_write_text, cell_id, is_done, read_status, update_status
-from ablate.config import validate_cell
+from ablate.cells import atomic_write_text, cell_id, config_yaml, is_done, read_status, update_status
+from ablate.config import as_plain, validate_cell
 
 
-def run_cell(cfg: DictConfig, sweep_dir: Path, overrides: list[str] | tuple[str, ...] = ()) -> dict:
+def run_cell(cfg: DictConfig, sweep_dir: Path, overrides: list[str] | tuple[str, ...] = (), *,
+             stop_requested=None, job_id: str | None = None) -> dict:
     """Train the cell `cfg` under <sweep_dir>/cells/<cell_id>/ and return its final metrics.
 
-    A finished cell is not trained again. A failing cell records its error, the step it reached
-    and the traceback tail in status.json, then re-raises (so a SLURM job ends FAILED).
+    A finished cell is not trained again; an interrupted one resumes from its checkpoint. A failing
+    cell records its error, the step it reached and the traceback tail in status.json, then
+    re-raises (so a SLURM job ends FAILED). `stop_requested` (a threading.Event) asks the trainer to
+    checkpoint and stop at the next step boundary: the cell is then `preempted`.
     """
     validate_cell(cfg, overrides)
     cid = cell_id(cfg)
@@ -25,18 +28,22 @@ def run_cell(cfg: DictConfig, sweep_dir: Path, overrides: list[str] | tuple[str,
     if is_done(cell_dir):
         return json.loads((cell_dir / "metrics.json").read_text())
 
-    from ablate.trainer import train  # heavy imports (torch, transformers) only when training
+    from ablate.trainer import Interrupted, train  # heavy imports (torch, transformers) only when training
 
     cell_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(cell_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+    atomic_write_text(cell_dir / "config.yaml", config_yaml(as_plain(cfg)))
     attempts = read_status(cell_dir).get("attempts", 0) + 1
     update_status(cell_dir, state="running", cell_id=cid, overrides=list(overrides), attempts=attempts,
-                  error=None, started_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                  error=None, job_id=job_id, started_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                   # what the collector groups by, so it never parses config.yaml of every cell
                   objective=cfg.objective.name, lora_r=cfg.lora.r, seed=cfg.seed, max_steps=cfg.trainer.max_steps)
     started = time.monotonic()
     try:
-        metrics = train(cfg, cell_dir, Path(sweep_dir) / "shared")
+        metrics = train(cfg, cell_dir, Path(sweep_dir) / "shared", stop_requested=stop_requested)
+    except Interrupted as stop:
+        update_status(cell_dir, state="preempted", checkpoint_step=stop.step,
+                      elapsed_s=round(time.monotonic() - started, 2))
+        raise
     except BaseException as error:
         update_status(cell_dir, state="failed", error=f"{type(error).__name__}: {error}",
                       failed_step=getattr(error, "step", None),

@@ -6,6 +6,7 @@ turns them into cells with ids, raising ONE error that lists every bad cell so n
 
 from __future__ import annotations
 
+import copy
 import json
 import subprocess
 import sys
@@ -17,43 +18,78 @@ from pathlib import Path
 from omegaconf import DictConfig, open_dict
 
 from ablate.cells import atomic_write_json, cell_id
-from ablate.config import ConfigError, cell_problems
+from ablate.config import ConfigError, as_plain, cell_problems
 
 
 @dataclass
 class PlannedCell:
     cell_id: str
     overrides: list[str]
-    config: DictConfig  # the full composed config, hydra node included (for run_job)
+    task_config: DictConfig  # the cell's config, without Hydra's node
+    plain: dict  # the same, resolved to plain containers (fast to check, hash and dump)
+    _composition: DictConfig  # the shared composition (hydra node included) it was derived from
+    _value_overrides: list
+    job_num: int
 
-    @property
-    def task_config(self) -> DictConfig:
-        cfg = self.config.copy()
-        with open_dict(cfg):
-            del cfg["hydra"]
-        return cfg
+    def full_config(self) -> DictConfig:
+        """The complete config Hydra's run_job expects, with the cell's job dir (local launcher)."""
+        from hydra._internal.config_loader_impl import ConfigLoaderImpl
+
+        config = copy.deepcopy(self._composition)
+        ConfigLoaderImpl._apply_overrides_to_config(self._value_overrides, config)
+        with open_dict(config):
+            config.hydra.overrides.task = self.overrides
+            config.hydra.job.id = config.hydra.job.num = self.job_num
+            config.hydra.sweep.subdir = f"cells/{self.cell_id}"  # Hydra's job dir IS the cell dir
+        return config
 
 
 def plan_cells(config_loader, base_config: DictConfig, job_overrides, initial_job_idx: int = 0) -> list[PlannedCell]:
-    """Compose every cell; raise ConfigError listing every invalid one. Duplicates are run once."""
+    """Compose every cell; raise ConfigError listing every invalid one. Duplicates are run once.
+
+    Composing a config with Hydra costs ~0.15 s, so cells are composed once per distinct set of
+    GROUP overrides (objective=dpo, model=hub, ...); each cell's value overrides (lora.r=8, seed=3)
+    are then applied to a copy with Hydra's own override code, exactly as Hydra would after composing.
+    """
+    from hydra._internal.config_loader_impl import ConfigLoaderImpl
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parser = OverridesParser.create()
+    compositions: dict[tuple[str, ...], tuple[DictConfig, DictConfig] | Exception] = {}
     cells, errors, seen = [], [], set()
     for num, overrides in enumerate(job_overrides, start=initial_job_idx):
         overrides = list(overrides)
         label = " ".join(overrides) or "(no overrides)"
         try:
-            config = config_loader.load_sweep_config(base_config, overrides)
-        except Exception as error:  # Hydra's composition errors: unknown key, wrong type, bad choice
+            parsed = parser.parse_overrides(overrides)
+            is_group = [config_loader.repository.group_exists(o.key_or_group) for o in parsed]
+            groups = tuple(o.input_line for o, g in zip(parsed, is_group, strict=True) if g)
+            if groups not in compositions:
+                try:
+                    composed = config_loader.load_sweep_config(base_config, list(groups))
+                    task = copy.deepcopy(composed)
+                    with open_dict(task):
+                        del task["hydra"]  # copying Hydra's large node per cell cost most of the time
+                    compositions[groups] = (composed, task)
+                except Exception as error:  # unknown group option, schema violation in a file
+                    compositions[groups] = error
+            if isinstance(compositions[groups], Exception):
+                raise compositions[groups]
+            values = [o for o, g in zip(parsed, is_group, strict=True) if not g]
+            if any(o.key_or_group.startswith("hydra.") for o in values):
+                raise ValueError("hydra.* keys cannot vary between cells; set them once, outside the sweep")
+            composed, task = compositions[groups]
+            task = copy.deepcopy(task)
+            ConfigLoaderImpl._apply_overrides_to_config(values, task)
+        except Exception as error:  # unknown key, wrong type, bad syntax
             errors.append(f"[{label}]: {error}")
             continue
-        planned = PlannedCell("", overrides, config)
-        problems = cell_problems(planned.task_config)
+        plain = as_plain(task)
+        problems = cell_problems(plain)
         if problems:
             errors.append(f"[{label}]:\n    " + "\n    ".join(problems))
             continue
-        planned.cell_id = cell_id(planned.task_config)
-        with open_dict(config):
-            config.hydra.job.id = config.hydra.job.num = num
-            config.hydra.sweep.subdir = f"cells/{planned.cell_id}"  # Hydra's job dir IS the cell dir
+        planned = PlannedCell(cell_id(plain), overrides, task, plain, composed, values, num)
         if planned.cell_id not in seen:
             seen.add(planned.cell_id)
             cells.append(planned)

@@ -89,7 +89,7 @@ def _is_na(obj) -> bool:
 
 
 def collect(sweep_dir: str | Path, select: DictConfig | None = None, *, plots: bool = True) -> dict:
-    """Collect a sweep: write report/{summary.json, cells.csv, report.md, report.html, plots/} and return the summary."""
+    """Collect a sweep: write report/ (summary.json, cells.csv, report.md, report.html, plots/); return the summary."""
     sweep = load_sweep(sweep_dir)
     select = select if select is not None else select_config()
     summary = _json_safe(summarise(sweep, select))

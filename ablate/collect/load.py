@@ -10,8 +10,11 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
+
+from ablate.heldout import PAIR_COLUMNS, pair_outcomes
 
 NOT_AXES = ("seed", "+sweeps", "sweeps", "hydra.sweep.dir", "hydra.run.dir")
 
@@ -23,6 +26,7 @@ class Sweep:
     axes: dict[str, list[str]]  # swept keys (seed excluded) and their values
     problems: list[dict] = field(default_factory=list)  # {"cell_id", "file", "problem"}
     data_stats: list[dict] = field(default_factory=list)  # shared/data-*.json
+    _pairs: dict = field(default_factory=dict, repr=False)  # cell_id -> CellPairs | None, read once
 
     def cell_dir(self, cell_id: str) -> Path:
         return self.sweep_dir / "cells" / cell_id
@@ -117,14 +121,30 @@ def _prefixed(overrides: dict[str, str]) -> dict[str, str]:
     return {f"override:{k}": v for k, v in overrides.items()}
 
 
-def read_pairs(sweep: Sweep, cell_id: str) -> pd.DataFrame | None:
-    """The cell's heldout_pairs.parquet, or None (recorded as a problem) when it cannot be read."""
+@dataclass
+class CellPairs:
+    """One cell's held-out pairs as arrays: ids, slices and the per-pair outcomes (ablate.heldout)."""
+
+    pair_ids: np.ndarray
+    slices: np.ndarray
+    outcomes: pd.DataFrame  # logratio_margin, logratio_correct, avglogp_margin, avglogp_correct, ...
+
+
+def read_pairs(sweep: Sweep, cell_id: str) -> CellPairs | None:
+    """The cell's heldout_pairs.parquet, read once per collection; None (reported once) if unreadable."""
+    if cell_id in sweep._pairs:
+        return sweep._pairs[cell_id]
     path = sweep.cell_dir(cell_id) / "heldout_pairs.parquet"
     try:
-        return pq.read_table(path).to_pandas()
+        table = pq.read_table(path, columns=PAIR_COLUMNS)
+        columns = {name: table.column(name).to_numpy(zero_copy_only=False) for name in PAIR_COLUMNS}
+        numeric = {k: v.astype(float) for k, v in columns.items() if k not in ("pair_id", "slice")}
+        pairs = CellPairs(columns["pair_id"].astype(str), columns["slice"], pair_outcomes(numeric))
     except Exception as error:  # truncated/corrupt parquet raises several arrow error types
         sweep.problems.append({"cell_id": cell_id, "file": str(path), "problem": f"unreadable: {error}"})
-        return None
+        pairs = None
+    sweep._pairs[cell_id] = pairs
+    return pairs
 
 
 def read_jsonl(sweep: Sweep, cell_id: str, name: str) -> list[dict]:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from matplotlib import colormaps
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
@@ -52,7 +53,8 @@ def metric_label(metric: str) -> str:
 
 
 def scope_label(scope: str | None) -> str:
-    return {None: "all pairs", "all": "all pairs", "macro": "macro (slices weigh the same)"}.get(scope, f"{scope} pairs")
+    names = {None: "all pairs", "all": "all pairs", "macro": "macro (slices weigh the same)"}
+    return names.get(scope, f"{scope} pairs")
 
 
 def decisions_by_scope(summary: dict) -> dict[str, dict]:
@@ -114,7 +116,8 @@ def _seed_note(arm: dict) -> str:
 def _save(fig: Figure, path: Path) -> Path:
     FigureCanvasAgg(fig)
     buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=DPI, bbox_inches="tight")
+    # constrained layout already fits everything; "tight" would cost a second full draw
+    fig.savefig(buffer, format="png", dpi=DPI, bbox_inches=None if fig.get_constrained_layout() else "tight")
     fig.clear()  # free the artists now; the Figure is not in any registry, so nothing else holds it
     atomic_write_bytes(path, buffer.getvalue())
     return path
@@ -136,7 +139,8 @@ def decision_plot(sweep: Sweep, summary: dict, plots_dir: Path) -> Path | None:
     y = {arm: len(ranked) - 1 - i for i, arm in enumerate(ranked)}  # best arm on top
 
     fig = Figure(figsize=(1.2 + 3.6 * len(scopes), 2.0 + 0.45 * len(ranked)), layout="constrained")
-    axes = fig.subplots(1, len(scopes), sharey=True, squeeze=False)[0]
+    axes = fig.subplots(1, len(scopes), sharex=True, sharey=True, squeeze=False)[0]
+    drew_reference = False
     rng = np.random.default_rng(0)  # jitter of the seed dots, fixed so reruns give the same image
     for ax, scope in zip(axes, scopes, strict=True):
         stats, values = arm_stats(summary, sweep, metric, scope), cell_values(sweep, metric, scope)
@@ -146,7 +150,8 @@ def decision_plot(sweep: Sweep, summary: dict, plots_dir: Path) -> Path | None:
             color = BEST if arm == decision.get("best_arm") else OTHER if arms[arm]["complete"] else INCOMPLETE
             if values is not None:
                 seeds = values[sweep.done.arm == arm].dropna()
-                ax.scatter(seeds, y[arm] + rng.uniform(-0.12, 0.12, len(seeds)), s=16, color=color, alpha=0.6, lw=0, zorder=3)
+                jitter = rng.uniform(-0.12, 0.12, len(seeds))
+                ax.scatter(seeds, y[arm] + jitter, s=16, color=color, alpha=0.6, lw=0, zorder=3)
             if _finite(s.get("mean")):
                 ci = [s.get("ci_low"), s.get("ci_high")]
                 xerr = [[s["mean"] - ci[0]], [ci[1] - s["mean"]]] if all(map(_finite, ci)) else None
@@ -155,6 +160,7 @@ def decision_plot(sweep: Sweep, summary: dict, plots_dir: Path) -> Path | None:
         reference = base_model_value(sweep, metric_key(metric, None if scope == "all" else scope))
         if reference is not None and scope != "macro":
             ax.axvline(reference, color="black", ls=":", lw=1.2)
+            drew_reference = True
         if metric in ("avglogp_accuracy", "logratio_accuracy"):
             ax.set_xlim(-0.03, 1.03)
         ax.set_xlabel(metric_label(metric))
@@ -168,9 +174,12 @@ def decision_plot(sweep: Sweep, summary: dict, plots_dir: Path) -> Path | None:
     axes[0].set_ylim(-0.6, len(ranked) - 0.4)
     legend = [Line2D([], [], marker="D", color=OTHER, lw=1.6, label="mean over seeds, 95% t-interval"),
               Line2D([], [], marker="o", color=OTHER, lw=0, alpha=0.55, label="one seed"),
-              Line2D([], [], marker="D", color=BEST, lw=1.6, label="best arm of the panel"),
-              Line2D([], [], marker="D", color=INCOMPLETE, mfc="white", lw=1.6, label="incomplete arm (not compared)"),
-              Line2D([], [], color="black", ls=":", label="base model (step 0)")]
+              Line2D([], [], marker="D", color=BEST, lw=1.6, label="best arm of the panel")]
+    if not all(arms[a]["complete"] for a in ranked):
+        legend.append(Line2D([], [], marker="D", color=INCOMPLETE, mfc="white", lw=1.6,
+                             label="incomplete arm (not compared)"))
+    if drew_reference:
+        legend.append(Line2D([], [], color="black", ls=":", label="base model (step 0)"))
     fig.legend(handles=legend, loc="outside lower center", ncols=len(legend), fontsize=8.5, frameon=False)
     shown = "" if len(ranked) == len(arms) else f" ({len(ranked)} best of {len(arms)} arms)"
     fig.suptitle(f"Which arm is best on held-out pairs? {metric} per arm and scope{shown}", fontsize=12)
@@ -191,13 +200,14 @@ def curves_plot(sweep: Sweep, summary: dict, plots_dir: Path) -> Path | None:
                   for c in sweep.done[sweep.done.arm == arm].cell_id] for arm in arms}
     ncols = min(4, len(arms))
     nblocks = math.ceil(len(arms) / ncols)
-    fig = Figure(figsize=(4.3 * ncols, 5.4 * nblocks))
-    grid = fig.add_gridspec(2 * nblocks, ncols, height_ratios=[1.25, 1] * nblocks, hspace=0.12)
+    fig = Figure(figsize=(max(4.3 * ncols, 7.5), 1.2 + 5.0 * nblocks), layout="constrained")
+    grid = fig.add_gridspec(nblocks, ncols)
     heldout_axes, metric_axes = [], []
     for i, arm in enumerate(arms):
         block, col = divmod(i, ncols)
-        top = fig.add_subplot(grid[2 * block, col])
-        bottom = fig.add_subplot(grid[2 * block + 1, col], sharex=top)
+        panel = grid[block, col].subgridspec(2, 1, height_ratios=[1.25, 1])
+        top = fig.add_subplot(panel[0])
+        bottom = fig.add_subplot(panel[1], sharex=top)
         twin = top.twinx()
         for train, evals in logs[arm]:
             train = [e for e in train if "rewards/margins" in e]
@@ -230,11 +240,10 @@ def curves_plot(sweep: Sweep, summary: dict, plots_dir: Path) -> Path | None:
     legend = [Line2D([], [], color="#1f77b4", lw=1, label="training rewards/margins (one line per seed)"),
               Line2D([], [], color="#ff7f0e", lw=1, ls="--", marker=".", label="held-out log-ratio margin"),
               Line2D([], [], color="#2ca02c", lw=1, marker=".", label=f"held-out {metric} (decision metric)")]
-    fig.legend(handles=legend, loc="upper center", ncols=3, bbox_to_anchor=(0.5, 1.0 - 0.02 / nblocks),
-               frameon=False, fontsize=9)
+    fig.legend(handles=legend, loc="outside lower center", ncols=3 if ncols >= 3 else 1, frameon=False, fontsize=9)
     shown = "" if len(arms) == len(summary["arms"]) else f" ({len(arms)} best arms)"
-    fig.suptitle(f"Training vs held-out margins over training, per arm{shown}: rising training margins with a "
-                 f"flat held-out {metric} suggest overoptimisation", fontsize=11, y=1.0 + 0.03 / nblocks)
+    fig.suptitle(f"Training vs held-out margins over training, per arm{shown}\nrising training margins with a "
+                 f"flat held-out {metric} suggest overoptimisation", fontsize=11)
     return _save(fig, plots_dir / "curves.png")
 
 
@@ -260,11 +269,12 @@ def heatmap_plot(sweep: Sweep, summary: dict, plots_dir: Path) -> Path | None:
                 std = stats[members[0]["arm"]].get("std") if len(members) == 1 else None
                 spread = f" ± {std:.3f}" if _finite(std) else ""
                 notes[i][j] = f"{grid[i, j]:.3f}{spread}\n{done}/{cells} seeds done"
+    if not np.isfinite(grid).any():
+        return None
     fig = Figure(figsize=(2.2 + 1.9 * len(ranks), 1.8 + 1.0 * len(objectives)))
     ax = fig.subplots()
     image = ax.imshow(np.ma.masked_invalid(grid), cmap="viridis", aspect="auto")
-    finite = grid[np.isfinite(grid)]
-    middle = (finite.min() + finite.max()) / 2 if finite.size else 0
+    middle = (np.nanmin(grid) + np.nanmax(grid)) / 2  # dark cells get white text
     for i in range(len(objectives)):
         for j in range(len(ranks)):
             dark = np.isfinite(grid[i, j]) and grid[i, j] < middle
@@ -290,7 +300,8 @@ def slices_plot(sweep: Sweep, summary: dict, plots_dir: Path) -> Path | None:
     arms = {a["arm"]: a for a in summary["arms"]}
     ranked = ranked_arms(summary, sweep)[:MAX_CURVE_ARMS]
     labels = short_labels(list(arms))
-    colors = [f"C{i % 10}" for i in range(len(ranked))]
+    palette = colormaps["tab10" if len(ranked) <= 10 else "tab20"]
+    colors = [palette(i) for i in range(len(ranked))]
     width = 0.8 / len(ranked)
     fig = Figure(figsize=(max(6.0, 1.2 + len(slices) * (0.9 + 0.45 * len(ranked))), 4.6))
     ax = fig.subplots()
@@ -325,8 +336,12 @@ def slices_plot(sweep: Sweep, summary: dict, plots_dir: Path) -> Path | None:
 
 
 def all_plots(sweep: Sweep, summary: dict, plots_dir: Path) -> dict[str, Path]:
-    """{name: path} of every figure this sweep has data for."""
-    drawn = {name: draw(sweep, summary, Path(plots_dir)) for name, draw in
+    """{name: path} of every figure this sweep has data for; a figure it no longer has is removed."""
+    plots_dir = Path(plots_dir)
+    drawn = {name: draw(sweep, summary, plots_dir) for name, draw in
              (("decision", decision_plot), ("slices", slices_plot), ("heatmap", heatmap_plot),
               ("curves", curves_plot))}
+    for name, path in drawn.items():
+        if path is None:  # e.g. collected again with another select.slice: no stale image left to mislead
+            (plots_dir / f"{name}.png").unlink(missing_ok=True)
     return {name: path for name, path in drawn.items() if path is not None}

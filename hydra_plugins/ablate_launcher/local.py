@@ -67,7 +67,7 @@ class AblateLocalLauncher(Launcher):
                                          _return_value=None, working_dir=str(sweep_dir / "cells" / cell.cell_id)))
                 continue
             log.info(f"[{i}/{len(cells)}] {cell.cell_id} {label}")
-            ret = run_job(hydra_context=self.hydra_context, task_function=self.task_function, config=cell.config,
+            ret = run_job(hydra_context=self.hydra_context, task_function=self.task_function, config=cell.full_config(),
                           job_dir_key="hydra.sweep.dir", job_subdir_key="hydra.sweep.subdir")
             if ret.status == JobStatus.FAILED:
                 log.error(f"[{i}/{len(cells)}] {cell.cell_id} failed: {ret._return_value!r} (see status.json)")

@@ -1,0 +1,294 @@
+"""report.md and a self-contained report.html from the summary (DESIGN §3, §6).
+
+The report is built once as a list of blocks (heading, paragraph, list, table, image) and rendered
+twice, so the Markdown and the HTML can never say different things. Nothing is hidden: unfinished
+cells, their errors and unreadable files are listed; a missing analysis says why it is missing.
+The HTML embeds its images as data URIs and its CSS inline: one file to mail or attach to a PR.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import math
+import re
+from pathlib import Path
+
+import pandas as pd
+
+from ablate.cells import atomic_write_text
+from ablate.collect.load import Sweep
+from ablate.collect.plots import all_plots, arm_stats, decisions_by_scope, scope_label, slice_names
+
+PLOT_CAPTIONS = {
+    "decision": "Decision metric per arm and scope: mean over seeds with 95% t-interval, seeds as dots.",
+    "slices": "Decision metric per held-out slice: one bar per arm, 95% CI over seeds.",
+    "heatmap": "Decision metric by objective and LoRA rank, mean over seeds.",
+    "curves": "Training rewards/margins vs held-out margin and decision metric over training, per arm.",
+}
+CSS = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222;
+line-height:1.45}table{border-collapse:collapse;margin:.6em 0 1.2em;font-size:.9em}
+th,td{border:1px solid #ccc;padding:.25em .55em;text-align:left;vertical-align:top}th{background:#f2f2f2}
+tr.flag td{background:#fff3cd}figcaption{font-weight:600}
+.callout{font-size:1.25em;font-weight:600;padding:.6em .9em;border-radius:6px;margin:.8em 0}
+.yes{background:#e6f4ea;border:2px solid #2e7d32}.no{background:#fff4e5;border:2px solid #c77700}
+img{max-width:100%;border:1px solid #ddd;margin:.3em 0 1.5em}h2{border-bottom:1px solid #ddd;padding-bottom:.2em}"""
+
+
+# ---------------------------------------------------------------- formatting
+
+def missing(x) -> bool:
+    return x is None or x is pd.NA or (isinstance(x, float) and not math.isfinite(x))
+
+
+def fmt(x, digits: int = 3) -> str:
+    if missing(x):
+        return "—"
+    return f"{x:.{digits}f}" if isinstance(x, float) else str(x)
+
+
+def fmt_p(p) -> str:
+    return "—" if missing(p) else f"{p:.2g}"
+
+
+def ci(low, high) -> str:
+    return "—" if missing(low) or missing(high) else f"[{fmt(low)}, {fmt(high)}]"
+
+
+def mean_std(stats: dict | None) -> str:
+    if not stats or missing(stats.get("mean")):
+        return "—"
+    return fmt(stats["mean"]) + ("" if missing(stats.get("std")) else f" ± {fmt(stats['std'])}")
+
+
+def one_line(text) -> str:
+    return "" if text is None or (isinstance(text, float) and math.isnan(text)) else " ".join(str(text).split())
+
+
+# ---------------------------------------------------------------- content
+
+def build_blocks(sweep: Sweep, summary: dict, plots: dict[str, Path]) -> list[tuple]:
+    select, decision = summary["select"], summary["decision"]
+    metric, headline = select["metric"], decision["scope"]
+    counts = summary["cell_counts"]
+    total = sum(counts.values())
+    blocks: list[tuple] = [
+        ("h1", f"Sweep report: {Path(summary['sweep_dir']).name}"),
+        ("p", f"Sweep directory: {summary['sweep_dir']} (collected {summary['collected_at']})."),
+        ("p", f"{total} cells" + "".join(f"{', ' if i else ': '}{n} {state}"
+                                          for i, (state, n) in enumerate(sorted(counts.items())))
+         + ("." if summary["complete"] else ". Not every cell is done: the decision uses complete arms only "
+                                            "and may change when the rest finish.")),
+        ("p", f"Decision rule: held-out {metric} on {scope_label(headline)}, comparing values of "
+              f"{select['factor']}; {100 * (1 - select['alpha']):.0f}% paired bootstrap CIs "
+              f"({select['n_bootstrap']} resamples), minimum gain {select['min_extra_pairs']} held-out pairs "
+              f"(accuracy) or {select['min_margin_gain']} (margins). Change it without retraining: "
+              f"ablate collect <sweep_dir> metric=... slice=... alpha=..."),
+        ("h2", "Decision"),
+    ]
+    if summary["decisive"]:
+        provisional = (f"; provisional: {len(decision['incomplete_arms'])} incomplete arm(s) not compared"
+                       if decision.get("incomplete_arms") else "")
+        blocks.append(("callout", f"Winner: {decision.get('factor') or 'arm'} = {summary['winner']} "
+                                  f"(decisive{provisional})", True))
+    else:
+        best = f" (best arm: {decision['best_arm']})" if decision.get("best_arm") else ": no arms could be compared"
+        blocks.append(("callout", f"No decisive winner{best}", False))
+    blocks.append(("p", summary["explanation"]))
+    if decision.get("recommended_arm") and decision["recommended_arm"] != decision.get("best_arm"):
+        blocks.append(("p", f"Recommended arm after the tie-break: {decision['recommended_arm']}."))
+
+    decisions = decisions_by_scope(summary)
+    verdicts = [_scope_verdict(scope, d, scope == headline) for scope, d in decisions.items()]
+    blocks += [("h2", "Decision per scope: all pairs and each held-out slice"), ("list", verdicts)]
+
+    scopes = ["all", *slice_names(sweep)] + (["macro"] if headline == "macro" else [])
+    headers = ["arm", "seeds done"]
+    for scope in scopes:
+        headers += [f"{scope_label(scope)}: mean ± std", "95% CI"]
+    per_scope = {scope: arm_stats(summary, sweep, metric, scope) for scope in scopes}
+    rows = []
+    for arm in summary["arms"]:
+        row = [arm["arm"], f"{arm['done']}/{arm['cells']}"]
+        for scope in scopes:
+            stats = per_scope[scope][arm["arm"]]
+            row += [mean_std(stats), ci(stats.get("ci_low"), stats.get("ci_high"))]
+        rows.append(row)
+    blocks += [("h2", f"Arms: held-out {metric} over seeds"),
+               ("p", "Mean ± sample std over the arm's finished seeds; 95% t-interval over seeds (needs 2+ seeds)."),
+               ("table", headers, rows, [])]
+
+    rows = [[scope_label(s), d.get("best_arm", "—"), c["arm"], f"{c['difference']:+.3f}", ci(c["ci_low"], c["ci_high"]),
+             fmt(c.get("extra_pairs"), 1), fmt_p((c.get("mcnemar") or {}).get("p_value")),
+             fmt_p((c.get("mcnemar") or {}).get("p_holm")), "yes" if c["decisive"] else "no"]
+            for s, d in decisions.items() for c in d.get("comparisons", [])]
+    blocks += [("h2", "Pairwise comparisons (best arm vs each other arm, same held-out pairs)"),
+               ("p", "Difference = best arm − other arm (paired bootstrap over pairs, and seeds); extra pairs = "
+                     "difference × held-out pairs in the scope; McNemar's exact test on per-pair correctness, "
+                     "Holm-corrected within a scope. Decisive = CI above 0 and the minimum gain met."),
+               ("table", ["scope", "best arm", "vs arm", "difference", "95% CI", "extra pairs", "McNemar p",
+                          "Holm p", "decisive"], rows, [])]
+    blocks += _diagnostics(summary["diagnostics"], metric)
+    blocks += _unfinished(sweep, summary)
+    blocks.append(("h2", "Plots"))
+    for name, path in plots.items():
+        blocks.append(("img", PLOT_CAPTIONS.get(name, name), path))
+    return blocks
+
+
+def _scope_verdict(scope: str, d: dict, is_headline: bool) -> str:
+    name = scope_label(scope) + (" (decision scope)" if is_headline else "")
+    if not d.get("comparisons"):
+        return f"{name}: not compared. {d.get('explanation', '')}"
+    best = f"best arm {d['best_arm']} ({fmt(d['point'][d['best_arm']])})"
+    if d["decisive"]:
+        return f"{name}: {d.get('factor') or 'arm'} = {d['winner']} wins decisively; {best}."
+    close = [c["arm"] for c in d["comparisons"] if not c["decisive"]]
+    return f"{name}: no arm wins decisively; {best}, not decisively better than {', '.join(close)}."
+
+
+def _diagnostics(diag: dict, metric: str) -> list[tuple]:
+    over = diag.get("overoptimisation", [])
+    flagged = [i for i, r in enumerate(over) if r["flagged"]]
+    blocks = [("h2", "Diagnostics"), ("h3", "Overoptimisation"),
+              ("p", f"A cell is flagged when its training rewards/margins rise from the first to the second half of "
+                    f"training while held-out {metric} does not improve between mid-training and the end. "
+                    + (f"{len(flagged)} of {len(over)} cells flagged." if over else
+                       "No cell has enough training and evaluation log entries to check."))]
+    if over:
+        rows = [[r["cell_id"], r["arm"], fmt(r["seed"]),
+                 f"{fmt(r['train_margin_first_half'])} → {fmt(r['train_margin_second_half'])}",
+                 f"{fmt(r['heldout_mid'])} (step {r['heldout_mid_step']}) → {fmt(r['heldout_final'])}",
+                 fmt(r.get("heldout_margin_gain"), 2), "FLAGGED" if r["flagged"] else "no"] for r in over]
+        blocks.append(("table", ["cell", "arm", "seed", "training margin, 1st → 2nd half", f"held-out {metric}, "
+                                 "mid → final", "held-out log-ratio margin gain (nats)", "flag"], rows, flagged))
+
+    shift = pd.DataFrame(diag.get("chosen_logp_shift", []))
+    blocks += [("h3", "Chosen log-prob shift"),
+               ("p", "Mean per-token change of the chosen answers' log-prob vs the base model (nats/token). "
+                     "Negative = the policy makes even the preferred answers less likely (a known failure of "
+                     "margin objectives).")]
+    if shift.empty:
+        blocks.append(("p", "Not available: no finished cell reports heldout/chosen_logp_shift."))
+    else:
+        rows = [[arm, fmt(g.chosen_logp_shift.mean()), f"[{fmt(g.chosen_logp_shift.min())}, "
+                 f"{fmt(g.chosen_logp_shift.max())}]", f"{int(g.falling.sum())}/{len(g)}"]
+                for arm, g in shift.groupby("arm", sort=False)]
+        blocks.append(("table", ["arm", "mean shift", "min, max over cells", "cells where it falls"], rows, []))
+
+    blocks.append(("h3", "Length artifacts in the training data"))
+    if diag.get("length"):
+        rows = [[fmt(f.get("data")), fmt(f.get("pairs")), fmt(f.get("chosen_tokens_mean"), 1),
+                 fmt(f.get("rejected_tokens_mean"), 1), fmt(f.get("chosen_longer_share"), 2),
+                 fmt(f.get("chosen_shorter_share"), 2), f["verdict"]] for f in diag["length"]]
+        blocks.append(("table", ["data", "pairs", "chosen tokens (mean)", "rejected tokens (mean)", "chosen longer",
+                                 "chosen shorter", "verdict"], rows, []))
+    else:
+        blocks.append(("p", "Not checked: the sweep has no training-data length statistics (shared/data-*.json)."))
+
+    fact = diag.get("factorial", {})
+    blocks.append(("h3", "Factorial effects"))
+    if fact.get("note") or not fact.get("main_effects"):
+        blocks.append(("p", f"Not estimated: {fact.get('note', 'no effects computed')} "
+                            f"(swept factors: {', '.join(fact.get('factors', [])) or 'none'})."))
+        return blocks
+    blocks.append(("p", f"Contrasts of arm means of held-out {metric} (averaged over the other factors), "
+                        "95% bootstrap CIs over seeds."))
+    rows = [[m["factor"], f"{m['level']} vs {m['versus']}", f"{m['effect']:+.3f}", ci(m["ci_low"], m["ci_high"]),
+             "yes" if m["excludes_zero"] else "no"] for m in fact["main_effects"]]
+    blocks.append(("table", ["main effect of", "levels", "effect", "95% CI", "CI excludes 0"], rows, []))
+    rows = [[" × ".join(i["factors"]), i["definition"], f"{i['effect']:+.3f}", ci(i["ci_low"], i["ci_high"]),
+             "yes" if i["excludes_zero"] else "no"] for i in fact.get("interactions", [])]
+    if rows:
+        blocks.append(("table", ["interaction", "definition", "effect", "95% CI", "CI excludes 0"], rows, []))
+    return blocks
+
+
+def _unfinished(sweep: Sweep, summary: dict) -> list[tuple]:
+    # From the cells table itself: it has every cell, whatever files it lacks.
+    cells = sweep.cells[sweep.cells.state != "done"]
+    blocks = [("h2", f"Cells not finished ({len(cells)})")]
+    if cells.empty:
+        blocks.append(("p", "Every cell is done."))
+    else:
+        rows = [[c["cell_id"], c.get("arm", ""), c["state"], one_line(c.get("overrides")), one_line(c.get("error"))
+                 or "—"] for c in cells.to_dict("records")]
+        blocks.append(("table", ["cell", "arm", "state", "overrides", "error"], rows,
+                       [i for i, r in enumerate(rows) if r[2] in ("failed", "corrupt")]))
+    seen, problems = set(), []
+    for p in [*summary.get("problems", []), *sweep.problems]:  # files read again while plotting may add some
+        key = (p.get("cell_id"), p.get("file"), p.get("problem"))
+        if key not in seen:
+            seen.add(key)
+            problems.append([fmt(p.get("cell_id")), fmt(p.get("file")), one_line(p.get("problem"))])
+    blocks.append(("h2", f"Problems: unreadable or inconsistent files ({len(problems)})"))
+    blocks.append(("table", ["cell", "file", "problem"], problems, []))
+    return blocks
+
+
+# ---------------------------------------------------------------- rendering
+
+def _md_escape(text) -> str:
+    """Backslash what Markdown would act on; an underscore only where it could open/close emphasis."""
+    return re.sub(r"([\\`*<>|]|(?<![A-Za-z0-9])_|_(?![A-Za-z0-9]))", r"\\\1", str(text))
+
+
+def to_markdown(blocks: list[tuple], report_dir: Path) -> str:
+    out = []
+    for kind, *args in blocks:
+        if kind in ("h1", "h2", "h3"):
+            out.append("#" * int(kind[1]) + " " + _md_escape(args[0]))
+        elif kind == "p":
+            out.append(_md_escape(args[0]))
+        elif kind == "callout":
+            out.append(f"> **{_md_escape(args[0])}**")
+        elif kind == "list":
+            out.append("\n".join(f"- {_md_escape(item)}" for item in args[0]))
+        elif kind == "table" and not args[1]:
+            out.append("None.")
+        elif kind == "table":
+            headers, rows, _ = args
+            lines = ["| " + " | ".join(map(_md_escape, headers)) + " |", "|" + "---|" * len(headers)]
+            lines += ["| " + " | ".join(_md_escape(v) for v in row) + " |" for row in rows]
+            out.append("\n".join(lines))
+        elif kind == "img":
+            caption, path = args
+            out.append(f"**{_md_escape(caption)}**\n\n![{_md_escape(caption)}]({path.relative_to(report_dir)})")
+    return "\n\n".join(out) + "\n"
+
+
+def to_html(blocks: list[tuple], title: str) -> str:
+    e = html.escape
+    out = []
+    for kind, *args in blocks:
+        if kind in ("h1", "h2", "h3"):
+            out.append(f"<{kind}>{e(args[0])}</{kind}>")
+        elif kind == "p":
+            out.append(f"<p>{e(args[0])}</p>")
+        elif kind == "callout":
+            out.append(f'<div class="callout {"yes" if args[1] else "no"}">{e(args[0])}</div>')
+        elif kind == "list":
+            out.append("<ul>" + "".join(f"<li>{e(item)}</li>" for item in args[0]) + "</ul>")
+        elif kind == "table" and not args[1]:
+            out.append("<p>None.</p>")
+        elif kind == "table":
+            headers, rows, flagged = args
+            body = "".join(("<tr class='flag'>" if i in flagged else "<tr>")
+                           + "".join(f"<td>{e(str(v))}</td>" for v in row) + "</tr>" for i, row in enumerate(rows))
+            out.append("<table><tr>" + "".join(f"<th>{e(h)}</th>" for h in headers) + f"</tr>{body}</table>")
+        elif kind == "img":
+            caption, path = args
+            data = base64.b64encode(path.read_bytes()).decode("ascii")
+            out.append(f'<figure><figcaption>{e(caption)}</figcaption>'
+                       f'<img alt="{e(caption)}" src="data:image/png;base64,{data}"></figure>')
+    return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{e(title)}</title>'
+            f"<style>{CSS}</style></head><body>\n" + "\n".join(out) + "\n</body></html>\n")
+
+
+def write_report(sweep: Sweep, summary: dict, report_dir: Path) -> None:
+    """report/plots/*.png, report/report.md and report/report.html (self-contained)."""
+    report_dir = Path(report_dir)
+    plots = all_plots(sweep, summary, report_dir / "plots")
+    blocks = build_blocks(sweep, summary, plots)
+    atomic_write_text(report_dir / "report.md", to_markdown(blocks, report_dir))
+    atomic_write_text(report_dir / "report.html", to_html(blocks, blocks[0][1]))

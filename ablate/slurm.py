@@ -1,0 +1,129 @@
+"""Submitting cells to SLURM through submitit: resource profiles, arrays under MaxArraySize, the collector.
+
+Cells may need different resources (a larger rank or model needs more memory or GPUs): each cell's
+resources are the launcher's defaults updated by every matching entry of `profiles`; cells with the
+same resources share job arrays, each array holding at most MaxArraySize cells. The collector is
+one more job, started by SLURM once every cell job has ended (`afterany`), whatever the outcome.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import time
+from itertools import groupby
+from pathlib import Path
+
+import submitit
+from omegaconf import DictConfig, OmegaConf
+
+from ablate.cells import atomic_write_json, atomic_write_text, config_yaml, update_status
+from ablate.config import as_plain
+from ablate.jobs import CellJob, CollectJob
+from ablate.status import read_sweep_json
+
+RESOURCE_KEYS = ("partition", "account", "qos", "timeout_min", "gpus_per_node", "cpus_per_task", "mem_gb",
+                 "nodes", "tasks_per_node", "constraint")
+
+
+def cell_resources(launcher: DictConfig, cell_config: DictConfig) -> dict:
+    """The launcher's resources, updated by each profile whose `when` matches the cell's config."""
+    resources = {key: launcher[key] for key in RESOURCE_KEYS}
+    for profile in launcher.get("profiles") or []:
+        when = profile.get("when") or {}
+        if all(str(OmegaConf.select(cell_config, key)) == str(value) for key, value in when.items()):
+            resources |= {key: value for key, value in profile.items() if key != "when"}
+    unknown = set(resources) - set(RESOURCE_KEYS)
+    if unknown:
+        raise ValueError(f"hydra.launcher.profiles: unknown resource keys {sorted(unknown)}; known: {RESOURCE_KEYS}")
+    return resources
+
+
+def executor_parameters(resources: dict, launcher: DictConfig, name: str) -> dict:
+    params = {
+        "name": name,
+        "timeout_min": resources["timeout_min"],
+        "gpus_per_node": resources["gpus_per_node"],
+        "cpus_per_task": resources["cpus_per_task"],
+        "mem_gb": resources["mem_gb"],
+        "nodes": resources["nodes"],
+        "tasks_per_node": resources["tasks_per_node"],
+        "slurm_array_parallelism": launcher.array_parallelism,
+        "slurm_setup": list(launcher.setup or []),
+        "slurm_additional_parameters": dict(launcher.additional_parameters or {}),
+        "slurm_signal_delay_s": launcher.signal_delay_s,
+    }
+    for key in ("partition", "account", "qos", "constraint"):
+        if resources[key] is not None:
+            params[f"slurm_{key}"] = resources[key]
+    if not params["gpus_per_node"]:
+        params.pop("gpus_per_node")
+    return params
+
+
+def max_array_size(configured: int | None) -> int:
+    """The cluster's MaxArraySize (an array's indices must stay below it); 1001 is SLURM's default."""
+    if configured:
+        return configured
+    try:
+        out = subprocess.run(["scontrol", "show", "config"], capture_output=True, text=True, timeout=30).stdout
+    except (OSError, subprocess.SubprocessError):
+        return 1001
+    match = re.search(r"^MaxArraySize\s*=\s*(\d+)", out, re.MULTILINE)
+    return int(match.group(1)) if match else 1001
+
+
+def _executor(sweep_dir: Path, launcher: DictConfig) -> submitit.AutoExecutor:
+    # one folder per job: logs, pickles and the generated sbatch script stay next to the sweep
+    return submitit.AutoExecutor(folder=str(sweep_dir / "slurm" / "%j"), cluster=launcher.cluster)
+
+
+def submit_cells(sweep_dir: Path, cells: list[tuple[DictConfig, list[str], str]], launcher: DictConfig,
+                 select: DictConfig) -> dict:
+    """Submit (config, overrides, cell_id) cells and the collector; record job ids in sweep.json and status.json."""
+    sweep_dir = Path(sweep_dir)
+    name = f"ablate-{sweep_dir.name}"
+    profiled = sorted(((cell_resources(launcher, cfg), cfg, ov, cid) for cfg, ov, cid in cells),
+                      key=lambda c: repr(sorted(c[0].items(), key=str)))
+    for _, cfg, ov, cid in profiled:  # before submission: a job that starts at once must not be overwritten
+        cell_dir = sweep_dir / "cells" / cid
+        atomic_write_text(cell_dir / "config.yaml", config_yaml(as_plain(cfg)))
+        update_status(cell_dir, state="pending", cell_id=cid, overrides=list(ov), error=None,
+                      submitted_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+
+    executor = _executor(sweep_dir, launcher)
+    chunk = max_array_size(launcher.max_array_size)
+    jobs: dict[str, str] = {}
+    arrays = []
+    for _, group in groupby(profiled, key=lambda c: repr(sorted(c[0].items(), key=str))):
+        group = list(group)
+        executor.update_parameters(**executor_parameters(group[0][0], launcher, name))
+        for start in range(0, len(group), chunk):
+            part = group[start : start + chunk]
+            with executor.batch():
+                submitted = [executor.submit(CellJob(cfg, str(sweep_dir), ov)) for _, cfg, ov, _ in part]
+            for (_, _, _, cid), job in zip(part, submitted, strict=True):
+                jobs[cid] = str(job.job_id)
+            arrays.append({"job_id": str(submitted[0].job_id).split("_")[0], "cells": len(part),
+                           "resources": group[0][0]})
+
+    collector_job = None
+    if launcher.collector.enabled and arrays:
+        masters = ":".join(a["job_id"] for a in arrays)
+        collector_resources = {key: launcher[key] for key in RESOURCE_KEYS} | dict(launcher.collector.resources)
+        params = executor_parameters(collector_resources, launcher, f"{name}-collect")
+        params["slurm_additional_parameters"] = params["slurm_additional_parameters"] | {
+            "dependency": f"afterany:{masters}", "kill-on-invalid-dep": "no"}
+        params.pop("slurm_array_parallelism")
+        executor.update_parameters(**params)
+        collector_job = str(executor.submit(CollectJob(str(sweep_dir), OmegaConf.to_container(select))).job_id)
+
+    sweep = read_sweep_json(sweep_dir)
+    sweep.setdefault("jobs", {}).update(jobs)
+    sweep.setdefault("arrays", []).extend(arrays)
+    if collector_job:
+        sweep["collector_job"] = collector_job
+    sweep["slurm"] = OmegaConf.to_container(launcher, resolve=True)
+    sweep["select"] = OmegaConf.to_container(select, resolve=True)
+    atomic_write_json(sweep_dir / "sweep.json", sweep)
+    return {"jobs": jobs, "arrays": arrays, "collector_job": collector_job}

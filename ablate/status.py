@@ -1,0 +1,90 @@
+"""Where every cell of a sweep stands: status.json, reconciled with what SLURM says of its job.
+
+A job killed by SLURM (OOM, node failure, scancel, time limit without checkpoint) cannot write its
+own status.json; it stays `running` or `pending` there. `reconcile` asks squeue/sacct and marks
+such cells `failed` with the SLURM state as the error, so the collector, `ablate status` and
+resubmission all see the truth.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import pandas as pd
+
+from ablate.cells import read_status, update_status
+
+ALIVE = {"PENDING", "RUNNING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "RESIZING", "SUSPENDED",
+         "CONFIGURING", "COMPLETING", "STAGE_OUT", "SIGNALING"}
+DEAD = {"FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "BOOT_FAIL", "DEADLINE", "PREEMPTED",
+        "REVOKED", "SPECIAL_EXIT"}
+
+
+def read_sweep_json(sweep_dir: str | Path) -> dict:
+    path = Path(sweep_dir) / "sweep.json"
+    if not path.exists():
+        raise FileNotFoundError(f"{path} not found: is {sweep_dir} an ablate sweep directory?")
+    return json.loads(path.read_text())
+
+
+def _run(cmd: list[str]) -> str:
+    if shutil.which(cmd[0]) is None:
+        return ""
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    return out.stdout if out.returncode == 0 else ""
+
+
+def slurm_states(job_ids: list[str]) -> dict[str, str]:
+    """SLURM's state for each job id ("12" or array task "12_3"): squeue for live jobs, sacct for ended ones."""
+    ids = sorted({j for j in job_ids if j})
+    if not ids:
+        return {}
+    states: dict[str, str] = {}
+    masters = sorted({j.split("_")[0] for j in ids})
+    for line in _run(["sacct", "-n", "-X", "-P", "-o", "JobID,State", "-j", ",".join(masters)]).splitlines():
+        job, _, state = line.partition("|")
+        states[job.strip()] = state.split()[0] if state.strip() else "UNKNOWN"
+    # squeue is authoritative while a job is queued or running (sacct lags by a few seconds)
+    for line in _run(["squeue", "-h", "-r", "-o", "%i %T", "-j", ",".join(masters)]).splitlines():
+        job, _, state = line.strip().partition(" ")
+        states[job] = state
+    return {j: states.get(j, states.get(j.split("_")[0], "UNKNOWN")) for j in ids}
+
+
+def reconcile(sweep_dir: str | Path) -> pd.DataFrame:
+    """One row per cell: state (status.json, corrected by SLURM), job id, SLURM state, attempts, error."""
+    sweep_dir = Path(sweep_dir)
+    sweep = read_sweep_json(sweep_dir)
+    jobs = sweep.get("jobs", {})
+    statuses = {c["cell_id"]: read_status(sweep_dir / "cells" / c["cell_id"]) for c in sweep.get("cells", [])}
+    job_of = {cid: status.get("job_id") or jobs.get(cid) for cid, status in statuses.items()}
+    slurm = slurm_states([j for j in job_of.values() if j])
+    rows = []
+    for cell in sweep.get("cells", []):
+        cid = cell["cell_id"]
+        status = statuses[cid]
+        state = status.get("state", "missing")
+        job = job_of[cid]
+        slurm_state = slurm.get(job) if job else None
+        done = state == "done" and (sweep_dir / "cells" / cid / "metrics.json").exists()
+        if not done and state in ("pending", "running", "preempted", "missing") and slurm_state in DEAD:
+            # the job died without a word (OOM, node failure, scancel): SLURM is the only witness
+            status = update_status(sweep_dir / "cells" / cid, state="failed", job_id=job,
+                                   error=f"SLURM job {job} ended {slurm_state}")
+            state = "failed"
+        elif not done and state == "pending" and slurm_state == "COMPLETED":
+            status = update_status(sweep_dir / "cells" / cid, state="failed", job_id=job,
+                                   error=f"SLURM job {job} completed but the cell wrote no result")
+            state = "failed"
+        rows.append({"cell_id": cid, "overrides": " ".join(cell.get("overrides", [])), "state": state,
+                     "job_id": job, "slurm_state": slurm_state, "attempts": status.get("attempts", 0),
+                     "error": status.get("error")})
+    return pd.DataFrame(rows, columns=["cell_id", "overrides", "state", "job_id", "slurm_state", "attempts", "error"])
+
+
+def is_alive(row) -> bool:
+    """A cell whose SLURM job is still queued or running: neither resubmit it nor count it as lost."""
+    return row["slurm_state"] in ALIVE

@@ -1,0 +1,170 @@
+"""ablate's SLURM launcher: validate the whole sweep, submit it through submitit, return at once.
+
+Finished cells and cells whose job is still queued or running are skipped, so re-running the same
+command after failures or preemption submits only what is missing. The collector runs as a job
+that starts when every cell job has ended. `hydra.launcher.wait=true` follows the sweep to the end.
+"""
+
+# No `from __future__ import annotations`: see local.py.
+
+import logging
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+from hydra.core.utils import JobReturn, JobStatus, configure_log, setup_globals
+from hydra.plugins.launcher import Launcher
+from hydra.types import HydraContext, TaskFunction
+from omegaconf import DictConfig
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class CollectorJobConf:
+    enabled: bool = True
+    resources: dict = field(default_factory=lambda: {"gpus_per_node": 0, "cpus_per_task": 1, "mem_gb": 4,
+                                                     "timeout_min": 30, "tasks_per_node": 1, "nodes": 1})
+
+
+@dataclass
+class AblateSlurmLauncherConf:
+    _target_: str = "hydra_plugins.ablate_launcher.slurm.AblateSlurmLauncher"
+    cluster: str = "slurm"  # submitit cluster: slurm (debug/local run jobs without SLURM, for tests)
+    partition: Any = None
+    account: Any = None
+    qos: Any = None
+    timeout_min: int = 60
+    gpus_per_node: int = 1
+    cpus_per_task: int = 4
+    mem_gb: int = 32
+    nodes: int = 1
+    tasks_per_node: int = 1
+    constraint: Any = None
+    array_parallelism: int = 64
+    setup: list = field(default_factory=list)
+    additional_parameters: dict = field(default_factory=dict)
+    signal_delay_s: int = 120
+    max_array_size: Any = None
+    profiles: list = field(default_factory=list)
+    collector: CollectorJobConf = field(default_factory=CollectorJobConf)
+    wait: bool = False
+    poll_s: float = 10.0
+    dry_run: bool = False
+
+
+ConfigStore.instance().store(group="hydra/launcher", name="ablate_slurm", node=AblateSlurmLauncherConf,
+                             provider="ablate")
+
+
+class AblateSlurmLauncher(Launcher):
+    def __init__(self, **params) -> None:
+        self.config: DictConfig | None = None
+        self.hydra_context: HydraContext | None = None
+        self.task_function: TaskFunction | None = None
+
+    def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
+        self.config, self.hydra_context, self.task_function = config, hydra_context, task_function
+
+    def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
+        from ablate.cells import is_done
+        from ablate.config import ConfigError
+        from ablate.slurm import submit_cells
+        from ablate.status import reconcile
+        from ablate.sweep import plan_cells, write_sweep_json
+
+        setup_globals()
+        configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
+        launcher = self.config.hydra.launcher
+        sweep_dir = Path(str(self.config.hydra.sweep.dir))
+        started = time.monotonic()
+        try:
+            cells = plan_cells(self.hydra_context.config_loader, self.config, job_overrides, initial_job_idx)
+        except ConfigError as error:
+            print(f"ConfigError: {error}", file=sys.stderr, flush=True)
+            raise SystemExit(2) from None
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        write_sweep_json(sweep_dir, cells, launcher="slurm")
+
+        state = reconcile(sweep_dir).set_index("cell_id")
+        todo, skipped = [], {"done": 0, "queued or running": 0}
+        for cell in cells:
+            if is_done(sweep_dir / "cells" / cell.cell_id):
+                skipped["done"] += 1
+            elif cell.cell_id in state.index and state.loc[cell.cell_id, "slurm_state"] in _alive():
+                skipped["queued or running"] += 1
+            else:
+                todo.append((cell.task_config, cell.overrides, cell.cell_id))
+
+        if launcher.dry_run:
+            from ablate.cells import atomic_write_text, config_yaml
+            from ablate.slurm import cell_resources
+
+            plain = {c.cell_id: c.plain for c in cells}
+            for _, _, cid in todo:
+                atomic_write_text(sweep_dir / "cells" / cid / "config.yaml", config_yaml(plain[cid]))
+            profiles = {repr(cell_resources(launcher, cfg)) for cfg, _, _ in todo}
+            print(f"dry run: {len(cells)} cells valid, {len(todo)} to submit in {len(profiles)} resource "
+                  f"profile(s), {skipped['done']} done, {skipped['queued or running']} queued/running; "
+                  f"sweep.json written to {sweep_dir} in {time.monotonic() - started:.2f} s; nothing submitted",
+                  flush=True)
+            return [self._ret(c) for c in cells]
+
+        submitted = submit_cells(sweep_dir, todo, launcher, self.config.select) if todo else {"jobs": {}}
+        self._print_submission(sweep_dir, cells, todo, skipped, submitted)
+        if launcher.wait and todo:
+            self._follow(sweep_dir, submitted, launcher.poll_s)
+        return [self._ret(c) for c in cells]
+
+    @staticmethod
+    def _ret(cell) -> JobReturn:
+        # Detached: the cells' results arrive later, in their folders; Hydra only needs a completed handle.
+        return JobReturn(overrides=cell.overrides, cfg=cell.task_config, status=JobStatus.COMPLETED,
+                         _return_value=None)
+
+    @staticmethod
+    def _print_submission(sweep_dir, cells, todo, skipped, submitted) -> None:
+        arrays = ", ".join(f"{a['job_id']} ({a['cells']} cells)" for a in submitted.get("arrays", []))
+        lines = [f"ablate: {len(cells)} cells; submitted {len(todo)}; skipped {skipped['done']} done and "
+                 f"{skipped['queued or running']} queued/running",
+                 f"  sweep dir:     {sweep_dir}"]
+        if arrays:
+            lines.append(f"  job arrays:    {arrays}")
+        if submitted.get("collector_job"):
+            lines.append(f"  collector job: {submitted['collector_job']} (starts when every cell has ended)")
+        lines += [f"  follow:        ablate status {sweep_dir}",
+                  f"  after:         ablate collect {sweep_dir}   (the collector job does it for you)",
+                  f"  on failures:   ablate resubmit {sweep_dir} --failed   (or re-run this command)",
+                  f"  stop:          ablate cancel {sweep_dir}"]
+        print("\n".join(lines), flush=True)
+
+    @staticmethod
+    def _follow(sweep_dir: Path, submitted: dict, poll_s: float) -> None:
+        from tqdm.auto import tqdm
+
+        from ablate.status import reconcile, slurm_states
+
+        total = len(reconcile(sweep_dir))
+        with tqdm(total=total, desc="cells ended", unit="cell") as bar:
+            while True:
+                table = reconcile(sweep_dir)
+                ended = int(table.state.isin(["done", "failed"]).sum())
+                bar.n = ended
+                bar.set_postfix(done=int((table.state == "done").sum()), failed=int((table.state == "failed").sum()))
+                bar.refresh()
+                collector = submitted.get("collector_job")
+                collector_state = slurm_states([collector]).get(collector) if collector else "COMPLETED"
+                if ended == total and collector_state not in _alive():
+                    break
+                time.sleep(poll_s)
+        print(f"ablate: sweep ended; report: {sweep_dir / 'report' / 'report.html'}", flush=True)
+
+
+def _alive():
+    from ablate.status import ALIVE
+
+    return ALIVE

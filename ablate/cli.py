@@ -1,11 +1,88 @@
-"""The `ablate` console script: manage and review sweeps.
+"""The `ablate` console script: follow, repair and review sweeps.
 
-    ablate collect <sweep_dir> [key=value ...]     decision, statistics and report (select overrides)
+    ablate status   <sweep_dir>                         counts per state, one row per cell (status.json + SLURM)
+    ablate resubmit <sweep_dir> [--failed] [--cells ID ...]   submit again what did not finish (SLURM sweeps)
+    ablate cancel   <sweep_dir>                         scancel every queued or running job of the sweep
+    ablate collect  <sweep_dir> [key=value ...]         decision, statistics and report (conf/select overrides)
 """
 
 from __future__ import annotations
 
 import argparse
+import subprocess
+import sys
+from pathlib import Path
+
+
+def _status(args) -> int:
+    import pandas as pd
+
+    from ablate.status import reconcile
+
+    table = reconcile(args.sweep_dir)
+    counts = table.state.value_counts()
+    print(f"{args.sweep_dir}: {len(table)} cells — " + ", ".join(f"{n} {state}" for state, n in counts.items()))
+    shown = table.assign(error=table.error.fillna("").str.slice(0, 60))
+    with pd.option_context("display.max_rows", None, "display.width", 200, "display.max_colwidth", 60):
+        print(shown.to_string(index=False))
+    return 0
+
+
+def _resubmit(args) -> int:
+    from omegaconf import OmegaConf
+
+    from ablate.collect import select_config
+    from ablate.slurm import submit_cells
+    from ablate.status import ALIVE, read_sweep_json, reconcile
+
+    sweep_dir = Path(args.sweep_dir)
+    sweep = read_sweep_json(sweep_dir)
+    if "slurm" not in sweep:
+        print(f"{sweep_dir} was not launched on SLURM: re-run its command with hydra.sweep.dir={sweep_dir}",
+              file=sys.stderr)
+        return 2
+    table = reconcile(sweep_dir)
+    if args.cells:
+        unknown = set(args.cells) - set(table.cell_id)
+        if unknown:
+            print(f"unknown cell ids: {', '.join(sorted(unknown))}", file=sys.stderr)
+            return 2
+        chosen = table[table.cell_id.isin(args.cells)]
+    elif args.failed:
+        chosen = table[table.state == "failed"]
+    else:
+        chosen = table[table.state != "done"]
+    alive = chosen.slurm_state.isin(ALIVE)
+    if alive.any():
+        print(f"skipping {int(alive.sum())} cell(s) whose job is still queued or running")
+    chosen = chosen[~alive & (chosen.state != "done")]
+    if chosen.empty:
+        print("nothing to resubmit")
+        return 0
+    cells = [(OmegaConf.load(sweep_dir / "cells" / cid / "config.yaml"), overrides.split(), cid)
+             for cid, overrides in zip(chosen.cell_id, chosen.overrides, strict=True)]
+    submitted = submit_cells(sweep_dir, cells, OmegaConf.create(sweep["slurm"]),
+                             select_config(base=OmegaConf.create(sweep.get("select", {}))))
+    arrays = ", ".join(a["job_id"] for a in submitted["arrays"])
+    print(f"resubmitted {len(cells)} cell(s) as job array(s) {arrays}; collector job {submitted['collector_job']}")
+    return 0
+
+
+def _cancel(args) -> int:
+    from ablate.status import ALIVE, read_sweep_json, reconcile, slurm_states
+
+    sweep = read_sweep_json(args.sweep_dir)
+    table = reconcile(args.sweep_dir)
+    jobs = [j for j, s in zip(table.job_id, table.slurm_state, strict=True) if j and s in ALIVE]
+    collector = sweep.get("collector_job")
+    if collector and slurm_states([collector]).get(collector) in ALIVE:
+        jobs.append(collector)
+    if not jobs:
+        print("no queued or running job in this sweep")
+        return 0
+    subprocess.run(["scancel", *jobs], check=True)
+    print(f"cancelled {len(jobs)} job(s); finished cells are kept. Resume with: ablate resubmit {args.sweep_dir}")
+    return 0
 
 
 def _collect(args) -> int:
@@ -18,13 +95,33 @@ def _collect(args) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="ablate", description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("status", help="where every cell stands (status.json reconciled with squeue/sacct)")
+    p.add_argument("sweep_dir")
+    p.set_defaults(func=_status)
+
+    p = sub.add_parser("resubmit", help="submit the cells that did not finish again, plus a new collector job")
+    p.add_argument("sweep_dir")
+    p.add_argument("--failed", action="store_true", help="only cells in state failed")
+    p.add_argument("--cells", nargs="+", metavar="CELL_ID", help="exactly these cells")
+    p.set_defaults(func=_resubmit)
+
+    p = sub.add_parser("cancel", help="scancel every queued or running job of the sweep")
+    p.add_argument("sweep_dir")
+    p.set_defaults(func=_cancel)
+
     p = sub.add_parser("collect", help="compare the cells of a sweep and write its report")
     p.add_argument("sweep_dir")
     p.add_argument("overrides", nargs="*", help="decision-rule overrides (conf/select/default.yaml), e.g. slice=clean")
     p.add_argument("--no-plots", action="store_true", help="summary.json and cells.csv only")
     p.set_defaults(func=_collect)
+
     args = parser.parse_args(argv)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except FileNotFoundError as error:
+        print(f"ablate {args.command}: {error}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 import traceback
 from pathlib import Path
@@ -30,13 +31,17 @@ def run_cell(cfg: DictConfig, sweep_dir: Path, overrides: list[str] | tuple[str,
 
     from ablate.trainer import Interrupted, train  # heavy imports (torch, transformers) only when training
 
+    if int(os.environ.get("RANK", "0")) != 0:  # other tasks of a multi-task cell: rank 0 keeps the books
+        return train(cfg, cell_dir, Path(sweep_dir) / "shared", stop_requested=stop_requested)
+
     cell_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(cell_dir / "config.yaml", config_yaml(as_plain(cfg)))
     attempts = read_status(cell_dir).get("attempts", 0) + 1
     update_status(cell_dir, state="running", cell_id=cid, overrides=list(overrides), attempts=attempts,
                   error=None, job_id=job_id, started_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                   # what the collector groups by, so it never parses config.yaml of every cell
-                  objective=cfg.objective.name, lora_r=cfg.lora.r, seed=cfg.seed, max_steps=cfg.trainer.max_steps)
+                  objective=cfg.objective.name, lora_r=cfg.lora.r, seed=cfg.seed, max_steps=cfg.trainer.max_steps,
+                  cuda_visible_devices=os.environ.get("CUDA_VISIBLE_DEVICES"))
     started = time.monotonic()
     try:
         metrics = train(cfg, cell_dir, Path(sweep_dir) / "shared", stop_requested=stop_requested)

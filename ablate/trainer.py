@@ -20,6 +20,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ablate.cells import atomic_write_bytes, atomic_write_json, atomic_write_text
+from ablate.distributed import Ranks
 from ablate.heldout import PAIR_COLUMNS, heldout_metrics
 from ablate.models import add_lora, load_base_model, load_tokenizer, resolve_device
 from ablate.objectives import ObjectiveOutput, SequenceLogps, get_objective
@@ -52,7 +53,8 @@ def train(cfg, cell_dir: Path, shared_dir: Path, stop_requested: threading.Event
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     torch.use_deterministic_algorithms(True, warn_only=True)  # same config + seed -> same metrics
-    device = resolve_device(cfg.device)
+    ranks = Ranks()  # one process unless the SLURM job has several tasks
+    device = ranks.device(resolve_device(cfg.device))
     objective = get_objective(cfg.objective.name)
     hparams = {name: cfg.objective[name] for name in objective.hyperparameters}
     tc = cfg.trainer
@@ -60,13 +62,14 @@ def train(cfg, cell_dir: Path, shared_dir: Path, stop_requested: threading.Event
     tokenizer = load_tokenizer(cfg.model)
     pad_id = tokenizer.pad_token_id
     model = load_base_model(cfg.model, device)
-    data = tokenized_pairs(cfg, tokenizer, shared_dir)
-    train_data, heldout_data = data["train"], data["heldout"]
-    # The base model IS the reference: score with it before the adapter exists. Held-out reference
-    # log-probs are always needed (the neutral metrics are relative to the reference).
-    heldout_ref = reference_logps(cfg, "heldout", heldout_data, model, pad_id, shared_dir)
-    train_ref = (reference_logps(cfg, "train", train_data, model, pad_id, shared_dir)
-                 if objective.uses_reference else None)
+    with ranks.main_first():
+        data = tokenized_pairs(cfg, tokenizer, shared_dir)
+        train_data, heldout_data = data["train"], data["heldout"]
+        # The base model IS the reference: score with it before the adapter exists. Held-out
+        # reference log-probs are always needed (the neutral metrics are relative to the reference).
+        heldout_ref = reference_logps(cfg, "heldout", heldout_data, model, pad_id, shared_dir)
+        train_ref = (reference_logps(cfg, "train", train_data, model, pad_id, shared_dir)
+                     if objective.uses_reference else None)
 
     torch.manual_seed(cfg.seed)  # LoRA init and dropout
     model = add_lora(model, cfg.lora)
@@ -124,7 +127,8 @@ def train(cfg, cell_dir: Path, shared_dir: Path, stop_requested: threading.Event
 
     def record(log: list[dict], path: Path, entry: dict) -> None:
         log.append(entry)  # the whole file is rewritten atomically: a reader never sees a torn line
-        atomic_write_text(path, "".join(json.dumps(e) + "\n" for e in log))
+        if ranks.is_main:
+            atomic_write_text(path, "".join(json.dumps(e) + "\n" for e in log))
 
     checkpoint_path = cell_dir / "checkpoint" / "state.pt"
     window = RunningMeans()
@@ -159,7 +163,7 @@ def train(cfg, cell_dir: Path, shared_dir: Path, stop_requested: threading.Event
         window.sums, window.weights = state["window"]
         train_log[:], eval_log[:] = state["train_log"], state["eval_log"]
         start = state["step"]
-    else:
+    elif ranks.is_main:
         record(eval_log, cell_dir / "eval_log.jsonl", evaluate(0)[0])  # step 0: the reference itself
     model.train()
     progress = tqdm(range(start + 1, tc.max_steps + 1), initial=start, total=tc.max_steps, leave=False,
@@ -168,16 +172,20 @@ def train(cfg, cell_dir: Path, shared_dir: Path, stop_requested: threading.Event
         idx = order.batch(step)
         for micro in range(tc.grad_accum):
             micro_idx = idx[micro * micro_size : (micro + 1) * micro_size]
-            logps, tokens = completion_logps(model, pair_batch(train_data, micro_idx, pad_id))  # (2B,), (2B,)
-            ref = {k: v[micro_idx] for k, v in train_ref.items()} if train_ref else None
-            kl_batches = [mismatched_batch(train_data, micro_idx, pad_id)] if objective.needs_kl_batch else []
+            mine = ranks.shard(micro_idx)  # all of it with one process
+            if not mine:
+                continue
+            logps, tokens = completion_logps(model, pair_batch(train_data, mine, pad_id))  # (2B,), (2B,)
+            ref = {k: v[mine] for k, v in train_ref.items()} if train_ref else None
+            kl_batches = [mismatched_batch(train_data, mine, pad_id)] if objective.needs_kl_batch else []
             inputs = objective_inputs(logps, tokens, ref, kl_batches)
             out = objective(SequenceLogps(**inputs), **hparams)
-            loss = out.losses.mean()
-            if not torch.isfinite(loss):  # a CPU-GPU sync point, but a NaN must stop the cell here
+            loss = out.losses.sum() / len(micro_idx)  # summed over ranks: the micro-batch mean
+            if ranks.any(not torch.isfinite(loss)):  # a CPU-GPU sync point, but a NaN must stop the cell here
                 raise NonFiniteLoss(step, f"loss is {loss.item()} (objective {objective.name}, lr {tc.lr})")
             (loss / tc.grad_accum).backward()
-            window.add(trl_metrics(out, inputs), len(micro_idx))
+            window.add(trl_metrics(out, inputs), len(mine))
+        ranks.sum_gradients(params)
         grad_norm = torch.nn.utils.clip_grad_norm_(params, tc.max_grad_norm)
         if not torch.isfinite(grad_norm):
             raise NonFiniteLoss(step, f"gradient norm is {grad_norm.item()}")
@@ -188,20 +196,25 @@ def train(cfg, cell_dir: Path, shared_dir: Path, stop_requested: threading.Event
         optimizer.zero_grad(set_to_none=True)
 
         if step % tc.log_every == 0 or step == tc.max_steps:
+            window = window.summed(ranks)
             entry = {"step": step, "epoch": step * tc.batch_size / len(train_data), "learning_rate": lr,
                      **window.means()}
             record(train_log, cell_dir / "train_log.jsonl", entry)
             progress.set_postfix(loss=f"{entry['loss']:.3f}", acc=f"{entry['rewards/accuracies']:.2f}")
             window = RunningMeans()
-        if step % tc.eval_every == 0 and step != tc.max_steps:
+        if step % tc.eval_every == 0 and step != tc.max_steps and ranks.is_main:
             record(eval_log, cell_dir / "eval_log.jsonl", evaluate(step)[0])
-        if stop_requested is not None and stop_requested.is_set() and step != tc.max_steps:
-            save_checkpoint(step)
+        # the stop request reaches rank 0 only (submitit's handler): every rank stops at this step
+        if ranks.any(stop_requested is not None and stop_requested.is_set()) and step != tc.max_steps:
+            if ranks.is_main:
+                save_checkpoint(step)
             progress.close()
             raise Interrupted(step)
     progress.close()
 
     # ---------------------------------------------------------------------------------- final
+    if not ranks.is_main:
+        return {}
     metrics, pairs = evaluate(tc.max_steps)
     record(eval_log, cell_dir / "eval_log.jsonl", metrics)
     atomic_write_bytes(cell_dir / "heldout_pairs.parquet", pairs.to_parquet(index=False))
@@ -238,6 +251,15 @@ class RunningMeans:
 
     def means(self) -> dict[str, float]:
         return {k: self.sums[k] / self.weights[k] for k in self.sums}
+
+    def summed(self, ranks: Ranks) -> RunningMeans:
+        """The same window over every rank's share of the batches (itself with one process)."""
+        if ranks.world == 1:
+            return self
+        total = RunningMeans()
+        total.sums = ranks.sum_values(self.sums)
+        total.weights = ranks.sum_values(self.weights)
+        return total
 
 
 class DataOrder:

@@ -220,7 +220,7 @@ def test_finished_cell_is_not_trained_again(sweep, compose_cfg, monkeypatch):
 
 
 # ------------------------------------------------------------------------------ NaN handling
-def test_nan_loss_fails_the_cell_at_its_step_and_a_rerun_retries(compose_cfg, tmp_path, monkeypatch):
+def test_nan_loss_fails_the_cell_at_its_step_and_a_rerun_retries(sweep, compose_cfg, tmp_path, monkeypatch):
     real = OBJECTIVES["dpo"]
     calls = []
 
@@ -250,9 +250,12 @@ def test_nan_loss_fails_the_cell_at_its_step_and_a_rerun_retries(compose_cfg, tm
     metrics = run_cell(cfg, tmp_path, ["objective=dpo"])
     status = read_json(cell_dir / "status.json")
     assert status["state"] == "done" and status["attempts"] == 2 and status["error"] is None
+    assert read_json(cell_dir / "metrics.json") == metrics
+    # The retry starts clean: its logs and results are those of a cell that never failed.
+    assert [e["step"] for e in read_jsonl(cell_dir / "eval_log.jsonl")] == [0, 3, 6]
+    assert metrics == sweep.cell("objective=dpo")[0]
     # Nothing of the failed attempt may survive in the status of a finished cell.
     assert status.get("failed_step") is None and status.get("traceback") is None, status
-    assert read_json(cell_dir / "metrics.json") == metrics
 
 
 # ------------------------------------------------------------------------- grad accumulation

@@ -11,13 +11,13 @@ only when the best arm beats every arm with another value of it: CI above zero A
 from __future__ import annotations
 
 import math
+from collections import Counter
 
 import numpy as np
 import pandas as pd
 
 from ablate.collect.load import Sweep, read_jsonl, read_pairs
 from ablate.collect.stats import PairBootstrap, holm, mcnemar_exact, percentile_ci, seed_ci
-from ablate.heldout import pair_outcomes
 
 PAIR_COLUMN = {
     "avglogp_accuracy": "avglogp_correct",
@@ -62,24 +62,36 @@ def _int_or_none(value):
         return None
 
 
-def _pair_matrix(sweep: Sweep, cell_ids: list[str], metric: str, pair_ids: pd.Index | None):
-    """(seeds x pairs) per-pair values of `metric` for one arm, aligned on pair_ids; slices of the pairs."""
-    rows, slices = [], None
-    for cid in cell_ids:
-        pairs = read_pairs(sweep, cid)
-        if pairs is None:
-            continue
-        pairs = pairs.set_index("pair_id")
-        if pair_ids is None:
-            pair_ids = pairs.index
-        if not pairs.index.sort_values().equals(pair_ids.sort_values()):
-            sweep.problems.append({"cell_id": cid, "file": "heldout_pairs.parquet",
-                                   "problem": "held-out pairs differ from the other arms': not compared"})
-            continue
-        pairs = pairs.loc[pair_ids]
-        rows.append(pair_outcomes(pairs)[PAIR_COLUMN[metric]].to_numpy(dtype=float))
-        slices = pairs["slice"].to_numpy(dtype=object)
-    return (np.vstack(rows) if rows else None), pair_ids, slices
+def _arm_matrices(sweep: Sweep, done: pd.DataFrame, arms: list[str], metric: str):
+    """Per arm: (seeds, seeds x pairs matrix of the metric's per-pair values), all on the same pairs.
+
+    The reference pair set is the one most cells have; a cell evaluated on other pairs (another data
+    config) is reported and left out rather than derailing every other cell.
+    """
+    cells = {arm: [(seed, cid) for seed, cid in zip(done.seed[done.arm == arm], done.cell_id[done.arm == arm],
+                                                      strict=True)] for arm in arms}
+    pairs = {cid: read_pairs(sweep, cid) for arm_cells in cells.values() for _, cid in arm_cells}
+    keys = {cid: p.pair_ids.tobytes() for cid, p in pairs.items() if p is not None}
+    if not keys:
+        return {}, None, None
+    reference_key = Counter(keys.values()).most_common(1)[0][0]
+    reference = next(pairs[cid] for cid, key in keys.items() if key == reference_key)
+    column = PAIR_COLUMN[metric]
+    matrices = {}
+    for arm, arm_cells in cells.items():
+        seeds, rows = [], []
+        for seed, cid in arm_cells:
+            if cid not in keys:
+                continue
+            if keys[cid] != reference_key:
+                sweep.problems.append({"cell_id": cid, "file": str(sweep.cell_dir(cid) / "heldout_pairs.parquet"),
+                                       "problem": "held-out pairs differ from the other cells': left out"})
+                continue
+            seeds.append(seed)
+            rows.append(pairs[cid].outcomes[column].to_numpy(dtype=float))
+        if rows:
+            matrices[arm] = (seeds, np.vstack(rows))
+    return matrices, reference.pair_ids, reference.slices
 
 
 def decide(sweep: Sweep, select, scope: str | None, arms: list[dict]) -> dict:
@@ -95,13 +107,13 @@ def decide(sweep: Sweep, select, scope: str | None, arms: list[dict]) -> dict:
         result["explanation"] = "No arm has all its cells done: nothing to compare."
         return result
 
-    # Per-pair values of every complete arm, aligned on the first arm's pair ids.
-    values, pair_ids, slices = {}, None, None
-    for arm in complete:
-        matrix, pair_ids, arm_slices = _pair_matrix(sweep, done[done.arm == arm["arm"]].cell_id.tolist(), metric,
-                                                    pair_ids)
-        if matrix is not None:
-            values[arm["arm"]], slices = matrix, arm_slices
+    # Per-pair values of every complete arm on the same pairs; rows sorted by seed (done is sorted).
+    cache_key = ("matrices", metric)
+    if cache_key not in sweep.cache:  # reused by the other scopes
+        sweep.cache[cache_key] = _arm_matrices(sweep, done, [a["arm"] for a in complete], metric)
+    matrices, pair_ids, slices = sweep.cache[cache_key]
+    seeds_of = {arm: seeds for arm, (seeds, _) in matrices.items()}
+    values = {arm: matrix for arm, (_, matrix) in matrices.items()}
     if not values:
         result["explanation"] = "No readable held-out pairs in any complete arm."
         return result
@@ -132,10 +144,12 @@ def decide(sweep: Sweep, select, scope: str | None, arms: list[dict]) -> dict:
         low, high = percentile_ci(replicates[best] - replicates[arm], select.alpha)
         comparison = {"arm": arm, "difference": diff, "ci_low": low, "ci_high": high}
         if metric in ACCURACY_METRICS:
-            k = min(len(values[best]), len(v))  # seeds paired in sorted order
-            comparison |= {"mcnemar": mcnemar_exact(values[best][:k] > 0, v[:k] > 0),
-                           "extra_pairs": diff * n_pairs}
-            enough = diff * n_pairs >= select.min_extra_pairs
+            common = sorted(set(seeds_of[best]) & set(seeds_of[arm]))  # the same seed: same data order
+            rows_best = [seeds_of[best].index(s) for s in common]
+            rows_other = [seeds_of[arm].index(s) for s in common]
+            comparison |= {"mcnemar": mcnemar_exact(values[best][rows_best] > 0, v[rows_other] > 0),
+                           "mcnemar_seeds": common, "extra_pairs": diff * n_pairs}
+            enough = diff * n_pairs >= select.min_extra_pairs - 1e-9  # diff is a float mean of counts
         else:
             enough = diff > select.min_margin_gain
         comparison["decisive"] = bool(low > 0 and enough)
@@ -192,7 +206,7 @@ def _tie_break(sweep: Sweep, select, best_arm: dict, tied_same_factor: list[dict
 
     best_margin = margin(best_arm)
     lower = [a for a in tied_same_factor if a["lora_r"] is not None and best_arm["lora_r"] is not None
-             and a["lora_r"] < best_arm["lora_r"] and margin(a) <= best_margin]
+             and a["lora_r"] < best_arm["lora_r"] and margin(a) < best_margin]
     if not lower:
         return {"arm": best_arm["arm"], "reason": None}
     choice = min(lower, key=lambda a: a["lora_r"])

@@ -27,6 +27,7 @@ class Sweep:
     problems: list[dict] = field(default_factory=list)  # {"cell_id", "file", "problem"}
     data_stats: list[dict] = field(default_factory=list)  # shared/data-*.json
     _pairs: dict = field(default_factory=dict, repr=False)  # cell_id -> CellPairs | None, read once
+    cache: dict = field(default_factory=dict, repr=False)  # derived arrays shared by the decision scopes
 
     def cell_dir(self, cell_id: str) -> Path:
         return self.sweep_dir / "cells" / cell_id

@@ -38,13 +38,14 @@ class PairBootstrap:
         self.rng = np.random.default_rng(seed)
         self.n_bootstrap = n_bootstrap
         n_pairs = len(strata)
-        # weights (B, P): how much pair i counts in resample b (draw count x its stratum's weight / size)
-        self.weights = np.zeros((n_bootstrap, n_pairs))
+        # weights (P, B): how much pair i counts in resample b (draw count x its stratum's weight / size)
+        self.weights = np.zeros((n_pairs, n_bootstrap))
+        self._seed_draws: dict[int, np.ndarray] = {}
         self.point_weights = np.zeros(n_pairs)
         for stratum, weight in stratum_weights.items():
             members = np.flatnonzero(strata == stratum)
             counts = self.rng.multinomial(len(members), np.full(len(members), 1 / len(members)), size=n_bootstrap)
-            self.weights[:, members] = counts * (weight / len(members))
+            self.weights[members, :] = counts.T * (weight / len(members))
             self.point_weights[members] = weight / len(members)
 
     def point(self, values: np.ndarray) -> float:
@@ -52,13 +53,18 @@ class PairBootstrap:
         return float((values @ self.point_weights).mean())
 
     def resample(self, values: np.ndarray) -> np.ndarray:
-        """(B,) bootstrap replicates of `point` for one arm (values: seeds x pairs)."""
-        per_seed = values @ self.weights.T  # (S, B): one matmul instead of B gathers
+        """(B,) bootstrap replicates of `point` for one arm (values: seeds x pairs, rows sorted by seed).
+
+        Arms with as many seeds share the seed draws too: row k is seed k of every arm, and a seed
+        fixes the data order and adapter init, so seeds are paired across arms like pairs are.
+        """
+        per_seed = values @ self.weights  # (S, B): one matmul instead of B gathers
         n_seeds = values.shape[0]
         if n_seeds == 1:
             return per_seed[0]
-        seed_draws = self.rng.integers(0, n_seeds, size=(self.n_bootstrap, n_seeds))  # (B, S)
-        return np.take_along_axis(per_seed.T, seed_draws, axis=1).mean(axis=1)
+        if n_seeds not in self._seed_draws:
+            self._seed_draws[n_seeds] = self.rng.integers(0, n_seeds, size=(self.n_bootstrap, n_seeds))  # (B, S)
+        return np.take_along_axis(per_seed.T, self._seed_draws[n_seeds], axis=1).mean(axis=1)
 
 
 def percentile_ci(replicates: np.ndarray, alpha: float) -> tuple[float, float]:

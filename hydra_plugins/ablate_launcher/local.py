@@ -9,6 +9,7 @@ with a table of every cell's held-out metrics.
 # registering it in sys.modules, and dataclasses then cannot resolve string annotations.
 
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -26,6 +27,7 @@ log = logging.getLogger(__name__)
 @dataclass
 class AblateLocalLauncherConf:
     _target_: str = "hydra_plugins.ablate_launcher.local.AblateLocalLauncher"
+    workers: int = 1  # > 1: that many worker processes, each on its own GPU when there are GPUs
 
 
 ConfigStore.instance().store(group="hydra/launcher", name="ablate_local", node=AblateLocalLauncherConf,
@@ -33,7 +35,8 @@ ConfigStore.instance().store(group="hydra/launcher", name="ablate_local", node=A
 
 
 class AblateLocalLauncher(Launcher):
-    def __init__(self, **kwargs) -> None:
+    def __init__(self, workers: int = 1, **kwargs) -> None:
+        self.workers = workers
         self.config: DictConfig | None = None
         self.hydra_context: HydraContext | None = None
         self.task_function: TaskFunction | None = None
@@ -42,7 +45,6 @@ class AblateLocalLauncher(Launcher):
         self.config, self.hydra_context, self.task_function = config, hydra_context, task_function
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
-        from ablate.cells import is_done
         from ablate.config import ConfigError
         from ablate.sweep import cell_table, plan_cells, write_sweep_json
 
@@ -58,6 +60,18 @@ class AblateLocalLauncher(Launcher):
         write_sweep_json(sweep_dir, cells, launcher="local")
         log.info(f"ablate: {len(cells)} cells valid, sweep dir {sweep_dir}")
 
+        if self.workers > 1:
+            returns = self._run_in_workers(sweep_dir, cells)
+        else:
+            returns = self._run_in_process(sweep_dir, cells)
+        table = cell_table(sweep_dir, cells)
+        print(f"\nablate sweep {sweep_dir} ({len(cells)} cells)\n{table.to_string(index=False)}\n", flush=True)
+        self._collect(sweep_dir)
+        return returns
+
+    def _run_in_process(self, sweep_dir: Path, cells) -> list[JobReturn]:
+        from ablate.cells import is_done
+
         returns = []
         for i, cell in enumerate(cells, start=1):
             label = " ".join(cell.overrides) or "(defaults)"
@@ -72,10 +86,33 @@ class AblateLocalLauncher(Launcher):
             if ret.status == JobStatus.FAILED:
                 log.error(f"[{i}/{len(cells)}] {cell.cell_id} failed: {ret._return_value!r} (see status.json)")
             returns.append(ret)
+        return returns
 
-        table = cell_table(sweep_dir, cells)
-        print(f"\nablate sweep {sweep_dir} ({len(cells)} cells)\n{table.to_string(index=False)}\n", flush=True)
-        self._collect(sweep_dir)
+    def _run_in_workers(self, sweep_dir: Path, cells) -> list[JobReturn]:
+        """Cells in `workers` spawned processes; each takes one GPU of CUDA_VISIBLE_DEVICES when there are any."""
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor, as_completed
+
+        gpus = _visible_gpus()
+        context = multiprocessing.get_context("spawn")  # fork + an initialised CUDA or torch runtime = trouble
+        devices = context.Queue()
+        for i in range(self.workers):
+            devices.put(gpus[i % len(gpus)] if gpus else None)
+        log.info(f"ablate: {len(cells)} cells on {self.workers} workers" + (f", GPUs {gpus}" if gpus else ""))
+        returns = []
+        with ProcessPoolExecutor(self.workers, mp_context=context, initializer=_pin_worker,
+                                 initargs=(devices,)) as pool:
+            futures = {pool.submit(_run_cell_in_worker, cell.task_config, str(sweep_dir), cell.overrides): cell
+                       for cell in cells}
+            for future in as_completed(futures):
+                cell = futures[future]
+                error = future.exception()
+                status = JobStatus.FAILED if error else JobStatus.COMPLETED
+                if error:
+                    log.error(f"{cell.cell_id} failed: {error!r} (see status.json)")
+                returns.append(JobReturn(overrides=cell.overrides, cfg=cell.task_config, status=status,
+                                         _return_value=error or future.result(),
+                                         working_dir=str(sweep_dir / "cells" / cell.cell_id)))
         return returns
 
     def _collect(self, sweep_dir: Path) -> None:
@@ -89,3 +126,28 @@ class AblateLocalLauncher(Launcher):
                       f"retry with: ablate collect {sweep_dir}")
             return
         print(describe(summary), flush=True)
+
+
+def _visible_gpus() -> list[str]:
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        return [g for g in visible.split(",") if g.strip()]
+    try:
+        import torch
+
+        return [str(i) for i in range(torch.cuda.device_count())]
+    except ImportError:
+        return []
+
+
+def _pin_worker(devices) -> None:
+    """Runs once in each worker before torch is imported there: this worker sees one GPU, or none."""
+    device = devices.get()
+    if device is not None:
+        os.environ["CUDA_VISIBLE_DEVICES"] = device
+
+
+def _run_cell_in_worker(task_config, sweep_dir: str, overrides: list[str]):
+    from ablate.run import run_cell
+
+    return run_cell(task_config, sweep_dir, overrides)

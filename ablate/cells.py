@@ -15,6 +15,9 @@ from omegaconf import DictConfig, OmegaConf
 # them, so moving a sweep or switching launchers keeps every finished cell.
 SEMANTIC_KEYS = ("objective", "lora", "model", "data", "trainer", "seed")
 
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
 
 def semantic_config(cfg: DictConfig | dict) -> dict:
     plain = cfg if isinstance(cfg, dict) else OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False)
@@ -43,6 +46,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
+        os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes 0600; colleagues and the collector job read these
         with os.fdopen(fd, "wb") as f:
             f.write(data)
         # rename is atomic for readers and concurrent writers; no fsync: durability across a power

@@ -17,25 +17,26 @@ PAIR_COLUMNS = [
 ]  # fmt: skip
 
 
-def pair_outcomes(pairs) -> pd.DataFrame:
-    """Per-pair margins and correctness; the collector's paired tests use these columns too.
+def outcome_arrays(pairs) -> dict:
+    """Per-pair margins and correctness from the per-pair columns (a table or a mapping of arrays).
 
-    `pairs`: the per-pair table, or any mapping of its columns to arrays.
+    The collector's paired tests use these too, on plain arrays: one definition for both.
     """
     chosen, rejected = pairs["chosen_logp"], pairs["rejected_logp"]
     logratio_margin = (chosen - pairs["ref_chosen_logp"]) - (rejected - pairs["ref_rejected_logp"])
     avglogp_margin = chosen / pairs["chosen_tokens"] - rejected / pairs["rejected_tokens"]
-    return pd.DataFrame(
-        {
-            "logratio_margin": logratio_margin,
-            "logratio_correct": logratio_margin > 0,
-            "logratio_tie": logratio_margin == 0,
-            "avglogp_margin": avglogp_margin,
-            "avglogp_correct": avglogp_margin > 0,
-            "chosen_logp_shift": (chosen - pairs["ref_chosen_logp"]) / pairs["chosen_tokens"],
-        },
-        index=getattr(pairs, "index", None),
-    )
+    return {
+        "logratio_margin": logratio_margin,
+        "logratio_correct": logratio_margin > 0,
+        "logratio_tie": logratio_margin == 0,
+        "avglogp_margin": avglogp_margin,
+        "avglogp_correct": avglogp_margin > 0,
+        "chosen_logp_shift": (chosen - pairs["ref_chosen_logp"]) / pairs["chosen_tokens"],
+    }
+
+
+def pair_outcomes(pairs) -> pd.DataFrame:
+    return pd.DataFrame(outcome_arrays(pairs), index=getattr(pairs, "index", None))
 
 
 def _summarise(outcomes: pd.DataFrame, prefix: str) -> dict[str, float]:

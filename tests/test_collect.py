@@ -419,7 +419,7 @@ def test_scope_one_slice_uses_only_its_pairs(scope_sweep):
     assert (comp["mcnemar"]["a_only"], comp["mcnemar"]["b_only"]) == (30, 0)
     assert comp["extra_pairs"] == pytest.approx(10.0)
     assert "clean pairs" in d["explanation"]
-    assert "clean" not in summary["slices"] and set(summary["slices"]) == {"verbose_rejected"}
+    assert "clean" not in summary["slices"] and set(summary["slices"]) == {"all", "verbose_rejected"}
     other = run(scope_sweep, "slice=verbose_rejected")["decision"]
     assert other["pairs"] == 80 and other["best_arm"] == "objective=simpo"
     assert other["point"] == pytest.approx({"objective=dpo": 0.5, "objective=simpo": 0.8})

@@ -37,7 +37,9 @@ def summarise(sweep: Sweep, select: DictConfig) -> dict:
     slices = sorted({col.split("/")[1] for col in sweep.cells.columns
                      if col.startswith("heldout/") and col.count("/") == 2})
     headline = decide(sweep, select, select.slice, arms)
-    per_slice = {s: decide(sweep, select, s, arms) for s in slices if s != select.slice}
+    # every other scope too, so a report decided on one slice still says what happens elsewhere
+    scopes = ([None] if select.slice is not None else []) + [s for s in slices if s != select.slice]
+    per_slice = {s or "all": decide(sweep, select, s, arms) for s in scopes}
     counts = sweep.cells.state.value_counts().to_dict()
     return {
         "sweep_dir": str(sweep.sweep_dir),
@@ -58,8 +60,8 @@ def summarise(sweep: Sweep, select: DictConfig) -> dict:
             "length": length_artifacts(sweep, select),
             "factorial": factorial_effects(sweep, select, select.slice, arms),
         },
-        "not_finished": sweep.cells[sweep.cells.state != "done"][["cell_id", "arm", "state", "error"]]
-        .to_dict("records") if "error" in sweep.cells else [],
+        "not_finished": sweep.cells[sweep.cells.state != "done"]
+        .reindex(columns=["cell_id", "arm", "state", "error"]).to_dict("records"),
         "problems": sweep.problems,
     }
 
@@ -100,6 +102,7 @@ def collect(sweep_dir: str | Path, select: DictConfig | None = None, *, plots: b
         from ablate.collect.report import write_report
 
         write_report(sweep, summary, report_dir)
+        summary["problems"] = _json_safe(sweep.problems)  # plotting reads logs and may find more
     atomic_write_json(report_dir / "summary.json", summary)
     return summary
 

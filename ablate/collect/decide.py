@@ -88,7 +88,7 @@ def _arm_matrices(sweep: Sweep, done: pd.DataFrame, arms: list[str], metric: str
                                        "problem": "held-out pairs differ from the other cells': left out"})
                 continue
             seeds.append(seed)
-            rows.append(pairs[cid].outcomes[column].to_numpy(dtype=float))
+            rows.append(np.asarray(pairs[cid].outcomes[column], dtype=float))
         if rows:
             matrices[arm] = (seeds, np.vstack(rows))
     return matrices, reference.pair_ids, reference.slices
@@ -130,7 +130,7 @@ def decide(sweep: Sweep, select, scope: str | None, arms: list[dict]) -> dict:
     boot = PairBootstrap(strata, weights, select.n_bootstrap, select.bootstrap_seed)
     values = {arm: v[:, in_scope] for arm, v in values.items()}
     point = {arm: boot.point(v) for arm, v in values.items()}
-    replicates = {arm: boot.resample(v) for arm, v in values.items()}
+    replicates = boot.resample_arms(values)
     n_pairs = int(in_scope.sum())
 
     best = max(point, key=point.get)
@@ -219,7 +219,8 @@ def _tie_break(sweep: Sweep, select, best_arm: dict, tied_same_factor: list[dict
 def _explain(result: dict, select, rivals: list[dict], point: dict) -> str:
     metric, scope = result["metric"], result["scope"]
     best = result["best_arm"]
-    what = f"{metric} on {'all held-out pairs' if scope == 'all' else scope + ' pairs'}"
+    where = {"all": "all held-out pairs", "macro": "the mean over held-out slices"}.get(scope, f"{scope} pairs")
+    what = f"{metric} on {where}"
     lines = [f"Best arm by {what}: {best} ({point[best]:.3f})."]
     for c in rivals:
         extra = f", {c['extra_pairs']:+.1f} pairs" if "extra_pairs" in c else ""

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 
-from ablate.heldout import PAIR_COLUMNS, pair_outcomes
+from ablate.heldout import PAIR_COLUMNS, outcome_arrays
 
 NOT_AXES = ("seed", "+sweeps", "sweeps", "hydra.sweep.dir", "hydra.run.dir")
 
@@ -128,7 +128,7 @@ class CellPairs:
 
     pair_ids: np.ndarray
     slices: np.ndarray
-    outcomes: pd.DataFrame  # logratio_margin, logratio_correct, avglogp_margin, avglogp_correct, ...
+    outcomes: dict[str, np.ndarray]  # logratio_margin, logratio_correct, avglogp_margin, avglogp_correct, ...
 
 
 def read_pairs(sweep: Sweep, cell_id: str) -> CellPairs | None:
@@ -140,7 +140,7 @@ def read_pairs(sweep: Sweep, cell_id: str) -> CellPairs | None:
         table = pq.read_table(path, columns=PAIR_COLUMNS)
         columns = {name: table.column(name).to_numpy(zero_copy_only=False) for name in PAIR_COLUMNS}
         numeric = {k: v.astype(float) for k, v in columns.items() if k not in ("pair_id", "slice")}
-        pairs = CellPairs(columns["pair_id"].astype(str), columns["slice"], pair_outcomes(numeric))
+        pairs = CellPairs(columns["pair_id"].astype(str), columns["slice"], outcome_arrays(numeric))
     except Exception as error:  # truncated/corrupt parquet raises several arrow error types
         sweep.problems.append({"cell_id": cell_id, "file": str(path), "problem": f"unreadable: {error}"})
         pairs = None
@@ -160,5 +160,7 @@ def read_jsonl(sweep: Sweep, cell_id: str, name: str) -> list[dict]:
         try:
             entries.append(json.loads(line))
         except json.JSONDecodeError:
-            sweep.problems.append({"cell_id": cell_id, "file": f"{path}:{number}", "problem": "corrupt line skipped"})
+            problem = {"cell_id": cell_id, "file": f"{path}:{number}", "problem": "corrupt line skipped"}
+            if problem not in sweep.problems:  # several diagnostics read the same log
+                sweep.problems.append(problem)
     return entries

@@ -52,19 +52,32 @@ class PairBootstrap:
         """The statistic on the data itself: values (S, P) -> weighted mean over pairs, mean over seeds."""
         return float((values @ self.point_weights).mean())
 
+    def resample_arms(self, arms: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """`resample` for many arms with ONE matmul: 168 small products cost ~20x more than one large."""
+        names = list(arms)
+        stacked = np.vstack([arms[n] for n in names]) @ self.weights  # (sum of seeds, B)
+        out, row = {}, 0
+        for name in names:
+            n_seeds = arms[name].shape[0]
+            out[name] = self._over_seeds(stacked[row : row + n_seeds])
+            row += n_seeds
+        return out
+
+    def _over_seeds(self, per_seed: np.ndarray) -> np.ndarray:
+        n_seeds = per_seed.shape[0]
+        if n_seeds == 1:
+            return per_seed[0]
+        if n_seeds not in self._seed_draws:
+            self._seed_draws[n_seeds] = self.rng.integers(0, n_seeds, size=(self.n_bootstrap, n_seeds))  # (B, S)
+        return np.take_along_axis(per_seed.T, self._seed_draws[n_seeds], axis=1).mean(axis=1)
+
     def resample(self, values: np.ndarray) -> np.ndarray:
         """(B,) bootstrap replicates of `point` for one arm (values: seeds x pairs, rows sorted by seed).
 
         Arms with as many seeds share the seed draws too: row k is seed k of every arm, and a seed
         fixes the data order and adapter init, so seeds are paired across arms like pairs are.
         """
-        per_seed = values @ self.weights  # (S, B): one matmul instead of B gathers
-        n_seeds = values.shape[0]
-        if n_seeds == 1:
-            return per_seed[0]
-        if n_seeds not in self._seed_draws:
-            self._seed_draws[n_seeds] = self.rng.integers(0, n_seeds, size=(self.n_bootstrap, n_seeds))  # (B, S)
-        return np.take_along_axis(per_seed.T, self._seed_draws[n_seeds], axis=1).mean(axis=1)
+        return self._over_seeds(values @ self.weights)  # (S, B): one matmul instead of B gathers
 
 
 def percentile_ci(replicates: np.ndarray, alpha: float) -> tuple[float, float]:
@@ -76,12 +89,13 @@ def mcnemar_exact(a_correct: np.ndarray, b_correct: np.ndarray) -> dict:
     """McNemar's exact test on paired 0/1 outcomes (any shape, paired element-wise).
 
     Only discordant pairs carry information: b = A right and B wrong, c = the reverse. Under H0
-    b ~ Binomial(b + c, 1/2); the two-sided p-value comes from scipy.stats.binomtest.
+    b ~ Binomial(b + c, 1/2), symmetric, so the exact two-sided p-value is
+    min(1, 2·P[X ≤ min(b, c)]) — what scipy.stats.binomtest returns, at a fraction of its cost.
     """
     a, b_ = np.asarray(a_correct, bool), np.asarray(b_correct, bool)
     b = int((a & ~b_).sum())
     c = int((~a & b_).sum())
-    p = 1.0 if b + c == 0 else float(stats.binomtest(b, b + c, 0.5).pvalue)
+    p = 1.0 if b + c == 0 else min(1.0, 2.0 * float(stats.binom.cdf(min(b, c), b + c, 0.5)))
     return {"a_only": b, "b_only": c, "p_value": p}
 
 

@@ -123,6 +123,16 @@ class LoggerConfig:
 
 
 @dataclass
+class WandbLoggerConfig:
+    kind: str = "wandb"
+    project: str = "ablate"
+    entity: str | None = None
+    group: str | None = None  # null: the sweep directory's name
+    mode: str | None = None  # null: W&B's default; offline; disabled
+    tags: list[str] = field(default_factory=list)
+
+
+@dataclass
 class SelectConfig:
     """The collector's decision rule (DESIGN §6); documented in conf/select/default.yaml."""
 
@@ -146,7 +156,7 @@ class AblateConfig:
     model: Any = "???"
     data: Any = "???"
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
-    logger: LoggerConfig = field(default_factory=LoggerConfig)
+    logger: Any = "???"
     select: SelectConfig = field(default_factory=SelectConfig)
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N — not part of the cell id
@@ -164,6 +174,7 @@ def register_configs() -> None:
     cs.store(group="data", name="schema_hub", node=HubDataConfig)
     cs.store(group="trainer", name="schema", node=TrainerConfig)
     cs.store(group="logger", name="schema", node=LoggerConfig)
+    cs.store(group="logger", name="schema_wandb", node=WandbLoggerConfig)
     cs.store(group="select", name="schema", node=SelectConfig)
     register_objective_schemas(cs)
 

@@ -12,6 +12,7 @@ from omegaconf import DictConfig
 
 from ablate.cells import atomic_write_text, cell_id, config_yaml, is_done, read_status, update_status
 from ablate.config import as_plain, validate_cell
+from ablate.tracking import make_tracker
 
 
 def run_cell(cfg: DictConfig, sweep_dir: Path, overrides: list[str] | tuple[str, ...] = (), *,
@@ -43,17 +44,21 @@ def run_cell(cfg: DictConfig, sweep_dir: Path, overrides: list[str] | tuple[str,
                   objective=cfg.objective.name, lora_r=cfg.lora.r, seed=cfg.seed, max_steps=cfg.trainer.max_steps,
                   cuda_visible_devices=os.environ.get("CUDA_VISIBLE_DEVICES"))
     started = time.monotonic()
+    tracker = make_tracker(cfg, cell_dir, Path(sweep_dir), cid, list(overrides))
     try:
-        metrics = train(cfg, cell_dir, Path(sweep_dir) / "shared", stop_requested=stop_requested)
+        metrics = train(cfg, cell_dir, Path(sweep_dir) / "shared", stop_requested=stop_requested, tracker=tracker)
     except Interrupted as stop:
         update_status(cell_dir, state="preempted", checkpoint_step=stop.step,
                       elapsed_s=round(time.monotonic() - started, 2))
+        tracker.finish()  # the requeued job resumes the same W&B run
         raise
     except BaseException as error:
+        tracker.finish(failed=True)
         update_status(cell_dir, state="failed", error=f"{type(error).__name__}: {error}",
                       failed_step=getattr(error, "step", None),
                       traceback=traceback.format_exc().splitlines()[-30:],
                       elapsed_s=round(time.monotonic() - started, 2))
         raise
+    tracker.finish(summary=metrics)
     update_status(cell_dir, state="done", elapsed_s=round(time.monotonic() - started, 2))
     return metrics

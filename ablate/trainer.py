@@ -42,7 +42,8 @@ class Interrupted(RuntimeError):
         self.step = step
 
 
-def train(cfg, cell_dir: Path, shared_dir: Path, stop_requested: threading.Event | None = None) -> dict:
+def train(cfg, cell_dir: Path, shared_dir: Path, stop_requested: threading.Event | None = None,
+          tracker=None) -> dict:
     """Train one cell; write train_log.jsonl, eval_log.jsonl, heldout_pairs.parquet, metrics.json.
 
     If <cell_dir>/checkpoint/ holds a checkpoint, training resumes from it. When `stop_requested` is
@@ -129,6 +130,8 @@ def train(cfg, cell_dir: Path, shared_dir: Path, stop_requested: threading.Event
         log.append(entry)  # the whole file is rewritten atomically: a reader never sees a torn line
         if ranks.is_main:
             atomic_write_text(path, "".join(json.dumps(e) + "\n" for e in log))
+            if tracker is not None:
+                tracker.log(entry)
 
     checkpoint_path = cell_dir / "checkpoint" / "state.pt"
     window = RunningMeans()

@@ -39,7 +39,8 @@ def run_cell(cfg: DictConfig, sweep_dir: Path, overrides: list[str] | tuple[str,
     atomic_write_text(cell_dir / "config.yaml", config_yaml(as_plain(cfg)))
     attempts = read_status(cell_dir).get("attempts", 0) + 1
     update_status(cell_dir, state="running", cell_id=cid, overrides=list(overrides), attempts=attempts,
-                  error=None, job_id=job_id, started_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                  error=None, failed_step=None, traceback=None,  # a retry starts with a clean record
+                  job_id=job_id, started_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                   # what the collector groups by, so it never parses config.yaml of every cell
                   objective=cfg.objective.name, lora_r=cfg.lora.r, seed=cfg.seed, max_steps=cfg.trainer.max_steps,
                   cuda_visible_devices=os.environ.get("CUDA_VISIBLE_DEVICES"))

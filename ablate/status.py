@@ -9,6 +9,7 @@ resubmission all see the truth.
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -46,12 +47,29 @@ def slurm_states(job_ids: list[str]) -> dict[str, str]:
     masters = sorted({j.split("_")[0] for j in ids})
     for line in _run(["sacct", "-n", "-X", "-P", "-o", "JobID,State", "-j", ",".join(masters)]).splitlines():
         job, _, state = line.partition("|")
-        states[job.strip()] = state.split()[0] if state.strip() else "UNKNOWN"
+        state = state.split()[0] if state.strip() else "UNKNOWN"  # "CANCELLED by 0" -> "CANCELLED"
+        for task in _array_tasks(job.strip()):
+            states[task] = state
     # squeue is authoritative while a job is queued or running (sacct lags by a few seconds)
     for line in _run(["squeue", "-h", "-r", "-o", "%i %T", "-j", ",".join(masters)]).splitlines():
         job, _, state = line.strip().partition(" ")
         states[job] = state
     return {j: states.get(j, states.get(j.split("_")[0], "UNKNOWN")) for j in ids}
+
+
+def _array_tasks(job: str) -> list[str]:
+    """sacct's JobID as job ids: "12", "12_3", or the not-yet-started tasks of an array "12_[4-6,9%2]" -> 12_4 ..."""
+    match = re.fullmatch(r"(\d+)_\[([^\]]*)\]", job)
+    if not match:
+        return [job]
+    master, spec = match.group(1), match.group(2).split("%")[0]
+    tasks = []
+    for part in filter(None, spec.split(",")):
+        first, _, last = part.partition("-")
+        if not first.isdigit() or not (last or first).isdigit():
+            return [job]
+        tasks += [f"{master}_{i}" for i in range(int(first), int(last or first) + 1)]
+    return tasks
 
 
 def reconcile(sweep_dir: str | Path) -> pd.DataFrame:

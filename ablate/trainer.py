@@ -121,6 +121,9 @@ def train(cfg, cell_dir: Path, shared_dir: Path, stop_requested: threading.Event
             "ref_rejected_logp": heldout_ref["rejected"].double().numpy(),
         })[PAIR_COLUMNS]  # fmt: skip
         metrics = {"step": step, **{f"eval_{k}": v for k, v in eval_metrics.items()}, **heldout_metrics(pairs)}
+        broken = sorted(k for k, v in metrics.items() if isinstance(v, float) and not math.isfinite(v))
+        if broken:  # a NaN reached the held-out scores: no metrics.json may claim this cell is fine
+            raise NonFiniteLoss(step, f"evaluation produced non-finite {', '.join(broken[:5])}")
         return metrics, pairs
 
     train_log: list[dict] = []

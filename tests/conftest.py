@@ -8,6 +8,7 @@ from pathlib import Path
 import hydra
 import pytest
 from omegaconf import DictConfig
+from slurm.fixtures import slurm_activated, slurm_cluster  # noqa: F401
 
 import ablate.config
 

@@ -1,0 +1,420 @@
+"""ablate's SLURM launcher against a real single-node SLURM cluster (tests/slurm/cluster.py, DESIGN §2, §8).
+
+The real command line runs in subprocesses, with the session's environment (ABLATE_CACHE, offline flags) plus the
+cluster's (SLURM_CONF, PATH): sbatch exports it to the jobs, so every job shares the embedded model built once, in
+this process, before the first submission. Cells are tiny (`TINY`, one torch thread) except the one that is
+interrupted. The cluster has 2 fake GPUs, so cells with --gpus-per-node=1 run two at a time; cells without a GPU
+share its 8 (over-subscribed) CPU slots.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from ablate.cells import cell_id
+
+pytestmark = pytest.mark.slurm
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+TINY = [
+    "trainer.max_steps=6",
+    "trainer.eval_every=3",
+    "trainer.log_every=2",
+    "trainer.batch_size=8",
+    "data.n_train=64",
+    "data.n_heldout_per_slice=16",
+    "trainer.eval_batch_size=32",
+    "threads=1",  # not semantic (same cell id); keeps concurrent jobs from over-subscribing the CPUs
+]
+# Small resources, so that several cells fit on the test node; --time 10 min.
+SLURM = [
+    "hydra/launcher=slurm",
+    "hydra.launcher.partition=gpu",
+    "hydra.launcher.cpus_per_task=1",
+    "hydra.launcher.mem_gb=1",
+    "hydra.launcher.timeout_min=10",
+]
+GRID = ["objective=dpo,simpo", "lora.r=8,16"]
+# The r=16 cells get a resource profile of their own (more memory): two arrays.
+PROFILES = "hydra.launcher.profiles=[{when: {lora.r: 16}, mem_gb: 2}]"
+ENDED = 240  # seconds: generous, the machine may be shared with other test runs
+
+
+# ------------------------------------------------------------------------------------------ helpers
+def run_ablate(cluster, *args: str, module: str = "ablate", timeout: float = 180) -> subprocess.CompletedProcess:
+    """`python -m ablate ARGS` (or `-m ablate.cli`: the `ablate` console script) against the test cluster."""
+    return subprocess.run([sys.executable, "-m", module, *args], cwd=REPO_ROOT, env=cluster.client_env(),
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def cli(cluster, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    return run_ablate(cluster, *args, module="ablate.cli", timeout=timeout)
+
+
+def output(proc: subprocess.CompletedProcess) -> str:
+    return f"--- exit {proc.returncode}\n--- stdout\n{proc.stdout}\n--- stderr\n{proc.stderr[-5000:]}"
+
+
+def read_json(path: Path) -> dict:
+    return json.loads(path.read_text())
+
+
+def status_of(sweep_dir: Path, cid: str) -> dict:
+    try:
+        return read_json(sweep_dir / "cells" / cid / "status.json")
+    except (FileNotFoundError, json.JSONDecodeError):
+        return {}
+
+
+def wait_for(predicate: Callable[[], object], timeout: float, what: str, cluster=None, poll: float = 0.5):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            diag = cluster.run("squeue", "-h", "-o", "%i %T %r").stdout if cluster is not None else ""
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}\nsqueue:\n{diag}")
+        time.sleep(poll)
+
+
+def sweep_jobs(cluster, sweep_dir: Path) -> list[str]:
+    """Ids of this sweep's jobs still in squeue (jobs are named ablate-<sweep dir name>[-collect])."""
+    res = cluster.run("squeue", "-h", "-r", "-o", "%i %j")
+    return [line.split()[0] for line in res.stdout.splitlines()
+            if line.split()[1:] and line.split()[1].startswith(f"ablate-{sweep_dir.name}")]
+
+
+def wait_sweep_ended(cluster, sweep_dir: Path, timeout: float = ENDED) -> None:
+    wait_for(lambda: not sweep_jobs(cluster, sweep_dir), timeout, f"every job of {sweep_dir} to end", cluster)
+
+
+def sacct_of(cluster, job: str) -> str | None:
+    """sacct's final state of one job or array task ("12", "12_1"). Tasks that never started share one line:
+    "12" or "12_[0-1%2]"."""
+    master, _, task = job.partition("_")
+    states = cluster.wait_job(master, timeout=60)
+    if job in states:
+        return states[job]
+    for key, state in states.items():
+        pending = re.fullmatch(rf"{master}_\[([\d,-]+)(%\d+)?\]", key)
+        if key == master or (pending and task and any(
+                int(a) <= int(task) <= int(b or a) for a, _, b in (r.partition("-") for r in pending[1].split(",")))):
+            return state
+    return None
+
+
+def cells_by(sweep_dir: Path, key: str) -> dict[str, str]:
+    """{value of override `key`: cell id} from sweep.json."""
+    out = {}
+    for cell in read_json(sweep_dir / "sweep.json")["cells"]:
+        values = dict(o.split("=", 1) for o in cell["overrides"])
+        out[values[key]] = cell["cell_id"]
+    return out
+
+
+@pytest.fixture(scope="module")
+def embedded_model(compose_cfg):
+    """Builds the embedded model once, here, so that concurrent jobs do not each build it (ABLATE_CACHE)."""
+    from ablate.embedded import embedded_model_dir
+
+    return embedded_model_dir(compose_cfg([]).model)
+
+
+@pytest.fixture(scope="module")
+def e2e(slurm_cluster, embedded_model, tmp_path_factory):
+    """The 2x2 sweep, submitted detached; returns (sweep_dir, args, proc, seconds the command took, status proc)."""
+    sweep_dir = tmp_path_factory.mktemp("slurm_e2e")
+    args = ["-m", *GRID, *SLURM, "hydra.launcher.gpus_per_node=1", PROFILES, f"hydra.sweep.dir={sweep_dir}", *TINY]
+    started = time.monotonic()
+    proc = run_ablate(slurm_cluster, *args)
+    seconds = time.monotonic() - started
+    alive_after_submit = sweep_jobs(slurm_cluster, sweep_dir)
+    status = cli(slurm_cluster, "status", str(sweep_dir))  # while the sweep runs
+    return {"dir": sweep_dir, "args": args, "proc": proc, "seconds": seconds, "alive": alive_after_submit,
+            "status": status}
+
+
+# --------------------------------------------------------------------------------------------- 2x2
+def test_2x2_submits_detached_and_the_collector_job_writes_the_report(e2e, slurm_cluster):
+    sweep_dir, proc = e2e["dir"], e2e["proc"]
+    assert proc.returncode == 0, output(proc)
+    # Detached: the command returned while the sweep was still queued/running (the collector waits for every cell).
+    assert e2e["alive"], f"nothing of the sweep was queued or running when the command returned\n{output(proc)}"
+    assert e2e["seconds"] < 90, e2e["seconds"]
+
+    sweep = read_json(sweep_dir / "sweep.json")
+    assert sweep["launcher"] == "slurm"
+    assert len(sweep["cells"]) == 4
+    jobs, collector = sweep["jobs"], sweep["collector_job"]
+    assert sorted(jobs) == sorted(c["cell_id"] for c in sweep["cells"])
+    # two resource profiles -> two arrays of two cells; r=16 cells asked for 2 GB
+    arrays = sweep["arrays"]
+    assert len(arrays) == 2 and [a["cells"] for a in arrays] == [2, 2], arrays
+    assert sorted(a["resources"]["mem_gb"] for a in arrays) == [1, 2]
+    assert {a["resources"]["gpus_per_node"] for a in arrays} == {1}
+    by_rank = {}
+    for cell in sweep["cells"]:
+        rank = dict(o.split("=", 1) for o in cell["overrides"])["lora.r"]
+        by_rank.setdefault(rank, set()).add(jobs[cell["cell_id"]].split("_")[0])
+    assert len(by_rank["8"]) == len(by_rank["16"]) == 1 and by_rank["8"] != by_rank["16"], by_rank
+
+    # what the command printed: the sweep dir, the job ids, how to follow it
+    out = proc.stdout
+    assert str(sweep_dir) in out, output(proc)
+    for array in arrays:
+        assert array["job_id"] in out, output(proc)
+    assert f"collector job: {collector}" in out, output(proc)
+    for command in ("status", "collect", "resubmit", "cancel"):
+        assert f"ablate {command} {sweep_dir}" in out, output(proc)
+
+    # `ablate status` while the sweep ran
+    status = e2e["status"]
+    assert status.returncode == 0, output(status)
+    assert f"{sweep_dir}: 4 cells" in status.stdout, output(status)
+    for cid in jobs:
+        assert cid in status.stdout, output(status)
+
+    # every cell ends done, SLURM agrees, and the collector job (afterany) writes the report
+    assert slurm_cluster.wait_job(collector, timeout=ENDED) == {collector: "COMPLETED"}
+    for cid, job in jobs.items():
+        assert sacct_of(slurm_cluster, job) == "COMPLETED", (cid, job)
+        status = status_of(sweep_dir, cid)
+        assert status["state"] == "done", status
+        assert status["attempts"] == 1, status
+        assert status["job_id"] == job, status
+        assert status["cuda_visible_devices"] in {"0", "1"}, status  # --gpus-per-node=1: one GPU each
+        assert (sweep_dir / "cells" / cid / "metrics.json").is_file()
+    summary = read_json(sweep_dir / "report" / "summary.json")
+    assert summary["cell_counts"] == {"done": 4}, summary.get("cell_counts")
+    assert (sweep_dir / "report" / "report.html").is_file()
+
+
+def test_rerunning_the_command_skips_finished_cells_and_submits_nothing(e2e, slurm_cluster):
+    sweep_dir = e2e["dir"]
+    wait_sweep_ended(slurm_cluster, sweep_dir)
+    before = read_json(sweep_dir / "sweep.json")
+    metrics = {p: p.stat().st_mtime_ns for p in (sweep_dir / "cells").glob("*/metrics.json")}
+    assert len(metrics) == 4
+
+    proc = run_ablate(slurm_cluster, *e2e["args"])
+    assert proc.returncode == 0, output(proc)
+    assert "submitted 0" in proc.stdout and "skipped 4 done" in proc.stdout, output(proc)
+    assert "job arrays" not in proc.stdout and "collector job:" not in proc.stdout, output(proc)
+    assert not sweep_jobs(slurm_cluster, sweep_dir)
+    after = read_json(sweep_dir / "sweep.json")
+    assert after["jobs"] == before["jobs"] and after["arrays"] == before["arrays"]
+    assert after["collector_job"] == before["collector_job"]
+    assert {p: p.stat().st_mtime_ns for p in metrics} == metrics
+
+
+# ----------------------------------------------------------------------------------------- failures
+def test_a_failing_cell_is_failed_in_sacct_and_status_while_the_other_finishes(slurm_cluster, embedded_model,
+                                                                                tmp_path):
+    # lr = 1e30: the first Adam step throws the adapter to ~1e30; step 2's loss or gradient is not finite.
+    sweep_dir = tmp_path / "sweep"
+    proc = run_ablate(slurm_cluster, "-m", "trainer.lr=4e-3,1e30", *SLURM, "hydra.launcher.gpus_per_node=0",
+                      f"hydra.sweep.dir={sweep_dir}", *TINY)
+    assert proc.returncode == 0, output(proc)
+    sweep = read_json(sweep_dir / "sweep.json")
+    cells = {float(lr): cid for lr, cid in cells_by(sweep_dir, "trainer.lr").items()}
+    good, bad = cells[4e-3], cells[1e30]
+    collector = sweep["collector_job"]
+
+    assert slurm_cluster.wait_job(collector, timeout=ENDED) == {collector: "COMPLETED"}
+    assert sacct_of(slurm_cluster, sweep["jobs"][bad]) == "FAILED"
+    assert sacct_of(slurm_cluster, sweep["jobs"][good]) == "COMPLETED"
+    bad_status, good_status = status_of(sweep_dir, bad), status_of(sweep_dir, good)
+    assert bad_status["state"] == "failed", bad_status
+    assert "NonFiniteLoss" in bad_status["error"] and bad_status["failed_step"] == 2, bad_status
+    assert not (sweep_dir / "cells" / bad / "metrics.json").exists()
+    assert good_status["state"] == "done", good_status
+    assert (sweep_dir / "cells" / good / "metrics.json").is_file()
+
+    # the collector ran although a cell failed (afterany), and names the failed cell
+    summary = read_json(sweep_dir / "report" / "summary.json")
+    assert summary["cell_counts"] == {"done": 1, "failed": 1}, summary.get("cell_counts")
+    assert bad in json.dumps(summary)
+    status = cli(slurm_cluster, "status", str(sweep_dir))
+    assert status.returncode == 0, output(status)
+    assert "1 done" in status.stdout and "1 failed" in status.stdout and "NonFiniteLoss" in status.stdout, \
+        output(status)
+
+
+# -------------------------------------------------------------------------------- interrupt + requeue
+LONG = [  # ~10-30 s of training: long enough to interrupt after the first log line
+    "seed=1",
+    "trainer.max_steps=300",
+    "data.n_train=400",
+    "trainer.eval_every=100",
+    "trainer.log_every=10",
+    "trainer.batch_size=8",
+    "data.n_heldout_per_slice=16",
+    "trainer.eval_batch_size=32",
+    "threads=1",
+]
+
+
+def test_an_interrupted_job_requeues_and_resumes_from_its_checkpoint(slurm_activated, embedded_model, compose_cfg,
+                                                                     tmp_path):
+    import submitit
+
+    from ablate.run import run_cell
+
+    cluster = slurm_activated
+    sweep_dir = tmp_path / "sweep"
+    proc = run_ablate(cluster, "-m", *LONG, *SLURM, "hydra.launcher.gpus_per_node=0",
+                      "hydra.launcher.collector.enabled=false", f"hydra.sweep.dir={sweep_dir}")
+    assert proc.returncode == 0, output(proc)
+    ((cid, job),) = read_json(sweep_dir / "sweep.json")["jobs"].items()
+    cell_dir = sweep_dir / "cells" / cid
+    log = cell_dir / "train_log.jsonl"
+
+    wait_for(lambda: log.exists() and log.read_text().strip(), ENDED, "the first train_log line", cluster, poll=0.1)
+    submitit.SlurmJob(folder=sweep_dir / "slurm" / "%j", job_id=job)._interrupt()  # preemption: TERM, then USR2
+
+    preempted = wait_for(lambda: (s := status_of(sweep_dir, cid)).get("state") in ("preempted", "done") and s,
+                         60, "the cell to checkpoint", cluster, poll=0.1)
+    assert preempted["state"] == "preempted", f"the cell finished before the interrupt reached it: {preempted}"
+    assert 0 < preempted["checkpoint_step"] < 300, preempted
+    assert preempted["attempts"] == 1
+    assert (cell_dir / "checkpoint" / "state.pt").is_file()
+
+    # While SLURM requeues the job (11-17 s), train the same cell uninterrupted, in this process.
+    reference_dir = tmp_path / "reference"
+    cfg = compose_cfg(LONG)
+    assert cell_id(cfg) == cid
+    reference = run_cell(cfg, reference_dir, LONG)
+
+    done = wait_for(lambda: (s := status_of(sweep_dir, cid)).get("state") in ("done", "failed") and s, ENDED,
+                    "the requeued cell to end", cluster)
+    assert done["state"] == "done", done
+    assert done["attempts"] == 2, done  # requeued once ...
+    assert done["checkpoint_step"] == preempted["checkpoint_step"]
+    assert sacct_of(cluster, job) == "COMPLETED"
+    assert not (cell_dir / "checkpoint").exists()  # removed once finished
+
+    # ... and resumed from the checkpoint, not from step 0: every logging step once, in order
+    steps = [json.loads(line)["step"] for line in log.read_text().splitlines()]
+    assert steps == list(range(10, 301, 10)), steps
+    eval_steps = [json.loads(line)["step"] for line in (cell_dir / "eval_log.jsonl").read_text().splitlines()]
+    assert eval_steps == [0, 100, 200, 300], eval_steps
+    submitit_log = "".join(p.read_text() for p in (sweep_dir / "slurm").glob("*/*_log.out"))
+    assert "Calling checkpoint method" in submitit_log and f"Requeued job {job}" in submitit_log, submitit_log
+
+    # the final metrics equal the uninterrupted run's
+    metrics = read_json(cell_dir / "metrics.json")
+    assert metrics.keys() == reference.keys()
+    for key, value in reference.items():
+        if isinstance(value, float):
+            assert math.isclose(metrics[key], value, rel_tol=1e-6, abs_tol=1e-9) or (
+                math.isnan(value) and math.isnan(metrics[key])), (key, metrics[key], value)
+        else:
+            assert metrics[key] == value, key
+
+
+# ------------------------------------------------------------------------------- cancel + resubmit
+def test_cancel_marks_cells_failed_and_resubmit_failed_finishes_them(slurm_cluster, embedded_model, tmp_path):
+    cluster = slurm_cluster
+    # A job holding both GPUs keeps the cells (one GPU each) queued until we let them go.
+    blocker = cluster.sbatch("--gpus-per-node=2", "-o", "/dev/null", "--wrap", "sleep 600")
+    try:
+        wait_for(lambda: cluster.run("squeue", "-h", "-o", "%T", "-j", str(blocker)).stdout.strip() == "RUNNING",
+                 60, "the blocker job to run", cluster)
+        sweep_dir = tmp_path / "sweep"
+        proc = run_ablate(cluster, "-m", "objective=dpo,simpo", *SLURM, "hydra.launcher.gpus_per_node=1",
+                          f"hydra.sweep.dir={sweep_dir}", *TINY)
+        assert proc.returncode == 0, output(proc)
+        sweep = read_json(sweep_dir / "sweep.json")
+        jobs, collector = sweep["jobs"], sweep["collector_job"]
+        assert len(jobs) == 2 and len(sweep_jobs(cluster, sweep_dir)) == 3  # 2 cells + the collector
+
+        proc = cli(cluster, "cancel", str(sweep_dir))
+        assert proc.returncode == 0, output(proc)
+        assert "cancelled 3 job(s)" in proc.stdout, output(proc)
+        for job in [*jobs.values(), collector]:
+            assert sacct_of(cluster, job) == "CANCELLED", job
+
+        proc = cli(cluster, "status", str(sweep_dir))
+        assert proc.returncode == 0, output(proc)
+        assert "2 failed" in proc.stdout and "CANCELLED" in proc.stdout, output(proc)
+        for cid, job in jobs.items():
+            status = status_of(sweep_dir, cid)
+            assert status["state"] == "failed", status
+            assert status["error"] == f"SLURM job {job} ended CANCELLED", status
+    finally:
+        cluster.run("scancel", str(blocker))
+
+    proc = cli(cluster, "resubmit", str(sweep_dir), "--failed")
+    assert proc.returncode == 0, output(proc)
+    assert "resubmitted 2 cell(s)" in proc.stdout, output(proc)
+    sweep = read_json(sweep_dir / "sweep.json")
+    new_jobs, new_collector = sweep["jobs"], sweep["collector_job"]
+    assert set(new_jobs) == set(jobs) and not set(new_jobs.values()) & set(jobs.values())
+    assert new_collector != collector and len(sweep["arrays"]) == 2
+
+    assert cluster.wait_job(new_collector, timeout=ENDED) == {new_collector: "COMPLETED"}
+    for cid, job in new_jobs.items():
+        assert sacct_of(cluster, job) == "COMPLETED"
+        status = status_of(sweep_dir, cid)
+        assert status["state"] == "done" and status["error"] is None, status
+        assert status["job_id"] == job
+    assert read_json(sweep_dir / "report" / "summary.json")["cell_counts"] == {"done": 2}
+    proc = cli(cluster, "status", str(sweep_dir))
+    assert "2 done" in proc.stdout, output(proc)
+    proc = cli(cluster, "resubmit", str(sweep_dir), "--failed")
+    assert proc.returncode == 0 and "nothing to resubmit" in proc.stdout, output(proc)
+
+
+# ------------------------------------------------------------------------- MaxArraySize and dry runs
+def test_max_array_size_is_read_from_the_cluster(slurm_activated):
+    from ablate.slurm import max_array_size
+
+    assert max_array_size(None) == slurm_activated.max_array_size == 8
+    assert max_array_size(3) == 3
+
+
+def test_dry_run_writes_the_plan_and_submits_nothing(slurm_cluster, tmp_path):
+    sweep_dir = tmp_path / "sweep"
+    proc = run_ablate(slurm_cluster, "-m", *GRID, "seed=0,1", *SLURM, PROFILES, "hydra.launcher.dry_run=true",
+                      f"hydra.sweep.dir={sweep_dir}", *TINY)
+    assert proc.returncode == 0, output(proc)
+    assert "dry run: 8 cells valid, 8 to submit in 2 resource profile(s)" in proc.stdout, output(proc)
+    assert "nothing submitted" in proc.stdout
+    sweep = read_json(sweep_dir / "sweep.json")
+    assert len(sweep["cells"]) == 8 and "jobs" not in sweep and "collector_job" not in sweep
+    configs = sorted((sweep_dir / "cells").glob("*/config.yaml"))
+    assert sorted(p.parent.name for p in configs) == sorted(c["cell_id"] for c in sweep["cells"])
+    assert not list((sweep_dir / "cells").glob("*/status.json"))
+    assert not (sweep_dir / "slurm").exists()
+    assert not sweep_jobs(slurm_cluster, sweep_dir)
+    assert slurm_cluster.run("squeue", "-h", "-n", f"ablate-{sweep_dir.name}").stdout.strip() == ""
+
+
+def test_cells_beyond_max_array_size_go_to_another_array(slurm_cluster, tmp_path):
+    """9 cells of one profile: an array of 8 (MaxArraySize) and one more job; submitted held, then cancelled."""
+    sweep_dir = tmp_path / "sweep"
+    proc = run_ablate(slurm_cluster, "-m", "seed=range(9)", *SLURM, "hydra.launcher.gpus_per_node=0",
+                      "hydra.launcher.additional_parameters={hold: true}", f"hydra.sweep.dir={sweep_dir}", *TINY)
+    try:
+        assert proc.returncode == 0, output(proc)
+        sweep = read_json(sweep_dir / "sweep.json")
+        assert [a["cells"] for a in sweep["arrays"]] == [8, 1], sweep["arrays"]
+        assert len(set(sweep["jobs"].values())) == 9
+        assert len({j.split("_")[0] for j in sweep["jobs"].values()}) == 2
+        assert re.search(r"job arrays:\s+\d+ \(8 cells\), \d+ \(1 cells\)", proc.stdout), output(proc)
+        held = slurm_cluster.run("squeue", "-h", "-r", "-o", "%i %T %r", "-n", f"ablate-{sweep_dir.name}").stdout
+        assert len(held.splitlines()) == 9 and all("PENDING" in line for line in held.splitlines()), held
+    finally:
+        cancel = cli(slurm_cluster, "cancel", str(sweep_dir))
+    assert cancel.returncode == 0 and "cancelled 10 job(s)" in cancel.stdout, output(cancel)
+    wait_sweep_ended(slurm_cluster, sweep_dir, timeout=60)

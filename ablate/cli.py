@@ -59,8 +59,8 @@ def _resubmit(args) -> int:
     if chosen.empty:
         print("nothing to resubmit")
         return 0
-    cells = [(OmegaConf.load(sweep_dir / "cells" / cid / "config.yaml"), overrides.split(), cid)
-             for cid, overrides in zip(chosen.cell_id, chosen.overrides, strict=True)]
+    overrides = {c["cell_id"]: list(c.get("overrides", [])) for c in sweep.get("cells", [])}  # values may hold spaces
+    cells = [(OmegaConf.load(sweep_dir / "cells" / cid / "config.yaml"), overrides[cid], cid) for cid in chosen.cell_id]
     submitted = submit_cells(sweep_dir, cells, OmegaConf.create(sweep["slurm"]),
                              select_config(base=OmegaConf.create(sweep.get("select", {}))))
     arrays = ", ".join(a["job_id"] for a in submitted["arrays"])

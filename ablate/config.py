@@ -146,7 +146,7 @@ class SelectConfig:
     bootstrap_seed: int = 0
     prefer_lower_rank: bool = True
     overoptimisation_tolerance: float = 0.0
-    length_artifact_share: float = 0.6
+    length_imbalance: float = 0.2
 
 
 @dataclass

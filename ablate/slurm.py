@@ -20,7 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 from ablate.cells import atomic_write_json, atomic_write_text, config_yaml, update_status
 from ablate.config import as_plain
 from ablate.jobs import CellJob, CollectJob
-from ablate.status import read_sweep_json
+from ablate.status import ALIVE, read_sweep_json, slurm_states
 
 RESOURCE_KEYS = ("partition", "account", "qos", "timeout_min", "gpus_per_node", "cpus_per_task", "mem_gb",
                  "nodes", "tasks_per_node", "constraint")
@@ -109,7 +109,11 @@ def submit_cells(sweep_dir: Path, cells: list[tuple[DictConfig, list[str], str]]
 
     collector_job = None
     if launcher.collector.enabled and arrays:
-        masters = ":".join(a["job_id"] for a in arrays)
+        # The collector waits for the jobs just submitted AND for the sweep's cells still queued or running from an
+        # earlier submission (a resubmission of failed cells while others still run), so its report is complete.
+        earlier = [job for cid, job in read_sweep_json(sweep_dir).get("jobs", {}).items() if cid not in jobs]
+        still_alive = {job.split("_")[0] for job, state in slurm_states(earlier).items() if state in ALIVE}
+        masters = ":".join(dict.fromkeys([a["job_id"] for a in arrays] + sorted(still_alive)))
         collector_resources = {key: launcher[key] for key in RESOURCE_KEYS} | dict(launcher.collector.resources)
         params = executor_parameters(collector_resources, launcher, f"{name}-collect")
         params["slurm_additional_parameters"] = params["slurm_additional_parameters"] | {

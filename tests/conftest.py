@@ -45,15 +45,18 @@ def compose_cfg(repo_root) -> Callable[[list[str]], DictConfig]:
     return compose
 
 
+# Shrinks a cell to a few seconds on CPU. Module-scoped fixtures import it (`from conftest import TINY`).
+TINY = [
+    "trainer.max_steps=6",
+    "trainer.eval_every=3",
+    "trainer.log_every=2",
+    "trainer.batch_size=8",
+    "data.n_train=64",
+    "data.n_heldout_per_slice=16",
+    "trainer.eval_batch_size=32",
+]
+
+
 @pytest.fixture
 def tiny_overrides() -> list[str]:
-    """Shrinks a cell to a few seconds on CPU."""
-    return [
-        "trainer.max_steps=6",
-        "trainer.eval_every=3",
-        "trainer.log_every=2",
-        "trainer.batch_size=8",
-        "data.n_train=64",
-        "data.n_heldout_per_slice=16",
-        "trainer.eval_batch_size=32",
-    ]
+    return list(TINY)

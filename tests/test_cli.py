@@ -14,19 +14,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import TINY
 
 from ablate.cells import cell_id
 
-# The same shrink as conftest's `tiny_overrides`, for the module-scoped sweep below.
-TINY = [
-    "trainer.max_steps=6",
-    "trainer.eval_every=3",
-    "trainer.log_every=2",
-    "trainer.batch_size=8",
-    "data.n_train=64",
-    "data.n_heldout_per_slice=16",
-    "trainer.eval_batch_size=32",
-]
 GRID = ["objective=dpo,simpo", "lora.r=8,16"]
 GRID_CELLS = [(o, r) for o in ("dpo", "simpo") for r in ("8", "16")]
 

@@ -480,16 +480,20 @@ def test_overoptimisation_flags_rising_train_margin_with_falling_heldout(tmp_pat
 def test_length_artifacts(tmp_path):
     table = counts_table({"clean": 40, "verbose_rejected": 30}, GOLDEN_SIZES)
     cells = [Cell(["objective=dpo", "seed=0"], table), Cell(["objective=simpo", "seed=0"], table)]
+    # imbalance = share(chosen longer) - share(chosen shorter): +0.5, -0.65, +0.1, +0.5 (one-sided, like
+    # the embedded task: half the chosen answers padded, none shortened)
     data = [data_stats("verbose", longer=0.7, shorter=0.2), data_stats("terse", longer=0.1, shorter=0.75),
-            data_stats("balanced", longer=0.6, shorter=0.3)]
+            data_stats("balanced", longer=0.45, shorter=0.35), data_stats("one-sided", longer=0.5, shorter=0.0)]
     sweep_dir = write_sweep(tmp_path, cells, data)
     findings = run(sweep_dir)["diagnostics"]["length"]
-    assert [f["data"] for f in findings] == ["verbose", "terse", "balanced"]
+    assert [f["data"] for f in findings] == ["verbose", "terse", "balanced", "one-sided"]
     assert findings[0]["verdict"].startswith("verbosity") and "70%" in findings[0]["verdict"]
     assert findings[1]["verdict"].startswith("brevity") and "75%" in findings[1]["verdict"]
-    assert "verbosity" not in findings[2]["verdict"] and "brevity" not in findings[2]["verdict"]  # 0.6 is not > 0.6
+    assert findings[2]["verdict"].startswith("no systematic")  # +0.1 is within the default 0.2
+    assert findings[3]["verdict"].startswith("verbosity")
     assert findings[0]["chosen_longer_share"] == 0.7 and findings[1]["pairs"] == 200
-    lowered = run(sweep_dir, "length_artifact_share=0.5")["diagnostics"]["length"]
+    assert findings[1]["length_imbalance"] == pytest.approx(-0.65)
+    lowered = run(sweep_dir, "length_imbalance=0.05")["diagnostics"]["length"]
     assert lowered[2]["verdict"].startswith("verbosity")
 
 

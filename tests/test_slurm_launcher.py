@@ -221,16 +221,22 @@ def test_rerunning_the_command_skips_finished_cells_and_submits_nothing(e2e, slu
 def test_a_failing_cell_is_failed_in_sacct_and_status_while_the_other_finishes(slurm_cluster, embedded_model,
                                                                                 tmp_path):
     # lr = 1e30: the first Adam step throws the adapter to ~1e30; step 2's loss or gradient is not finite.
+    # Followed to the end (hydra.launcher.wait=true): the command returns once the collector job has ended, and
+    # fails, as the local launcher does, because a cell failed.
     sweep_dir = tmp_path / "sweep"
     proc = run_ablate(slurm_cluster, "-m", "trainer.lr=4e-3,1e30", *SLURM, "hydra.launcher.gpus_per_node=0",
-                      f"hydra.sweep.dir={sweep_dir}", *TINY)
-    assert proc.returncode == 0, output(proc)
+                      "hydra.launcher.wait=true", "hydra.launcher.poll_s=1", f"hydra.sweep.dir={sweep_dir}", *TINY,
+                      timeout=ENDED)
+    assert proc.returncode == 1, output(proc)
+    assert "sweep ended" in proc.stdout, output(proc)
+    assert "NonFiniteLoss" in proc.stderr, output(proc)
+    assert not sweep_jobs(slurm_cluster, sweep_dir)
     sweep = read_json(sweep_dir / "sweep.json")
     cells = {float(lr): cid for lr, cid in cells_by(sweep_dir, "trainer.lr").items()}
     good, bad = cells[4e-3], cells[1e30]
     collector = sweep["collector_job"]
 
-    assert slurm_cluster.wait_job(collector, timeout=ENDED) == {collector: "COMPLETED"}
+    assert slurm_cluster.wait_job(collector, timeout=60) == {collector: "COMPLETED"}
     assert sacct_of(slurm_cluster, sweep["jobs"][bad]) == "FAILED"
     assert sacct_of(slurm_cluster, sweep["jobs"][good]) == "COMPLETED"
     bad_status, good_status = status_of(sweep_dir, bad), status_of(sweep_dir, good)
@@ -400,21 +406,43 @@ def test_dry_run_writes_the_plan_and_submits_nothing(slurm_cluster, tmp_path):
     assert slurm_cluster.run("squeue", "-h", "-n", f"ablate-{sweep_dir.name}").stdout.strip() == ""
 
 
-def test_cells_beyond_max_array_size_go_to_another_array(slurm_cluster, tmp_path):
-    """9 cells of one profile: an array of 8 (MaxArraySize) and one more job; submitted held, then cancelled."""
+def test_cells_beyond_max_array_size_go_to_another_array_and_resubmission_keeps_the_collector_last(
+        slurm_cluster, tmp_path):
+    """9 cells of one profile: an array of 8 (MaxArraySize) and one more job. Submitted held, so nothing runs.
+    One cell is cancelled and resubmitted while the others stay queued: the new collector job waits for them too."""
+    cluster = slurm_cluster
     sweep_dir = tmp_path / "sweep"
-    proc = run_ablate(slurm_cluster, "-m", "seed=range(9)", *SLURM, "hydra.launcher.gpus_per_node=0",
-                      "hydra.launcher.additional_parameters={hold: true}", f"hydra.sweep.dir={sweep_dir}", *TINY)
+    proc = run_ablate(cluster, "-m", "seed=range(9)", *SLURM, "hydra.launcher.gpus_per_node=0",
+                      "+hydra.launcher.additional_parameters.hold=true", f"hydra.sweep.dir={sweep_dir}", *TINY)
     try:
         assert proc.returncode == 0, output(proc)
         sweep = read_json(sweep_dir / "sweep.json")
         assert [a["cells"] for a in sweep["arrays"]] == [8, 1], sweep["arrays"]
-        assert len(set(sweep["jobs"].values())) == 9
-        assert len({j.split("_")[0] for j in sweep["jobs"].values()}) == 2
+        jobs = sweep["jobs"]
+        assert len(set(jobs.values())) == 9
+        masters = sorted({j.split("_")[0] for j in jobs.values()}, key=int)
+        assert len(masters) == 2
         assert re.search(r"job arrays:\s+\d+ \(8 cells\), \d+ \(1 cells\)", proc.stdout), output(proc)
-        held = slurm_cluster.run("squeue", "-h", "-r", "-o", "%i %T %r", "-n", f"ablate-{sweep_dir.name}").stdout
+        held = cluster.run("squeue", "-h", "-r", "-o", "%i %T %r", "-n", f"ablate-{sweep_dir.name}").stdout
         assert len(held.splitlines()) == 9 and all("PENDING" in line for line in held.splitlines()), held
+
+        # cancel one task of the big array; the others stay queued
+        victim_cell, victim = next((c, j) for c, j in jobs.items() if j.startswith(f"{masters[0]}_"))
+        cluster.run("scancel", victim, check=True)
+        wait_for(lambda: sacct_of(cluster, victim) == "CANCELLED", 60, f"{victim} CANCELLED", cluster)
+        proc = cli(cluster, "resubmit", str(sweep_dir), "--failed")
+        assert proc.returncode == 0 and "resubmitted 1 cell(s)" in proc.stdout, output(proc)
+        sweep = read_json(sweep_dir / "sweep.json")
+        new_job, collector = sweep["jobs"][victim_cell], sweep["collector_job"]
+        assert new_job != victim
+        dependency = cluster.run("scontrol", "show", "job", collector).stdout
+        (dependency,) = re.findall(r"Dependency=(\S+)", dependency)
+        waits_for = set(re.findall(r"after\w*:(\d+)", dependency))
+        assert waits_for == {new_job.split("_")[0], *masters}, dependency
     finally:
-        cancel = cli(slurm_cluster, "cancel", str(sweep_dir))
+        cancel = cli(cluster, "cancel", str(sweep_dir))
+    # 8 queued cells + the resubmitted one + the last collector job
     assert cancel.returncode == 0 and "cancelled 10 job(s)" in cancel.stdout, output(cancel)
-    wait_sweep_ended(slurm_cluster, sweep_dir, timeout=60)
+    wait_for(lambda: not cluster.run("squeue", "-h", "-o", "%i", "-n",
+                                     f"ablate-{sweep_dir.name},ablate-{sweep_dir.name}-collect").stdout.strip(),
+             60, "the held jobs to go", cluster)

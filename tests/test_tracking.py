@@ -7,8 +7,8 @@ import json
 import pytest
 
 from ablate.run import run_cell
-from ablate.trainer import Interrupted
 from ablate.tracking import wandb_run_id
+from ablate.trainer import Interrupted
 
 
 class StopAfter:

@@ -18,6 +18,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
+from conftest import TINY
 
 import ablate.trainer
 from ablate.embedded import verbosity_trap_pairs
@@ -26,17 +27,6 @@ from ablate.objectives import OBJECTIVES
 from ablate.run import run_cell
 from ablate.trainer import NonFiniteLoss
 
-# The same shrink as conftest's `tiny_overrides`, for the module-scoped sweep below (a function-scoped
-# fixture cannot feed a module-scoped one).
-TINY = [
-    "trainer.max_steps=6",
-    "trainer.eval_every=3",
-    "trainer.log_every=2",
-    "trainer.batch_size=8",
-    "data.n_train=64",
-    "data.n_heldout_per_slice=16",
-    "trainer.eval_batch_size=32",
-]
 N_HELDOUT = 2 * 16
 
 TRL_TRAIN_KEYS = {"loss", "rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies",

@@ -54,20 +54,28 @@ def chosen_shift(sweep: Sweep) -> list[dict]:
 
 
 def length_artifacts(sweep: Sweep, select) -> list[dict]:
-    """Chosen vs rejected lengths in the training pairs; a verdict when one side is systematically longer."""
+    """Chosen vs rejected lengths in the training pairs; a verdict when one side is systematically longer.
+
+    The signal is the imbalance: chosen longer in 51% of pairs and shorter in none (the embedded
+    task) is a strong verbosity bias even though most pairs are not longer at all.
+    """
     findings = []
     for stats in sweep.data_stats:
         train = stats.get("train", {})
         longer, shorter = train.get("chosen_longer_share", 0), train.get("chosen_shorter_share", 0)
-        if longer > select.length_artifact_share:
-            verdict = (f"verbosity: chosen is longer than rejected in {longer:.0%} of training pairs; an objective "
-                       f"can win by preferring long answers (check length-controlled slices)")
-        elif shorter > select.length_artifact_share:
-            verdict = (f"brevity: chosen is shorter than rejected in {shorter:.0%} of training pairs; an objective "
-                       f"can win by preferring short answers")
+        imbalance = longer - shorter
+        if imbalance > select.length_imbalance:
+            verdict = (f"verbosity: chosen is longer than rejected in {longer:.0%} of training pairs and shorter in "
+                       f"{shorter:.0%}; an objective can win by preferring long answers (check length-controlled "
+                       f"held-out slices)")
+        elif -imbalance > select.length_imbalance:
+            verdict = (f"brevity: chosen is shorter than rejected in {shorter:.0%} of training pairs and longer in "
+                       f"{longer:.0%}; an objective can win by preferring short answers")
         else:
-            verdict = "no systematic length difference between chosen and rejected"
-        findings.append({"data": stats.get("data", {}).get("kind"), **train, "verdict": verdict})
+            verdict = (f"no systematic length difference (chosen longer in {longer:.0%}, shorter in {shorter:.0%} "
+                       f"of training pairs)")
+        findings.append({"data": stats.get("data", {}).get("kind"), **train, "length_imbalance": imbalance,
+                         "verdict": verdict})
     return findings
 
 

@@ -118,11 +118,20 @@ class AblateSlurmLauncher(Launcher):
         self._print_submission(sweep_dir, cells, todo, skipped, submitted)
         if launcher.wait and todo:
             self._follow(sweep_dir, submitted, launcher.poll_s)
+            # Followed to the end: failed cells fail the command, as with the local launcher.
+            table = reconcile(sweep_dir).set_index("cell_id")
+            failed = {cid: table.loc[cid, "error"] for cid in table.index if table.loc[cid, "state"] == "failed"}
+            return [self._ret(c, failed.get(c.cell_id, "")) if c.cell_id in failed else self._ret(c) for c in cells]
         return [self._ret(c) for c in cells]
 
     @staticmethod
-    def _ret(cell) -> JobReturn:
+    def _ret(cell, failure: str | None = None) -> JobReturn:
         # Detached: the cells' results arrive later, in their folders; Hydra only needs a completed handle.
+        if failure is not None:
+            error = RuntimeError(f"cell {cell.cell_id} ({' '.join(cell.overrides)}) failed: {failure} "
+                                 "(see its status.json; `ablate status` lists every failed cell)")
+            return JobReturn(overrides=cell.overrides, cfg=cell.task_config, status=JobStatus.FAILED,
+                             _return_value=error)
         return JobReturn(overrides=cell.overrides, cfg=cell.task_config, status=JobStatus.COMPLETED,
                          _return_value=None)
 

@@ -125,7 +125,7 @@ def test_report_states_decision_and_hides_nothing(collected):
         assert "CUDA out of memory" in text  # a failed cell's error is shown, not just counted
         assert "corrupt line skipped" in text  # the torn log line is listed as a problem
         assert "Overoptimisation" in text and "Chosen log-prob shift" in text
-        assert "no systematic length difference" in text
+        assert "verbosity: chosen is longer than rejected in 50%" in text  # half padded, none shortened
         assert "needs every combination of levels complete" in text  # why the factorial effects are absent
         assert "McNemar" in text
     md = (sweep_dir / "report" / "report.md").read_text()

@@ -74,9 +74,8 @@ def _cancel(args) -> int:
     sweep = read_sweep_json(args.sweep_dir)
     table = reconcile(args.sweep_dir)
     jobs = [j for j, s in zip(table.job_id, table.slurm_state, strict=True) if j and s in ALIVE]
-    collector = sweep.get("collector_job")
-    if collector and slurm_states([collector]).get(collector) in ALIVE:
-        jobs.append(collector)
+    collectors = list(dict.fromkeys([*sweep.get("collector_jobs", []), sweep.get("collector_job")]))
+    jobs += [job for job, state in slurm_states([c for c in collectors if c]).items() if state in ALIVE]
     if not jobs:
         print("no queued or running job in this sweep")
         return 0

@@ -88,7 +88,9 @@ def submit_cells(sweep_dir: Path, cells: list[tuple[DictConfig, list[str], str]]
     for _, cfg, ov, cid in profiled:  # before submission: a job that starts at once must not be overwritten
         cell_dir = sweep_dir / "cells" / cid
         atomic_write_text(cell_dir / "config.yaml", config_yaml(as_plain(cfg)))
-        update_status(cell_dir, state="pending", cell_id=cid, overrides=list(ov), error=None,
+        # job_id=None: the job id of an earlier attempt must not stand for the new job (reconcile would judge the
+        # cell by the old job's end); the new id is in sweep.json, and the job writes it here when it starts
+        update_status(cell_dir, state="pending", cell_id=cid, overrides=list(ov), error=None, job_id=None,
                       submitted_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
 
     executor = _executor(sweep_dir, launcher)
@@ -126,7 +128,8 @@ def submit_cells(sweep_dir: Path, cells: list[tuple[DictConfig, list[str], str]]
     sweep.setdefault("jobs", {}).update(jobs)
     sweep.setdefault("arrays", []).extend(arrays)
     if collector_job:
-        sweep["collector_job"] = collector_job
+        sweep["collector_job"] = collector_job  # the latest; every one, for `ablate cancel`, in collector_jobs
+        sweep["collector_jobs"] = [*sweep.get("collector_jobs", []), collector_job]
     sweep["slurm"] = OmegaConf.to_container(launcher, resolve=True)
     sweep["select"] = OmegaConf.to_container(select, resolve=True)
     atomic_write_json(sweep_dir / "sweep.json", sweep)

@@ -31,11 +31,18 @@ def read_sweep_json(sweep_dir: str | Path) -> dict:
     return json.loads(path.read_text())
 
 
-def _run(cmd: list[str]) -> str:
+def _run(cmd: list[str]) -> str | None:
+    """stdout of a SLURM client command; None when it is not installed or failed (controller unreachable ...)."""
     if shutil.which(cmd[0]) is None:
-        return ""
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
-    return out.stdout if out.returncode == 0 else ""
+        return None
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if out.returncode != 0:
+        # squeue -j with ids the controller has forgotten (ended > MinJobAge ago) fails: an answer, "none of them"
+        return "" if "Invalid job id" in out.stderr else None
+    return out.stdout
 
 
 def slurm_states(job_ids: list[str]) -> dict[str, str]:
@@ -45,16 +52,34 @@ def slurm_states(job_ids: list[str]) -> dict[str, str]:
         return {}
     states: dict[str, str] = {}
     masters = sorted({j.split("_")[0] for j in ids})
-    for line in _run(["sacct", "-n", "-X", "-P", "-o", "JobID,State", "-j", ",".join(masters)]).splitlines():
+    arrays_in_sacct = set()
+    for line in (_run(["sacct", "-n", "-X", "-P", "-o", "JobID,State", "-j", ",".join(masters)]) or "").splitlines():
         job, _, state = line.partition("|")
         state = state.split()[0] if state.strip() else "UNKNOWN"  # "CANCELLED by 0" -> "CANCELLED"
         for task in _array_tasks(job.strip()):
             states[task] = state
+        if "_" in job:
+            arrays_in_sacct.add(job.split("_")[0])
     # squeue is authoritative while a job is queued or running (sacct lags by a few seconds)
-    for line in _run(["squeue", "-h", "-r", "-o", "%i %T", "-j", ",".join(masters)]).splitlines():
+    queue = _run(["squeue", "-h", "-r", "-o", "%i %T", "-j", ",".join(masters)])
+    for line in (queue or "").splitlines():
         job, _, state = line.strip().partition(" ")
-        states[job] = state
-    return {j: states.get(j, states.get(j.split("_")[0], "UNKNOWN")) for j in ids}
+        for task in _array_tasks(job):
+            states[task] = state
+    out = {}
+    for j in ids:
+        master = j.split("_")[0]
+        if j in states:
+            out[j] = states[j]
+        elif master in states:  # an array cancelled before any task started: one line for all of them
+            out[j] = states[master]
+        elif "_" in j and master in arrays_in_sacct and queue is not None:
+            # Neither queued (squeue answered) nor accounted, though its array is: SLURM drops the record of a task
+            # cancelled before it started (scancel 12_3 on a pending array); cancelled is how it can have gone.
+            out[j] = "CANCELLED"
+        else:
+            out[j] = "UNKNOWN"
+    return out
 
 
 def _array_tasks(job: str) -> list[str]:
@@ -78,7 +103,9 @@ def reconcile(sweep_dir: str | Path) -> pd.DataFrame:
     sweep = read_sweep_json(sweep_dir)
     jobs = sweep.get("jobs", {})
     statuses = {c["cell_id"]: read_status(sweep_dir / "cells" / c["cell_id"]) for c in sweep.get("cells", [])}
-    job_of = {cid: status.get("job_id") or jobs.get(cid) for cid, status in statuses.items()}
+    # sweep.json holds the latest submission of each cell; status.json the job that last ran it (the same id
+    # once it has started), or nothing (local runs, cells not yet started)
+    job_of = {cid: jobs.get(cid) or status.get("job_id") for cid, status in statuses.items()}
     slurm = slurm_states([j for j in job_of.values() if j])
     rows = []
     for cell in sweep.get("cells", []):

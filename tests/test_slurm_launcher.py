@@ -98,19 +98,23 @@ def wait_sweep_ended(cluster, sweep_dir: Path, timeout: float = ENDED) -> None:
     wait_for(lambda: not sweep_jobs(cluster, sweep_dir), timeout, f"every job of {sweep_dir} to end", cluster)
 
 
-def sacct_of(cluster, job: str) -> str | None:
-    """sacct's final state of one job or array task ("12", "12_1"). Tasks that never started share one line:
-    "12" or "12_[0-1%2]"."""
-    master, _, task = job.partition("_")
-    states = cluster.wait_job(master, timeout=60)
+def task_state(states: dict[str, str], job: str) -> str | None:
+    """The state of one job or array task ("12", "12_1") in {sacct JobID: State}. Array tasks that never started
+    share one line: "12" or "12_[0-1%2]"."""
     if job in states:
         return states[job]
+    master, _, task = job.partition("_")
     for key, state in states.items():
         pending = re.fullmatch(rf"{master}_\[([\d,-]+)(%\d+)?\]", key)
         if key == master or (pending and task and any(
                 int(a) <= int(task) <= int(b or a) for a, _, b in (r.partition("-") for r in pending[1].split(",")))):
             return state
     return None
+
+
+def sacct_of(cluster, job: str) -> str | None:
+    """sacct's final state of a job or array task, once every task of its job has ended."""
+    return task_state(cluster.wait_job(job.split("_")[0], timeout=60), job)
 
 
 def cells_by(sweep_dir: Path, key: str) -> dict[str, str]:
@@ -132,7 +136,8 @@ def embedded_model(compose_cfg):
 
 @pytest.fixture(scope="module")
 def e2e(slurm_cluster, embedded_model, tmp_path_factory):
-    """The 2x2 sweep, submitted detached; returns (sweep_dir, args, proc, seconds the command took, status proc)."""
+    """The 2x2 sweep, submitted detached: its dir and args, the command's process and duration, the jobs of the
+    sweep still queued or running when it returned, and `ablate status` run right after."""
     sweep_dir = tmp_path_factory.mktemp("slurm_e2e")
     args = ["-m", *GRID, *SLURM, "hydra.launcher.gpus_per_node=1", PROFILES, f"hydra.sweep.dir={sweep_dir}", *TINY]
     started = time.monotonic()
@@ -223,7 +228,7 @@ def test_a_failing_cell_is_failed_in_sacct_and_status_while_the_other_finishes(s
     # lr = 1e30: the first Adam step throws the adapter to ~1e30; step 2's loss or gradient is not finite.
     # Followed to the end (hydra.launcher.wait=true): the command returns once the collector job has ended, and
     # fails, as the local launcher does, because a cell failed.
-    sweep_dir = tmp_path / "sweep"
+    sweep_dir = tmp_path / "failing"  # also the job name: ablate-failing
     proc = run_ablate(slurm_cluster, "-m", "trainer.lr=4e-3,1e30", *SLURM, "hydra.launcher.gpus_per_node=0",
                       "hydra.launcher.wait=true", "hydra.launcher.poll_s=1", f"hydra.sweep.dir={sweep_dir}", *TINY,
                       timeout=ENDED)
@@ -255,6 +260,13 @@ def test_a_failing_cell_is_failed_in_sacct_and_status_while_the_other_finishes(s
     assert "1 done" in status.stdout and "1 failed" in status.stdout and "NonFiniteLoss" in status.stdout, \
         output(status)
 
+    # re-running the command would redo only the failed cell (a dry run says so without submitting it)
+    proc = run_ablate(slurm_cluster, "-m", "trainer.lr=4e-3,1e30", *SLURM, "hydra.launcher.gpus_per_node=0",
+                      "hydra.launcher.dry_run=true", f"hydra.sweep.dir={sweep_dir}", *TINY)
+    assert proc.returncode == 0, output(proc)
+    assert "dry run: 2 cells valid, 1 to submit in 1 resource profile(s), 1 done" in proc.stdout, output(proc)
+    assert read_json(sweep_dir / "sweep.json")["jobs"] == sweep["jobs"]
+
 
 # -------------------------------------------------------------------------------- interrupt + requeue
 LONG = [  # ~10-30 s of training: long enough to interrupt after the first log line
@@ -273,11 +285,12 @@ LONG = [  # ~10-30 s of training: long enough to interrupt after the first log l
 def test_an_interrupted_job_requeues_and_resumes_from_its_checkpoint(slurm_activated, embedded_model, compose_cfg,
                                                                      tmp_path):
     import submitit
+    import torch
 
     from ablate.run import run_cell
 
     cluster = slurm_activated
-    sweep_dir = tmp_path / "sweep"
+    sweep_dir = tmp_path / "interrupted"  # also the job name: ablate-interrupted
     proc = run_ablate(cluster, "-m", *LONG, *SLURM, "hydra.launcher.gpus_per_node=0",
                       "hydra.launcher.collector.enabled=false", f"hydra.sweep.dir={sweep_dir}")
     assert proc.returncode == 0, output(proc)
@@ -299,7 +312,11 @@ def test_an_interrupted_job_requeues_and_resumes_from_its_checkpoint(slurm_activ
     reference_dir = tmp_path / "reference"
     cfg = compose_cfg(LONG)
     assert cell_id(cfg) == cid
-    reference = run_cell(cfg, reference_dir, LONG)
+    threads = torch.get_num_threads()
+    try:
+        reference = run_cell(cfg, reference_dir, LONG)
+    finally:
+        torch.set_num_threads(threads)  # the cell's threads=1 must not slow down later tests of this session
 
     done = wait_for(lambda: (s := status_of(sweep_dir, cid)).get("state") in ("done", "failed") and s, ENDED,
                     "the requeued cell to end", cluster)
@@ -336,7 +353,7 @@ def test_cancel_marks_cells_failed_and_resubmit_failed_finishes_them(slurm_clust
     try:
         wait_for(lambda: cluster.run("squeue", "-h", "-o", "%T", "-j", str(blocker)).stdout.strip() == "RUNNING",
                  60, "the blocker job to run", cluster)
-        sweep_dir = tmp_path / "sweep"
+        sweep_dir = tmp_path / "cancelled"  # also the job name: ablate-cancelled
         proc = run_ablate(cluster, "-m", "objective=dpo,simpo", *SLURM, "hydra.launcher.gpus_per_node=1",
                           f"hydra.sweep.dir={sweep_dir}", *TINY)
         assert proc.returncode == 0, output(proc)
@@ -390,7 +407,7 @@ def test_max_array_size_is_read_from_the_cluster(slurm_activated):
 
 
 def test_dry_run_writes_the_plan_and_submits_nothing(slurm_cluster, tmp_path):
-    sweep_dir = tmp_path / "sweep"
+    sweep_dir = tmp_path / "dry"  # also the job name: ablate-dry
     proc = run_ablate(slurm_cluster, "-m", *GRID, "seed=0,1", *SLURM, PROFILES, "hydra.launcher.dry_run=true",
                       f"hydra.sweep.dir={sweep_dir}", *TINY)
     assert proc.returncode == 0, output(proc)
@@ -407,11 +424,13 @@ def test_dry_run_writes_the_plan_and_submits_nothing(slurm_cluster, tmp_path):
 
 
 def test_cells_beyond_max_array_size_go_to_another_array_and_resubmission_keeps_the_collector_last(
-        slurm_cluster, tmp_path):
+        slurm_activated, tmp_path):
     """9 cells of one profile: an array of 8 (MaxArraySize) and one more job. Submitted held, so nothing runs.
     One cell is cancelled and resubmitted while the others stay queued: the new collector job waits for them too."""
-    cluster = slurm_cluster
-    sweep_dir = tmp_path / "sweep"
+    from ablate.status import slurm_states
+
+    cluster = slurm_activated
+    sweep_dir = tmp_path / "held"  # also the job name: ablate-held
     proc = run_ablate(cluster, "-m", "seed=range(9)", *SLURM, "hydra.launcher.gpus_per_node=0",
                       "+hydra.launcher.additional_parameters.hold=true", f"hydra.sweep.dir={sweep_dir}", *TINY)
     try:
@@ -426,23 +445,26 @@ def test_cells_beyond_max_array_size_go_to_another_array_and_resubmission_keeps_
         held = cluster.run("squeue", "-h", "-r", "-o", "%i %T %r", "-n", f"ablate-{sweep_dir.name}").stdout
         assert len(held.splitlines()) == 9 and all("PENDING" in line for line in held.splitlines()), held
 
-        # cancel one task of the big array; the others stay queued
+        # cancel one task of the big array; the others stay queued. SLURM keeps no record of a task cancelled
+        # before it started (neither squeue nor sacct list it): ablate infers CANCELLED from its array's record.
         victim_cell, victim = next((c, j) for c, j in jobs.items() if j.startswith(f"{masters[0]}_"))
         cluster.run("scancel", victim, check=True)
-        wait_for(lambda: sacct_of(cluster, victim) == "CANCELLED", 60, f"{victim} CANCELLED", cluster)
+        wait_for(lambda: slurm_states([victim]) == {victim: "CANCELLED"}, 60, f"{victim} CANCELLED", cluster)
         proc = cli(cluster, "resubmit", str(sweep_dir), "--failed")
         assert proc.returncode == 0 and "resubmitted 1 cell(s)" in proc.stdout, output(proc)
         sweep = read_json(sweep_dir / "sweep.json")
         new_job, collector = sweep["jobs"][victim_cell], sweep["collector_job"]
         assert new_job != victim
+        status = cli(cluster, "status", str(sweep_dir))  # judged by its new job, not by the cancelled one
+        assert "9 pending" in status.stdout, output(status)
         dependency = cluster.run("scontrol", "show", "job", collector).stdout
         (dependency,) = re.findall(r"Dependency=(\S+)", dependency)
         waits_for = set(re.findall(r"after\w*:(\d+)", dependency))
         assert waits_for == {new_job.split("_")[0], *masters}, dependency
     finally:
         cancel = cli(cluster, "cancel", str(sweep_dir))
-    # 8 queued cells + the resubmitted one + the last collector job
-    assert cancel.returncode == 0 and "cancelled 10 job(s)" in cancel.stdout, output(cancel)
+    # 8 queued cells + the resubmitted one + both collector jobs
+    assert cancel.returncode == 0 and "cancelled 11 job(s)" in cancel.stdout, output(cancel)
     wait_for(lambda: not cluster.run("squeue", "-h", "-o", "%i", "-n",
                                      f"ablate-{sweep_dir.name},ablate-{sweep_dir.name}-collect").stdout.strip(),
              60, "the held jobs to go", cluster)

@@ -99,6 +99,24 @@ def plan_cells(config_loader, base_config: DictConfig, job_overrides, initial_jo
     return cells
 
 
+def start_sweep(launcher, job_overrides, initial_job_idx: int, name: str) -> tuple[Path, list[PlannedCell]]:
+    """What every ablate launcher does first: logging, every cell validated (one message and exit 2
+    if any is bad: nothing runs), the sweep directory and its sweep.json."""
+    from hydra.core.utils import configure_log, setup_globals
+
+    setup_globals()
+    configure_log(launcher.config.hydra.hydra_logging, launcher.config.hydra.verbose)
+    sweep_dir = Path(str(launcher.config.hydra.sweep.dir))
+    try:
+        cells = plan_cells(launcher.hydra_context.config_loader, launcher.config, job_overrides, initial_job_idx)
+    except ConfigError as error:  # the message says it all; a traceback would bury it
+        print(f"ConfigError: {error}", file=sys.stderr, flush=True)
+        raise SystemExit(2) from None
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    write_sweep_json(sweep_dir, cells, launcher=name)
+    return sweep_dir, cells
+
+
 def grid_axes(cells: list[PlannedCell]) -> dict[str, list[str]]:
     """The swept keys and their values, in command-line order."""
     axes: dict[str, list[str]] = {}

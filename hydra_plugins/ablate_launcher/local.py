@@ -10,13 +10,12 @@ with a table of every cell's held-out metrics.
 
 import logging
 import os
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from hydra.core.config_store import ConfigStore
-from hydra.core.utils import JobReturn, JobStatus, configure_log, run_job, setup_globals
+from hydra.core.utils import JobReturn, JobStatus, run_job
 from hydra.plugins.launcher import Launcher
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig
@@ -45,19 +44,9 @@ class AblateLocalLauncher(Launcher):
         self.config, self.hydra_context, self.task_function = config, hydra_context, task_function
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
-        from ablate.config import ConfigError
-        from ablate.sweep import cell_table, plan_cells, write_sweep_json
+        from ablate.sweep import cell_table, start_sweep
 
-        setup_globals()
-        configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
-        sweep_dir = Path(str(self.config.hydra.sweep.dir))
-        try:
-            cells = plan_cells(self.hydra_context.config_loader, self.config, job_overrides, initial_job_idx)
-        except ConfigError as error:  # the message says it all; a traceback would bury it
-            print(f"ConfigError: {error}", file=sys.stderr, flush=True)
-            raise SystemExit(2) from None
-        sweep_dir.mkdir(parents=True, exist_ok=True)
-        write_sweep_json(sweep_dir, cells, launcher="local")
+        sweep_dir, cells = start_sweep(self, job_overrides, initial_job_idx, "local")
         log.info(f"ablate: {len(cells)} cells valid, sweep dir {sweep_dir}")
 
         if self.workers > 1:

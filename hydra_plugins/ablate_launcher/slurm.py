@@ -8,7 +8,6 @@ that starts when every cell job has ended. `hydra.launcher.wait=true` follows th
 # No `from __future__ import annotations`: see local.py.
 
 import logging
-import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -16,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
-from hydra.core.utils import JobReturn, JobStatus, configure_log, setup_globals
+from hydra.core.utils import JobReturn, JobStatus
 from hydra.plugins.launcher import Launcher
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig
@@ -72,23 +71,13 @@ class AblateSlurmLauncher(Launcher):
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
         from ablate.cells import is_done
-        from ablate.config import ConfigError
         from ablate.slurm import submit_cells
         from ablate.status import reconcile
-        from ablate.sweep import plan_cells, write_sweep_json
+        from ablate.sweep import start_sweep
 
-        setup_globals()
-        configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
         launcher = self.config.hydra.launcher
-        sweep_dir = Path(str(self.config.hydra.sweep.dir))
         started = time.monotonic()
-        try:
-            cells = plan_cells(self.hydra_context.config_loader, self.config, job_overrides, initial_job_idx)
-        except ConfigError as error:
-            print(f"ConfigError: {error}", file=sys.stderr, flush=True)
-            raise SystemExit(2) from None
-        sweep_dir.mkdir(parents=True, exist_ok=True)
-        write_sweep_json(sweep_dir, cells, launcher="slurm")
+        sweep_dir, cells = start_sweep(self, job_overrides, initial_job_idx, "slurm")
 
         state = reconcile(sweep_dir).set_index("cell_id")
         todo, skipped = [], {"done": 0, "queued or running": 0}

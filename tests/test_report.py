@@ -164,8 +164,8 @@ def test_report_when_no_cell_finished(tmp_path):
 
 
 def test_review_notebook_runs(collected, monkeypatch):
-    nbformat = pytest.importorskip("nbformat")
-    nbclient = pytest.importorskip("nbclient")
+    import nbclient  # dev dependencies: a missing one must fail, not skip
+    import nbformat
     sweep_dir, _ = collected
     monkeypatch.setenv("ABLATE_SWEEP_DIR", str(sweep_dir))  # the kernel inherits os.environ
     notebook = nbformat.read(REPO_ROOT / "notebooks" / "review_sweep.ipynb", as_version=4)

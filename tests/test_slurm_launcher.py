@@ -19,22 +19,15 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from conftest import TINY as CONFTEST_TINY
 
 from ablate.cells import cell_id
 
 pytestmark = pytest.mark.slurm
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-TINY = [
-    "trainer.max_steps=6",
-    "trainer.eval_every=3",
-    "trainer.log_every=2",
-    "trainer.batch_size=8",
-    "data.n_train=64",
-    "data.n_heldout_per_slice=16",
-    "trainer.eval_batch_size=32",
-    "threads=1",  # not semantic (same cell id); keeps concurrent jobs from over-subscribing the CPUs
-]
+# not semantic (same cell id): one torch thread keeps concurrent jobs from over-subscribing the CPUs
+TINY = [*CONFTEST_TINY, "threads=1"]
 # Small resources, so that several cells fit on the test node; --time 10 min.
 SLURM = [
     "hydra/launcher=slurm",

@@ -110,7 +110,7 @@ def test_requeue(slurm_cluster: SlurmCluster, tmp_path: Path) -> None:
 
 
 def test_submitit_result(slurm_activated: SlurmCluster, tmp_path: Path) -> None:
-    submitit = pytest.importorskip("submitit")
+    import submitit
 
     # defined locally so cloudpickle ships it by value: the job cannot import this test module
     def answer() -> int:
@@ -124,7 +124,7 @@ def test_submitit_result(slurm_activated: SlurmCluster, tmp_path: Path) -> None:
 
 
 def test_submitit_sees_job_that_died_without_result(slurm_activated: SlurmCluster, tmp_path: Path) -> None:
-    submitit = pytest.importorskip("submitit")
+    import submitit
 
     def die() -> None:
         os._exit(3)

@@ -129,7 +129,3 @@ def reconcile(sweep_dir: str | Path) -> pd.DataFrame:
                      "error": status.get("error")})
     return pd.DataFrame(rows, columns=["cell_id", "overrides", "state", "job_id", "slurm_state", "attempts", "error"])
 
-
-def is_alive(row) -> bool:
-    """A cell whose SLURM job is still queued or running: neither resubmit it nor count it as lost."""
-    return row["slurm_state"] in ALIVE

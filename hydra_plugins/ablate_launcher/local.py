@@ -17,8 +17,8 @@ from pathlib import Path
 from hydra.core.config_store import ConfigStore
 from hydra.core.utils import JobReturn, JobStatus, run_job
 from hydra.plugins.launcher import Launcher
-from hydra.types import HydraContext, TaskFunction
-from omegaconf import DictConfig
+
+from hydra_plugins.ablate_launcher import LauncherSetup
 
 log = logging.getLogger(__name__)
 
@@ -33,15 +33,10 @@ ConfigStore.instance().store(group="hydra/launcher", name="ablate_local", node=A
                              provider="ablate")
 
 
-class AblateLocalLauncher(Launcher):
-    def __init__(self, workers: int = 1, **kwargs) -> None:
+class AblateLocalLauncher(LauncherSetup, Launcher):
+    def __init__(self, workers: int = 1, **params) -> None:
+        super().__init__(**params)
         self.workers = workers
-        self.config: DictConfig | None = None
-        self.hydra_context: HydraContext | None = None
-        self.task_function: TaskFunction | None = None
-
-    def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
-        self.config, self.hydra_context, self.task_function = config, hydra_context, task_function
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
         from ablate.sweep import cell_table, start_sweep

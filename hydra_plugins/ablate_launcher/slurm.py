@@ -17,8 +17,8 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from hydra.core.utils import JobReturn, JobStatus
 from hydra.plugins.launcher import Launcher
-from hydra.types import HydraContext, TaskFunction
-from omegaconf import DictConfig
+
+from hydra_plugins.ablate_launcher import LauncherSetup
 
 log = logging.getLogger(__name__)
 
@@ -60,19 +60,12 @@ ConfigStore.instance().store(group="hydra/launcher", name="ablate_slurm", node=A
                              provider="ablate")
 
 
-class AblateSlurmLauncher(Launcher):
-    def __init__(self, **params) -> None:
-        self.config: DictConfig | None = None
-        self.hydra_context: HydraContext | None = None
-        self.task_function: TaskFunction | None = None
-
-    def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
-        self.config, self.hydra_context, self.task_function = config, hydra_context, task_function
+class AblateSlurmLauncher(LauncherSetup, Launcher):
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
         from ablate.cells import is_done
         from ablate.slurm import submit_cells
-        from ablate.status import reconcile
+        from ablate.status import ALIVE, reconcile
         from ablate.sweep import start_sweep
 
         launcher = self.config.hydra.launcher
@@ -84,7 +77,7 @@ class AblateSlurmLauncher(Launcher):
         for cell in cells:
             if is_done(sweep_dir / "cells" / cell.cell_id):
                 skipped["done"] += 1
-            elif cell.cell_id in state.index and state.loc[cell.cell_id, "slurm_state"] in _alive():
+            elif cell.cell_id in state.index and state.loc[cell.cell_id, "slurm_state"] in ALIVE:
                 skipped["queued or running"] += 1
             else:
                 todo.append((cell.task_config, cell.overrides, cell.cell_id))
@@ -144,7 +137,7 @@ class AblateSlurmLauncher(Launcher):
     def _follow(sweep_dir: Path, submitted: dict, poll_s: float) -> None:
         from tqdm.auto import tqdm
 
-        from ablate.status import reconcile, slurm_states
+        from ablate.status import ALIVE, reconcile, slurm_states
 
         total = len(reconcile(sweep_dir))
         with tqdm(total=total, desc="cells ended", unit="cell") as bar:
@@ -156,13 +149,8 @@ class AblateSlurmLauncher(Launcher):
                 bar.refresh()
                 collector = submitted.get("collector_job")
                 collector_state = slurm_states([collector]).get(collector) if collector else "COMPLETED"
-                if ended == total and collector_state not in _alive():
+                if ended == total and collector_state not in ALIVE:
                     break
                 time.sleep(poll_s)
         print(f"ablate: sweep ended; report: {sweep_dir / 'report' / 'report.html'}", flush=True)
 
-
-def _alive():
-    from ablate.status import ALIVE
-
-    return ALIVE

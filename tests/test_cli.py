@@ -151,19 +151,21 @@ def test_single_run_writes_its_cell_under_the_run_dir(repo_root, tmp_path, compo
 
 # ------------------------------------------------------------------------------------- failures
 def test_a_failing_cell_does_not_stop_the_others(repo_root, tmp_path):
-    # lr = 1e30: the first Adam step throws the adapter to ~1e30, the next step's loss or gradient is NaN.
+    # IPO with tau = 1e-30: its target margin 1/(2 tau) = 5e29, squared, overflows float32, so the very first
+    # loss (the step-0 evaluation) is inf. (A huge learning rate no longer works: Llama's RMSNorm maps
+    # overflowing activations to zeros, and training stays finite.)
     sweep_dir = tmp_path / "sweep"
-    proc = ablate(repo_root, "-m", "trainer.lr=1e30,1e-3", f"hydra.sweep.dir={sweep_dir}", *TINY)
+    proc = ablate(repo_root, "-m", "objective=ipo", "objective.tau=1e-30,0.1", f"hydra.sweep.dir={sweep_dir}", *TINY)
     assert proc.returncode != 0, output(proc)  # the sweep reports the failure ...
 
     states = {}
     for cell in read_json(sweep_dir / "sweep.json")["cells"]:
-        lr = dict(o.split("=", 1) for o in cell["overrides"])["trainer.lr"]
-        states[float(lr)] = read_json(sweep_dir / "cells" / cell["cell_id"] / "status.json")
-    assert sorted(states) == [1e-3, 1e30]
-    bad, good = states[1e30], states[1e-3]
+        tau = dict(o.split("=", 1) for o in cell["overrides"])["objective.tau"]
+        states[float(tau)] = read_json(sweep_dir / "cells" / cell["cell_id"] / "status.json")
+    assert sorted(states) == [1e-30, 0.1]
+    bad, good = states[1e-30], states[0.1]
     assert bad["state"] == "failed", bad
-    assert "NonFiniteLoss" in bad["error"] and bad["failed_step"] >= 1
+    assert "NonFiniteLoss" in bad["error"] and bad["failed_step"] == 0, bad
     # ... but the good cell, run AFTER the failing one, still trained.
     assert good["state"] == "done", good
     assert (sweep_dir / "cells" / good["cell_id"] / "metrics.json").is_file()

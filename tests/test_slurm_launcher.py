@@ -218,11 +218,11 @@ def test_rerunning_the_command_skips_finished_cells_and_submits_nothing(e2e, slu
 # ----------------------------------------------------------------------------------------- failures
 def test_a_failing_cell_is_failed_in_sacct_and_status_while_the_other_finishes(slurm_cluster, embedded_model,
                                                                                 tmp_path):
-    # lr = 1e30: the first Adam step throws the adapter to ~1e30; step 2's loss or gradient is not finite.
+    # IPO with tau = 1e-30: (h - 1/(2 tau))^2 overflows float32, so the step-0 evaluation's loss is inf.
     # Followed to the end (hydra.launcher.wait=true): the command returns once the collector job has ended, and
     # fails, as the local launcher does, because a cell failed.
     sweep_dir = tmp_path / "failing"  # also the job name: ablate-failing
-    proc = run_ablate(slurm_cluster, "-m", "trainer.lr=4e-3,1e30", *SLURM, "hydra.launcher.gpus_per_node=0",
+    proc = run_ablate(slurm_cluster, "-m", "objective=ipo", "objective.tau=0.1,1e-30", *SLURM, "hydra.launcher.gpus_per_node=0",
                       "hydra.launcher.wait=true", "hydra.launcher.poll_s=1", f"hydra.sweep.dir={sweep_dir}", *TINY,
                       timeout=ENDED)
     assert proc.returncode == 1, output(proc)
@@ -230,8 +230,8 @@ def test_a_failing_cell_is_failed_in_sacct_and_status_while_the_other_finishes(s
     assert "NonFiniteLoss" in proc.stderr, output(proc)
     assert not sweep_jobs(slurm_cluster, sweep_dir)
     sweep = read_json(sweep_dir / "sweep.json")
-    cells = {float(lr): cid for lr, cid in cells_by(sweep_dir, "trainer.lr").items()}
-    good, bad = cells[4e-3], cells[1e30]
+    cells = {float(tau): cid for tau, cid in cells_by(sweep_dir, "objective.tau").items()}
+    good, bad = cells[0.1], cells[1e-30]
     collector = sweep["collector_job"]
 
     assert slurm_cluster.wait_job(collector, timeout=60) == {collector: "COMPLETED"}
@@ -239,7 +239,7 @@ def test_a_failing_cell_is_failed_in_sacct_and_status_while_the_other_finishes(s
     assert sacct_of(slurm_cluster, sweep["jobs"][good]) == "COMPLETED"
     bad_status, good_status = status_of(sweep_dir, bad), status_of(sweep_dir, good)
     assert bad_status["state"] == "failed", bad_status
-    assert "NonFiniteLoss" in bad_status["error"] and bad_status["failed_step"] == 2, bad_status
+    assert "NonFiniteLoss" in bad_status["error"] and bad_status["failed_step"] == 0, bad_status
     assert not (sweep_dir / "cells" / bad / "metrics.json").exists()
     assert good_status["state"] == "done", good_status
     assert (sweep_dir / "cells" / good / "metrics.json").is_file()
@@ -254,7 +254,7 @@ def test_a_failing_cell_is_failed_in_sacct_and_status_while_the_other_finishes(s
         output(status)
 
     # re-running the command would redo only the failed cell (a dry run says so without submitting it)
-    proc = run_ablate(slurm_cluster, "-m", "trainer.lr=4e-3,1e30", *SLURM, "hydra.launcher.gpus_per_node=0",
+    proc = run_ablate(slurm_cluster, "-m", "objective=ipo", "objective.tau=0.1,1e-30", *SLURM, "hydra.launcher.gpus_per_node=0",
                       "hydra.launcher.dry_run=true", f"hydra.sweep.dir={sweep_dir}", *TINY)
     assert proc.returncode == 0, output(proc)
     assert "dry run: 2 cells valid, 1 to submit in 1 resource profile(s), 1 done" in proc.stdout, output(proc)

@@ -140,10 +140,12 @@ class SelectConfig:
     slice: str | None = None
     factor: str = "objective"
     alpha: float = 0.05
+    min_seeds: int = 3
     min_extra_pairs: int = 10
     min_margin_gain: float = 0.0
-    n_bootstrap: int = 2000
-    bootstrap_seed: int = 0
+    equivalence_margin: float | None = 0.03
+    power: float = 0.8
+    min_effect: float = 0.0
     prefer_lower_rank: bool = True
     overoptimisation_tolerance: float = 0.0
     length_imbalance: float = 0.2

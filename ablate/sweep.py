@@ -156,6 +156,8 @@ def write_sweep_json(sweep_dir: Path, cells: list[PlannedCell], launcher: str, *
         "cells": list(known.values()),
         "launcher": launcher,
         "command": " ".join(sys.argv),
+        # the arguments of `python -m ablate`, so the collector can print the command that adds seeds
+        **({"argv": sys.argv[1:]} if Path(sys.argv[0]).parent.name == "ablate" else {}),
         "updated_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "python": sys.version.split()[0],
         "versions": versions,

@@ -19,6 +19,7 @@ from conftest import TINY
 from ablate.cells import cell_id
 
 GRID = ["objective=dpo,simpo", "lora.r=8,16"]
+ONE_SEED = "seed=0"  # a multirun runs seeds 0,1,2 unless told otherwise (conf/config.yaml hydra.sweeper.params)
 GRID_CELLS = [(o, r) for o in ("dpo", "simpo") for r in ("8", "16")]
 
 
@@ -61,7 +62,7 @@ def sweep_cells(sweep_dir: Path) -> dict[tuple[str, str], dict]:
 @pytest.fixture(scope="module")
 def tiny_sweep(repo_root, tmp_path_factory):
     sweep_dir = tmp_path_factory.mktemp("cli_sweep")
-    args = ["-m", *GRID, f"hydra.sweep.dir={sweep_dir}", *TINY]
+    args = ["-m", *GRID, ONE_SEED, f"hydra.sweep.dir={sweep_dir}", *TINY]
     return sweep_dir, args, ablate(repo_root, *args)
 
 
@@ -80,7 +81,8 @@ def test_multirun_trains_every_cell_and_writes_sweep_json_and_table(tiny_sweep, 
     cell_dirs = sorted(p.name for p in (sweep_dir / "cells").iterdir())
     assert cell_dirs == sorted(c["cell_id"] for c in cells.values())
     for (objective, rank), cell in cells.items():
-        assert cell["overrides"] == [f"objective={objective}", f"lora.r={rank}", *TINY]
+        # the seed axis comes first: it is the sweeper's own parameter, overridden on the command line
+        assert cell["overrides"] == [ONE_SEED, f"objective={objective}", f"lora.r={rank}", *TINY]
         # The id is the hash of the semantic config: composing the same overrides in-process agrees.
         assert cell["cell_id"] == cell_id(compose_cfg(cell["overrides"]))
         cell_dir = sweep_dir / "cells" / cell["cell_id"]
@@ -155,7 +157,8 @@ def test_a_failing_cell_does_not_stop_the_others(repo_root, tmp_path):
     # loss (the step-0 evaluation) is inf. (A huge learning rate no longer works: Llama's RMSNorm maps
     # overflowing activations to zeros, and training stays finite.)
     sweep_dir = tmp_path / "sweep"
-    proc = ablate(repo_root, "-m", "objective=ipo", "objective.tau=1e-30,0.1", f"hydra.sweep.dir={sweep_dir}", *TINY)
+    proc = ablate(repo_root, "-m", "objective=ipo", "objective.tau=1e-30,0.1", ONE_SEED, f"hydra.sweep.dir={sweep_dir}",
+                  *TINY)
     assert proc.returncode != 0, output(proc)  # the sweep reports the failure ...
 
     states = {}

@@ -1,9 +1,9 @@
 """The collector (ablate/collect/, DESIGN §3, §5, §6) on synthetic sweep directories (tests/sweep_fixtures.py).
 
-Every held-out pair has an avglogp margin of exactly +1 (correct) or -1 (wrong), so accuracies, margins,
-discordance tables and McNemar p-values are derived by hand below. Correct pairs are a PREFIX of each
-slice: with a and b correct pairs of one slice in two cells, that slice contributes max(a - b, 0)
-"A right, B wrong" pairs and max(b - a, 0) "B right, A wrong" pairs to McNemar's table.
+Every held-out pair has an avglogp margin of exactly +1 (correct) or -1 (wrong), so accuracies and margins
+are known by hand. Correct pairs are a PREFIX of each slice. The statistics (ablate.collect.stats) are
+checked on hand-derived tables below, against scipy where they reduce to a textbook test, and by
+simulation in tests/test_calibration.py.
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ import math
 import subprocess
 import sys
 import time
-from math import comb
 
 import numpy as np
 import pandas as pd
@@ -31,16 +30,24 @@ from sweep_fixtures import (
     golden_sweep,
     grid_cells,
     large_sweep,
+    prefix_correct,
     truncate_file,
     write_sweep,
 )
 
 from ablate.collect import collect, select_config
-from ablate.collect.stats import PairBootstrap, holm, mcnemar_exact, percentile_ci, seed_ci
+from ablate.collect.stats import (
+    contrast,
+    equivalent,
+    probability_of_improvement,
+    seed_summary,
+    seeds_to_resolve,
+)
 
 DPO8, DPO16 = arm_label("dpo", "8"), arm_label("dpo", "16")
 SIMPO8, SIMPO16 = arm_label("simpo", "8"), arm_label("simpo", "16")
 T975_DF2 = 4.302652729749462  # scipy.stats.t.ppf(0.975, 2)
+Z975 = 1.959963984540054  # scipy.stats.norm.ppf(0.975)
 
 
 def run(sweep_dir, *overrides):
@@ -61,13 +68,13 @@ def comparisons(decision) -> dict:
 #   dpo   r=16: (45,40) (44,39) (46,41) -> 85 83 87 -> mean 0.85, std sqrt((0 + .02² + .02²)/2) = 0.02
 #   simpo r=8 : (44,12) (43,12) (45,12) -> 56 55 57 -> mean 0.56, std 0.01
 #   simpo r=16: (45,15) (44,18) (46,12) -> 60 62 58 -> mean 0.60, std 0.02
-# Best arm: dpo r=16 (0.85). Seeds are paired in sorted order for McNemar:
-#   vs dpo r=8   : clean 45/44 +1, 44/45 -1, 46/43 +3; verbose 40/40 0, 39/38 +1, 41/39 +2 -> b=7, c=1
-#                  p = 2 (C(8,0) + C(8,1)) / 2^8 = 18/256 = 0.0703125; gain 0.02 = 2 pairs < 10: not decisive
-#   vs simpo r=8 : clean +1 +1 +1; verbose 28 27 29 -> b=87, c=0, p = 2 / 2^87 = 2^-86; gain 0.29 = 29 pairs
-#   vs simpo r=16: clean 0 0 0; verbose 25 21 29 -> b=75, c=0, p = 2 / 2^75 = 2^-74; gain 0.25 = 25 pairs
-# Holm (m=3): 2^-86 * 3, then max(that, 2^-74 * 2) = 2^-73, then max(2^-73, 0.0703125 * 1) = 0.0703125.
-# Both simpo arms beaten decisively -> winner objective = dpo, decisive.
+# Best arm: dpo r=16 (0.85). Every arm ran seeds 0-2, so comparisons are seed by seed (paired); the seed
+# part of the variance is A = var(D)/3 with D the per-seed differences:
+#   vs dpo r=8   : D = .01 .00 .05 -> mean .02, var(D) = (.01² + .02² + .03²)/2 = 7e-4; gain 2 pairs < 10
+#   vs simpo r=8 : D = .29 .28 .30 -> mean .29, var(D) = 1e-4; gain 29 pairs
+#   vs simpo r=16: D = .25 .21 .29 -> mean .25, var(D) = 16e-4; gain 25 pairs
+# CI = mean ± sqrt(t(2)² A + z² B), B the held-out-pair part (pair_part below). Both simpo arms beaten
+# decisively -> winner objective = dpo, decisive.
 GOLDEN_ARMS = {  # arm -> (seed accuracies, mean, std)
     DPO8: ([0.84, 0.83, 0.82], 0.83, 0.01),
     DPO16: ([0.85, 0.83, 0.87], 0.85, 0.02),
@@ -122,22 +129,43 @@ def test_golden_written_summary_is_the_returned_one(golden):
     assert written["decision"]["comparisons"] == summary["decision"]["comparisons"]
 
 
+def pair_part(diff: np.ndarray, sizes: dict[str, int] = GOLDEN_SIZES, macro: bool = False) -> float:
+    """B: per slice, W² (var over pairs of the seed-mean difference - interaction mean square / n) / P,
+    floored at 0 (two-way ANOVA without replication, one table per slice), summed over slices."""
+    total, start, n = 0.0, 0, diff.shape[0]
+    for size in sizes.values():
+        block = diff[:, start : start + size]
+        start += size
+        weight = 0.5 if macro else size / sum(sizes.values())
+        resid = block - block.mean(1, keepdims=True) - block.mean(0, keepdims=True) + block.mean()
+        interaction = (resid**2).sum() / ((n - 1) * (size - 1))
+        total += weight**2 * max(block.mean(0).var(ddof=1) - interaction / n, 0) / size
+    return total
+
+
+def golden_matrix(key: tuple[str, str], counts=GOLDEN_COUNTS, sizes=GOLDEN_SIZES) -> np.ndarray:
+    """(seeds x pairs) correctness of one golden arm, as the collector reads it from the parquet files."""
+    return np.vstack([prefix_correct(dict(zip(sizes, c, strict=True)), sizes) for c in counts[key]]).astype(float)
+
+
 def test_golden_arm_stats(golden):
     _, summary = golden
     arms = by_arm(summary)
     assert list(arms) == [DPO8, DPO16, SIMPO8, SIMPO16]  # sweep order
-    for arm, (values, mean, std) in GOLDEN_ARMS.items():
+    estimates = summary["decision"]["arm_estimates"]
+    for arm, (_, mean, std) in GOLDEN_ARMS.items():
         a = arms[arm]
         assert (a["cells"], a["done"], a["complete"], a["seeds"]) == (3, 3, True, [0, 1, 2])
-        s = a["stats"]["heldout/avglogp_accuracy"]
-        assert s["n"] == 3
-        assert s["mean"] == pytest.approx(mean, abs=1e-12)
-        assert s["std"] == pytest.approx(std, abs=1e-12)
-        # 95% t-interval, df 2: mean ± 4.3027 std / sqrt(3) (±0.04968 for std 0.02, ±0.02484 for 0.01)
-        half = T975_DF2 * std / math.sqrt(3)
-        assert (s["ci_low"], s["ci_high"]) == pytest.approx((mean - half, mean + half), abs=1e-9)
-        low, high = stats.t.interval(0.95, 2, loc=np.mean(values), scale=np.std(values, ddof=1) / math.sqrt(3))
-        assert (s["ci_low"], s["ci_high"]) == pytest.approx((low, high), abs=1e-12)
+        s = a["stats"]["heldout/avglogp_accuracy"]  # descriptive: mean ± std over seeds, no interval
+        assert (s["n"], s["mean"], s["std"]) == pytest.approx((3, mean, std), abs=1e-12)
+        assert set(s) == {"n", "mean", "std"}
+        # the arm's CI: seed part std²/3 on t(2), pair part B on z
+        key = tuple(v.split("=")[1] for v in arm.split())
+        half = math.sqrt(T975_DF2**2 * std**2 / 3 + Z975**2 * pair_part(golden_matrix(key)))
+        e = estimates[arm]
+        assert (e["estimate"], e["seeds"], e["df"]) == pytest.approx((mean, 3, 2), abs=1e-12)
+        assert (e["ci_low"], e["ci_high"]) == pytest.approx((mean - half, mean + half), abs=1e-12)
+        assert half > T975_DF2 * std / math.sqrt(3)  # wider than the seeds alone: held-out pairs are a sample too
     # per slice: dpo r=16 clean 45 44 46 -> 0.90 0.88 0.92, mean 0.90, std 0.02
     clean = arms[DPO16]["stats"]["heldout/clean/avglogp_accuracy"]
     assert (clean["mean"], clean["std"]) == pytest.approx((0.90, 0.02), abs=1e-12)
@@ -149,28 +177,33 @@ def test_golden_decision(golden):
     _, summary = golden
     d = summary["decision"]
     assert summary["winner"] == d["winner"] == "dpo"
+    assert summary["verdict"] == d["verdict"] == "decisive"
     assert summary["decisive"] is True and d["decisive"] is True
     assert d["scope"] == "all" and d["metric"] == "avglogp_accuracy" and d["factor"] == "objective"
-    assert d["pairs"] == 100 and d["incomplete_arms"] == []
+    assert d["pairs"] == 100 and d["unfinished_arms"] == [] and d["reasons"] == []
     assert d["best_arm"] == DPO16
     assert d["point"] == pytest.approx({arm: v[1] for arm, v in GOLDEN_ARMS.items()}, abs=1e-12)
     comps = comparisons(d)
     assert list(comps) == [DPO8, SIMPO8, SIMPO16]
-    expected = {  # arm: (difference, A-only, B-only, p, p_holm, decisive)
-        DPO8: (0.02, 7, 1, 18 / 256, 18 / 256, False),
-        SIMPO8: (0.29, 87, 0, 2.0**-86, 3 * 2.0**-86, True),
-        SIMPO16: (0.25, 75, 0, 2.0**-74, 2.0**-73, True),
+    best = golden_matrix(("dpo", "16"))
+    expected = {  # arm: (difference, var(D), decisive)
+        DPO8: (0.02, 7e-4, False),
+        SIMPO8: (0.29, 1e-4, True),
+        SIMPO16: (0.25, 16e-4, True),
     }
-    for arm, (diff, b, c, p, p_holm, decisive) in expected.items():
+    for arm, (diff, var_d, decisive) in expected.items():
         comp = comps[arm]
+        key = tuple(v.split("=")[1] for v in arm.split())
+        half = math.sqrt(T975_DF2**2 * var_d / 3 + Z975**2 * pair_part(best - golden_matrix(key)))
         assert comp["difference"] == pytest.approx(diff, abs=1e-12)
         assert comp["extra_pairs"] == pytest.approx(diff * 100, abs=1e-9)
-        assert (comp["mcnemar"]["a_only"], comp["mcnemar"]["b_only"]) == (b, c)
-        assert comp["mcnemar"]["p_value"] == pytest.approx(p, rel=1e-9)
-        assert comp["mcnemar"]["p_holm"] == pytest.approx(p_holm, rel=1e-9)
-        assert comp["ci_low"] <= comp["difference"] <= comp["ci_high"]
+        assert (comp["paired"], comp["seeds"], comp["seed_values"], comp["df"]) == (True, 3, [0, 1, 2], 2)
+        assert (comp["ci_low"], comp["ci_high"]) == pytest.approx((diff - half, diff + half), abs=1e-12)
         assert comp["decisive"] is decisive
-    assert comps[SIMPO8]["ci_low"] > 0 and comps[SIMPO16]["ci_low"] > 0
+        # dpo r=16 .85 .83 .87 vs dpo r=8 .84 .83 .82: 3 + (1 + tie) + 3 of 9 seed pairs = 7.5 / 9
+        assert comp["p_improvement"] == pytest.approx(1.0 if decisive else 7.5 / 9)
+    assert comps[SIMPO8]["ci_low"] > 0 and comps[SIMPO16]["ci_low"] > 0 and comps[DPO8]["ci_low"] < 0
+    assert d["seeds_needed"] is None
     assert "Decisive winner: objective = dpo" in summary["explanation"]
     assert summary["explanation"] == d["explanation"]
 
@@ -178,18 +211,20 @@ def test_golden_decision(golden):
 def test_golden_per_slice_decisions(golden):
     _, summary = golden
     assert set(summary["slices"]) == {"clean", "verbose_rejected"}
-    # clean: dpo r=16 and simpo r=16 have identical clean pairs (45 44 46): no decisive winner
+    # clean: dpo r=16 and simpo r=16 have identical clean pairs (45 44 46): no difference, and no variation at
+    # all to estimate an interval from, so no CI (never a zero-width one) and no decisive winner
     clean = summary["slices"]["clean"]
     assert clean["pairs"] == 50 and clean["decisive"] is False and clean["winner"] is None
+    assert clean["verdict"] == "not decisive"
     assert clean["point"][DPO16] == pytest.approx(0.90) and clean["point"][SIMPO16] == pytest.approx(0.90)
+    same = comparisons(clean)[SIMPO16]
+    assert same["difference"] == 0 and same["ci_low"] is None and same["decisive"] is False  # NaN -> null in JSON
     assert "No decisive winner" in clean["explanation"]
     # verbose_rejected: dpo r=16 40 39 41 (0.80) vs simpo 12 12 12 (0.24) / 15 18 12 (0.30): dpo decisively
     verbose = summary["slices"]["verbose_rejected"]
     assert verbose["winner"] == "dpo" and verbose["decisive"] is True and verbose["pairs"] == 50
     assert verbose["point"][DPO16] == pytest.approx(0.80) and verbose["point"][SIMPO8] == pytest.approx(0.24)
-    # 28 27 29 discordant verbose pairs vs simpo r=8 (clean pairs are NOT counted in this scope)
-    assert comparisons(verbose)[SIMPO8]["mcnemar"]["a_only"] == 84
-    assert comparisons(verbose)[SIMPO8]["extra_pairs"] == pytest.approx(0.56 * 50)
+    assert comparisons(verbose)[SIMPO8]["extra_pairs"] == pytest.approx(0.56 * 50)  # clean pairs not counted
 
 
 # -------------------------------------------------------------------------------------- no winner
@@ -201,21 +236,27 @@ def test_two_pair_difference_is_not_decisive(tmp_path):
     d = summary["decision"]
     assert d["best_arm"] == "objective=dpo"
     assert d["winner"] is None and d["decisive"] is False and summary["winner"] is None
+    assert d["verdict"] == "not decisive"
     (comp,) = d["comparisons"]
     assert comp["arm"] == "objective=simpo"
     assert comp["extra_pairs"] == pytest.approx(2.0)
-    assert (comp["mcnemar"]["a_only"], comp["mcnemar"]["b_only"]) == (6, 0)  # 2 per seed
-    assert comp["decisive"] is False
+    # identical seeds: no seed variance; per slice one pair in 50 differs (m = 1 there, 0 elsewhere, no
+    # interaction): B = 2 x 0.5² x (1 x .98² + 49 x .02²)/49 / 50 = 2e-4 -> CI .02 ± 1.96 x .01414
+    half = Z975 * math.sqrt(2e-4)
+    assert (comp["ci_low"], comp["ci_high"]) == pytest.approx((0.02 - half, 0.02 + half), abs=1e-12)
+    assert comp["ci_low"] < 0 and comp["decisive"] is False
     assert "No decisive winner" in summary["explanation"]
     assert "NOT beaten decisively" in summary["explanation"]
+    # below the minimum gain, more seeds cannot make it decisive: no seed plan, a reason instead
+    assert d["seeds_needed"]["seeds"] is None and "below the minimum gain" in d["seeds_needed"]["why"][0]
 
 
 @pytest.mark.parametrize("best, other", [((40, 40), (35, 35)), ((45, 45), (40, 40)), ((50, 50), (45, 45)),
                                          ((48, 49), (43, 44)), ((47, 50), (37, 50))])
 def test_gain_of_exactly_min_extra_pairs_is_decisive(tmp_path, best, other):
     # "the gain is at least min_extra_pairs held-out pairs" (DESIGN §6): dpo gets exactly 10 more of the
-    # 100 pairs right than simpo on every seed (e.g. 80 vs 70, 100 vs 90); 10 discordant pairs out of 100
-    # put the bootstrap CI well above 0 (P(no discordant pair in a resample) ~ e^-10).
+    # 100 pairs right than simpo on every seed (e.g. 80 vs 70, 100 vs 90); with identical seeds the CI is the
+    # held-out-pair part alone, B <= 2 x 0.25 x (5 x .9² + 45 x .1²)/49 / 50 = 9.2e-4: CI low >= .1 - .06 > 0.
     counts = {("dpo", "8"): [best] * 3, ("simpo", "8"): [other] * 3}
     summary = run(write_sweep(tmp_path, grid_cells(counts)), "min_extra_pairs=10")
     (comp,) = summary["decision"]["comparisons"]
@@ -226,156 +267,133 @@ def test_gain_of_exactly_min_extra_pairs_is_decisive(tmp_path, best, other):
 
 
 # ------------------------------------------------------------------------------------- tie-break
-def test_tie_break_prefers_lower_rank_with_lower_margins(golden):
-    # dpo r=8 is within noise of dpo r=16 (2 pairs) and ends training with margins 2.0 < 3.0
-    _, summary = golden
+# dpo r=8 equals dpo r=16 but for one verbose pair in seed 2 (46,40 vs 46,41): difference 1/300 with a 90%
+# CI well inside ±0.03 -> EQUIVALENT (two one-sided tests), and it may take the place of r=16.
+TIE_COUNTS = dict(GOLDEN_COUNTS) | {("dpo", "8"): [(45, 40), (44, 39), (46, 40)]}
+
+
+def test_tie_break_prefers_an_equivalent_lower_rank_with_lower_margins(tmp_path):
+    summary = run(write_sweep(tmp_path, grid_cells(TIE_COUNTS, final_margin={"8": 2.0, "16": 3.0})))
     d = summary["decision"]
     assert d["best_arm"] == DPO16
+    comp = comparisons(d)[DPO8]
+    assert comp["difference"] == pytest.approx(1 / 300) and comp["equivalent"] is True
     assert d["recommended_arm"] == DPO8
-    assert DPO8 in d["tie_break"] and "lower rank" in d["tie_break"]
+    assert DPO8 in d["tie_break"] and "equivalent" in d["tie_break"] and "lower rank" in d["tie_break"]
     assert "Tie-break:" in d["explanation"]
     assert d["winner"] == "dpo"  # the tie-break picks an arm, not another winner
 
 
-def test_tie_break_keeps_best_arm_when_lower_rank_margins_are_higher(tmp_path):
-    summary = run(golden_sweep(tmp_path, final_margin={"8": 4.0, "16": 3.0}))
+def test_tie_break_needs_equivalence_not_just_no_significant_difference(golden):
+    # golden: dpo r=8 is 2 pairs behind dpo r=16 and NOT decisively worse, but its 90% CI reaches beyond
+    # ±0.03: not shown to be equivalent, so the lower rank is not preferred (though its margins are lower)
+    _, summary = golden
     d = summary["decision"]
-    assert d["best_arm"] == DPO16
+    comp = comparisons(d)[DPO8]
+    assert comp["decisive"] is False and comp["equivalent"] is False
+    assert d["recommended_arm"] == DPO16 and d["tie_break"] is None
+
+
+def test_tie_break_keeps_best_arm_when_lower_rank_margins_are_higher(tmp_path):
+    summary = run(write_sweep(tmp_path, grid_cells(TIE_COUNTS, final_margin={"8": 4.0, "16": 3.0})))
+    d = summary["decision"]
+    assert d["best_arm"] == DPO16 and comparisons(d)[DPO8]["equivalent"] is True
     assert d["recommended_arm"] == DPO16
     assert d["tie_break"] is None
     assert "Tie-break" not in d["explanation"]
 
 
-def test_tie_break_ignores_lower_rank_that_is_beaten_decisively(tmp_path):
-    # dpo r=8 at (38,32) (37,33) (36,32) = 70 70 68 %: 15.7 pairs below dpo r=16 -> not within noise
-    counts = dict(GOLDEN_COUNTS) | {("dpo", "8"): [(38, 32), (37, 33), (36, 32)]}
-    summary = run(write_sweep(tmp_path, grid_cells(counts, final_margin={"8": 2.0, "16": 3.0})))
-    d = summary["decision"]
-    assert comparisons(d)[DPO8]["decisive"] is True
-    assert d["recommended_arm"] == DPO16 and d["tie_break"] is None
-
-
 def test_tie_break_can_be_switched_off(tmp_path):
-    summary = run(golden_sweep(tmp_path, final_margin={"8": 2.0, "16": 3.0}), "prefer_lower_rank=false")
-    assert summary["decision"]["recommended_arm"] == DPO16
+    sweep_dir = write_sweep(tmp_path, grid_cells(TIE_COUNTS, final_margin={"8": 2.0, "16": 3.0}))
+    assert run(sweep_dir, "prefer_lower_rank=false")["decision"]["recommended_arm"] == DPO16
+    assert run(sweep_dir, "equivalence_margin=null")["decision"]["recommended_arm"] == DPO16
 
 
 # ==================================================================================== statistics
-def test_seed_ci_matches_scipy_t_interval():
-    values = [0.71, 0.64, 0.69, 0.75]
-    ci = seed_ci(values, alpha=0.1)
-    low, high = stats.t.interval(0.9, 3, loc=np.mean(values), scale=stats.sem(values))
-    assert ci["n"] == 4 and ci["mean"] == pytest.approx(np.mean(values))
-    assert ci["std"] == pytest.approx(np.std(values, ddof=1))
-    assert (ci["ci_low"], ci["ci_high"]) == pytest.approx((low, high), abs=1e-12)
-    one = seed_ci([0.5, None, float("nan")])
-    assert one["n"] == 1 and one["mean"] == 0.5 and math.isnan(one["ci_low"]) and math.isnan(one["std"])
-    assert seed_ci([])["n"] == 0
+# One arm (or a paired difference against an all-zero arm), 3 seeds x 4 pairs, one slice:
+#   X = [[4, 0, 2, 2],     per-seed means v = 2, 2, 1.5 -> estimate 11/6, var(v) = 1/12 -> A = 1/36
+#        [4, 2, 0, 2],     per-pair means m = 4, 2/3, 2/3, 2 -> var(m) = 268/108 = 67/27
+#        [4, 0, 0, 2]]     residual SS (x - row - column + grand)² = 14/3 over (3-1)(4-1) = 6 df -> MS_E = 7/9
+#   B = (var(m) - MS_E/3) / 4 = (67/27 - 7/27) / 4 = 5/9;   CI = 11/6 ± sqrt(t(2)² A + z² B)
+HAND = np.array([[4, 0, 2, 2], [4, 2, 0, 2], [4, 0, 0, 2]], dtype=float)
+ONE_SLICE = (np.array(["s"] * 4), {"s": 1.0})
 
 
-def exact_mcnemar(b: int, c: int) -> float:
-    """p = min(1, 2 sum_{k <= min(b, c)} C(n, k) / 2^n), n = b + c."""
-    n = b + c
-    return min(1.0, 2 * sum(comb(n, k) for k in range(min(b, c) + 1)) / 2**n)
+def test_contrast_on_a_hand_derived_table():
+    half = math.sqrt(T975_DF2**2 / 36 + Z975**2 * 5 / 9)
+    for result in (contrast([HAND], [1.0], *ONE_SLICE, 0.05, paired=False),
+                   contrast([HAND, np.zeros_like(HAND)], [1.0, -1.0], *ONE_SLICE, 0.05, paired=True)):
+        assert result["estimate"] == pytest.approx(11 / 6, abs=1e-12)
+        assert (result["seed_var"], result["pair_var"]) == pytest.approx((1 / 36, 5 / 9), abs=1e-12)
+        assert result["one_seed_var"] == pytest.approx(1 / 12, abs=1e-12)
+        assert (result["ci_low"], result["ci_high"]) == pytest.approx((11 / 6 - half, 11 / 6 + half), abs=1e-12)
+        assert result["se"] == pytest.approx(math.sqrt(1 / 36 + 5 / 9)) and result["df"] == 2
 
 
-def test_mcnemar_on_a_hand_made_table():
-    # 20 both right, 9 A right only, 3 B right only, 8 both wrong (40 pairs)
-    a = np.array([1] * 20 + [1] * 9 + [0] * 3 + [0] * 8, bool)
-    b = np.array([1] * 20 + [0] * 9 + [1] * 3 + [0] * 8, bool)
-    result = mcnemar_exact(a, b)
-    assert (result["a_only"], result["b_only"]) == (9, 3)
-    # n = 12: 2 (1 + 12 + 66 + 220) / 4096 = 598 / 4096
-    assert result["p_value"] == pytest.approx(598 / 4096, rel=1e-12)
-    assert result["p_value"] == pytest.approx(stats.binomtest(9, 12, 0.5).pvalue, rel=1e-12)
-    swapped = mcnemar_exact(b, a)
-    assert (swapped["a_only"], swapped["b_only"]) == (3, 9) and swapped["p_value"] == pytest.approx(598 / 4096)
-    # paired element-wise in any shape (seeds x pairs)
-    assert mcnemar_exact(a.reshape(4, 10), b.reshape(4, 10)) == result
+def test_contrast_without_pair_variation_is_the_paired_t_interval():
+    # each seed shifts every pair alike: no pair effect, no interaction -> B = 0 and the CI is scipy's paired t
+    a = np.array([[0.9, 0.8, 0.7], [0.6, 0.5, 0.4], [0.95, 0.85, 0.75], [0.7, 0.6, 0.5]])
+    b = a - np.array([[0.1], [0.05], [0.2], [0.12]])
+    result = contrast([a, b], [1.0, -1.0], np.array(["s"] * 3), {"s": 1.0}, 0.1, paired=True)
+    d = a.mean(1) - b.mean(1)
+    low, high = stats.t.interval(0.9, 3, loc=d.mean(), scale=stats.sem(d))
+    assert result["pair_var"] == pytest.approx(0, abs=1e-15)
+    assert (result["ci_low"], result["ci_high"]) == pytest.approx((low, high), abs=1e-12)
 
 
-@pytest.mark.parametrize("b, c", [(0, 0), (0, 1), (1, 0), (0, 5), (5, 5), (2, 7), (10, 0), (6, 3), (13, 20)])
-def test_mcnemar_matches_the_exact_formula(b, c):
-    a_correct = np.array([True] * b + [False] * c + [True, False])  # + one concordant pair of each kind
-    b_correct = np.array([False] * b + [True] * c + [True, False])
-    result = mcnemar_exact(a_correct, b_correct)
-    assert (result["a_only"], result["b_only"]) == (b, c)
-    assert result["p_value"] == pytest.approx(1.0 if b + c == 0 else exact_mcnemar(b, c), rel=1e-12)
-    if b + c:
-        assert result["p_value"] == pytest.approx(stats.binomtest(b, b + c, 0.5).pvalue, rel=1e-12)
+def test_contrast_unpaired_uses_each_arms_seed_variance_and_the_fewest_seeds():
+    a = np.array([[1.0, 1.0], [0.0, 0.0], [0.5, 0.5]])  # per seed 1, 0, .5: var .25
+    b = np.array([[0.2, 0.2], [0.4, 0.4]])  # per seed .2 .4: var .02
+    result = contrast([a, b], [1.0, -1.0], np.array(["s"] * 2), {"s": 1.0}, 0.05, paired=False)
+    assert result["estimate"] == pytest.approx(0.5 - 0.3)
+    assert result["seed_var"] == pytest.approx(0.25 / 3 + 0.02 / 2)
+    assert result["one_seed_var"] == pytest.approx(0.27) and result["seeds"] == 2 and result["df"] == 1
 
 
-def test_holm_hand_derived():
-    # sorted 0.01, 0.03, 0.04 -> 3 x 0.01 = 0.03; 2 x 0.03 = 0.06; max(0.06, 1 x 0.04) = 0.06
-    assert holm([0.01, 0.04, 0.03]) == pytest.approx([0.03, 0.06, 0.06])
-    # sorted 0.01 0.04 0.2 0.5 -> 0.04, 0.12, 0.4, 0.5
-    assert holm([0.2, 0.01, 0.5, 0.04]) == pytest.approx([0.4, 0.04, 0.5, 0.12])
-    assert holm([0.5, 0.6]) == pytest.approx([1.0, 1.0])  # capped at 1
-    assert holm([0.02]) == pytest.approx([0.02])
-    assert holm([]) == []
+def test_contrast_gives_no_interval_without_replication_or_without_variation():
+    one_seed = contrast([HAND[:1], HAND[1:2]], [1.0, -1.0], *ONE_SLICE, 0.05, paired=True)
+    assert one_seed["seeds"] == 1 and math.isnan(one_seed["ci_low"]) and math.isnan(one_seed["se"])
+    same = contrast([HAND, HAND], [1.0, -1.0], *ONE_SLICE, 0.05, paired=True)
+    assert same["estimate"] == 0 and math.isnan(same["ci_low"])  # never a zero-width [0, 0]
 
 
-def test_holm_is_monotone_and_conservative():
-    rng = np.random.default_rng(3)
-    for _ in range(50):
-        p = rng.random(rng.integers(1, 12)) ** 3
-        adjusted = np.array(holm(p.tolist()))
-        order = np.argsort(p, kind="stable")
-        assert np.all(np.diff(adjusted[order]) >= 0)
-        assert np.all(adjusted >= p - 1e-15) and np.all(adjusted <= 1)
-        # step-down: the smallest is m p_(1) (capped), and no adjusted value exceeds m p
-        assert adjusted[order[0]] == pytest.approx(min(1.0, len(p) * p[order[0]]))
-        assert np.all(adjusted <= np.minimum(1, len(p) * p) + 1e-15)
+def test_contrast_weighs_slices_as_the_scope_says():
+    x = np.array([[1.0, 1.0, 0.0, 0.0, 0.0, 0.0], [1.0, 1.0, 0.0, 0.0, 0.0, 0.0]])
+    strata = np.array(["a", "a", "b", "b", "b", "b"])
+    assert contrast([x], [1.0], strata, {"a": 2 / 6, "b": 4 / 6}, 0.05, False)["estimate"] == pytest.approx(1 / 3)
+    assert contrast([x], [1.0], strata, {"a": 0.5, "b": 0.5}, 0.05, False)["estimate"] == pytest.approx(0.5)
 
 
-def test_pair_bootstrap_point_is_the_plain_mean_with_uniform_weights():
-    rng = np.random.default_rng(0)
-    values = rng.random((3, 90))
-    boot = PairBootstrap(np.array([""] * 90), {"": 1.0}, n_bootstrap=50, seed=0)
-    assert boot.point(values) == pytest.approx(values.mean(), abs=1e-12)
-    # proportional strata weights (what scope=None uses) also give the plain mean
-    strata = np.array(["a"] * 20 + ["b"] * 70)
-    boot = PairBootstrap(strata, {"a": 20 / 90, "b": 70 / 90}, n_bootstrap=50, seed=0)
-    assert boot.point(values) == pytest.approx(values.mean(), abs=1e-12)
+def test_equivalence_is_two_one_sided_tests():
+    # estimate 0.01, seed part only (B = 0): 90% CI 0.01 ± t(3, .95) se
+    result = {"estimate": 0.01, "se": 0.005, "df": 3.0, "seed_var": 0.005**2, "pair_var": 0.0}
+    half = stats.t.ppf(0.95, 3) * 0.005  # 0.01177
+    assert equivalent(result, 0.03, 0.05) is True  # [-0.0018, 0.0218] inside ±0.03
+    assert equivalent(result, 0.02, 0.05) is False and 0.01 + half > 0.02
+    assert equivalent(result, None, 0.05) is None
+    assert equivalent(result | {"se": math.nan}, 0.03, 0.05) is None
 
 
-def test_pair_bootstrap_point_is_the_macro_mean_with_equal_slice_weights():
-    rng = np.random.default_rng(1)
-    values = rng.random((2, 100))
-    strata = np.array(["a"] * 20 + ["b"] * 80)
-    boot = PairBootstrap(strata, {"a": 0.5, "b": 0.5}, n_bootstrap=50, seed=0)
-    macro = np.mean([(v[:20].mean() + v[20:].mean()) / 2 for v in values])
-    assert boot.point(values) == pytest.approx(macro, abs=1e-12)
-    assert abs(macro - values.mean()) > 1e-3  # the two differ here, so the check means something
-    # each replicate keeps the slice sizes: a replicate of a constant is that constant
-    assert np.allclose(boot.resample(np.full((1, 100), 0.3)), 0.3)
+def test_probability_of_improvement_counts_seed_pairs_and_half_ties():
+    assert probability_of_improvement([0.8, 0.7], [0.6, 0.7]) == pytest.approx((1 + 1 + 1 + 0.5) / 4)
+    assert probability_of_improvement([0.1], [0.9]) == 0.0
 
 
-def test_pair_bootstrap_difference_ci_matches_the_normal_approximation():
-    # one seed, 4000 pairs: A right with probability 0.7, B 0.6, independently -> true difference 0.1
-    rng = np.random.default_rng(42)
-    n = 4000
-    a = (rng.random(n) < 0.7).astype(float)[None, :]
-    b = (rng.random(n) < 0.6).astype(float)[None, :]
-    boot = PairBootstrap(np.array([""] * n), {"": 1.0}, n_bootstrap=2000, seed=0)
-    low, high = percentile_ci(boot.resample(a) - boot.resample(b), 0.05)
-    assert low < 0.1 < high
-    d = a[0] - b[0]
-    se = d.std(ddof=1) / math.sqrt(n)  # paired normal approximation
-    normal_width = 2 * stats.norm.ppf(0.975) * se
-    assert (high - low) == pytest.approx(normal_width, rel=0.2)
-    assert (low + high) / 2 == pytest.approx(d.mean(), abs=0.25 * normal_width)
+def test_seeds_to_resolve_matches_the_paired_t_test_power():
+    # paired t-test, effect size d = 1 (effect 1, sd 1), alpha .05, power .8: n = 10 (power .803; n = 9: .759)
+    assert seeds_to_resolve(1.0, 1.0, 0.0, 0.05, 0.8) == 10
+    power_9 = stats.nct.sf(stats.t.ppf(0.975, 8), 8, 3.0)
+    assert power_9 < 0.8
+    assert seeds_to_resolve(0.5, 1.0, 0.0, 0.05, 0.8) > 10  # smaller effects need more
+    assert seeds_to_resolve(0.01, 1.0, 0.0, 0.05, 0.8) is None  # > 100 seeds
+    assert seeds_to_resolve(0.05, 1e-6, 0.01, 0.05, 0.8) is None  # held-out pairs, not seeds, are the limit
 
 
-def test_pair_bootstrap_is_paired():
-    # identical per-pair values in two arms: every replicate difference is exactly 0
-    rng = np.random.default_rng(5)
-    values = (rng.random((1, 300)) < 0.6).astype(float)
-    strata = np.array(["clean"] * 100 + ["verbose_rejected"] * 200)
-    boot = PairBootstrap(strata, {"clean": 0.5, "verbose_rejected": 0.5}, n_bootstrap=500, seed=0)
-    first, second = boot.resample(values), boot.resample(values.copy())
-    assert np.ptp(first) > 0  # the replicates do vary...
-    assert percentile_ci(first - second, 0.05) == (0.0, 0.0)  # ...but not their difference
+def test_seed_summary_is_descriptive():
+    summary = seed_summary([0.71, 0.64, None, float("nan"), 0.69])
+    assert summary == pytest.approx({"n": 3, "mean": np.mean([0.71, 0.64, 0.69]),
+                                     "std": np.std([0.71, 0.64, 0.69], ddof=1)})
+    assert math.isnan(seed_summary([0.5])["std"]) and seed_summary([])["n"] == 0
 
 
 # ======================================================================================== scopes
@@ -396,9 +414,8 @@ def test_scope_all_pairs(scope_sweep):
     assert d["scope"] == "all" and d["pairs"] == 100
     assert d["point"] == pytest.approx({"objective=dpo": 0.60, "objective=simpo": 0.74})
     assert d["best_arm"] == "objective=simpo"
-    # discordant: clean 10 dpo-only per seed, verbose 24 simpo-only per seed
     (comp,) = d["comparisons"]
-    assert (comp["mcnemar"]["a_only"], comp["mcnemar"]["b_only"]) == (72, 30)
+    assert comp["difference"] == pytest.approx(0.14) and comp["decisive"] is True
 
 
 def test_scope_macro_weighs_slices_equally(scope_sweep):
@@ -415,15 +432,16 @@ def test_scope_one_slice_uses_only_its_pairs(scope_sweep):
     assert d["point"] == pytest.approx({"objective=dpo": 1.0, "objective=simpo": 0.5})
     assert d["best_arm"] == "objective=dpo"
     (comp,) = d["comparisons"]
-    # 10 clean pairs per seed right for dpo only; none the other way (the verbose ones are out of scope)
-    assert (comp["mcnemar"]["a_only"], comp["mcnemar"]["b_only"]) == (30, 0)
+    # 10 clean pairs right for dpo only (the verbose ones are out of scope). Identical seeds: no seed part;
+    # per-pair difference m = 0 (10 pairs), 1 (10 pairs): var(m) = 20 x .5²/19 = 5/19, one slice -> B = 5/19/20
     assert comp["extra_pairs"] == pytest.approx(10.0)
+    half = Z975 * math.sqrt(5 / 19 / 20)
+    assert (comp["ci_low"], comp["ci_high"]) == pytest.approx((0.5 - half, 0.5 + half), abs=1e-12)
     assert "clean pairs" in d["explanation"]
     assert "clean" not in summary["slices"] and set(summary["slices"]) == {"all", "verbose_rejected"}
     other = run(scope_sweep, "slice=verbose_rejected")["decision"]
     assert other["pairs"] == 80 and other["best_arm"] == "objective=simpo"
     assert other["point"] == pytest.approx({"objective=dpo": 0.5, "objective=simpo": 0.8})
-    assert (other["comparisons"][0]["mcnemar"]["a_only"], other["comparisons"][0]["mcnemar"]["b_only"]) == (72, 0)
 
 
 def test_scope_unknown_slice_raises_naming_known_slices(scope_sweep):
@@ -432,12 +450,12 @@ def test_scope_unknown_slice_raises_naming_known_slices(scope_sweep):
     assert "clean" in str(error.value) and "verbose_rejected" in str(error.value)
 
 
-def test_margin_metric_uses_min_margin_gain_and_no_mcnemar(scope_sweep):
+def test_margin_metric_uses_min_margin_gain_not_extra_pairs(scope_sweep):
     # logratio margin per pair = ±10: dpo 10 (2 x 0.60 - 1) = 2.0, simpo 10 (2 x 0.74 - 1) = 4.8; gain 2.8
     d = run(scope_sweep, "metric=logratio_margin")["decision"]
     assert d["point"] == pytest.approx({"objective=dpo": 2.0, "objective=simpo": 4.8})
     (comp,) = d["comparisons"]
-    assert "mcnemar" not in comp and "extra_pairs" not in comp
+    assert "extra_pairs" not in comp
     assert comp["difference"] == pytest.approx(2.8)
     assert comp["ci_low"] > 0 and comp["decisive"] is True and d["winner"] == "simpo"
     d = run(scope_sweep, "metric=logratio_margin", "min_margin_gain=3.0")["decision"]
@@ -527,8 +545,19 @@ def test_factorial_effects_of_a_2x2(golden):
     assert main["objective"]["excludes_zero"] is True and main["objective"]["ci_high"] < 0
 
 
-def test_factorial_effects_absent_when_a_corner_is_incomplete(partial):
+def test_factorial_effects_have_no_ci_when_an_arm_has_one_seed(partial):
+    # every corner has a finished seed, but dpo r=16 only one: effects are estimated, without an interval
     _, summary = partial
+    factorial = summary["diagnostics"]["factorial"]
+    assert len(factorial["main_effects"]) == 2 and len(factorial["interactions"]) == 1
+    for effect in [*factorial["main_effects"], *factorial["interactions"]]:
+        assert effect["ci_low"] is None and effect["excludes_zero"] is False and effect["seeds"] == 1
+    assert "no CI" in factorial["note"]
+
+
+def test_factorial_effects_absent_when_a_corner_has_no_finished_seed(tmp_path):
+    cells = [c for c in grid_cells(GOLDEN_COUNTS) if c.overrides[:2] != ["objective=simpo", "lora.r=16"]]
+    summary = run(write_sweep(tmp_path, cells))
     factorial = summary["diagnostics"]["factorial"]
     assert factorial["main_effects"] == [] and factorial["interactions"] == []
     assert "every combination" in factorial["note"]
@@ -561,27 +590,32 @@ def test_partial_sweep_lists_unfinished_cells(partial):
     assert summary["cell_counts"] == {"done": 9, "failed": 1, "running": 1, "missing": 1}
     arms = by_arm(summary)
     assert (arms[DPO16]["cells"], arms[DPO16]["done"], arms[DPO16]["complete"]) == (3, 1, False)
+    assert (arms[DPO16]["failed"], arms[DPO16]["unfinished"]) == (1, 1)
     assert (arms[SIMPO8]["cells"], arms[SIMPO8]["done"], arms[SIMPO8]["complete"]) == (3, 2, False)
     assert arms[DPO16]["stats"]["heldout/avglogp_accuracy"]["mean"] == pytest.approx(1.0)  # its one done cell
 
 
-def test_partial_sweep_decides_on_complete_arms_only(partial):
+def test_partial_sweep_is_undetermined_not_decided_without_its_best_arm(partial):
+    # dpo r=16 has ONE finished seed (at 100 %): it is compared (and is the best arm so far), never left out,
+    # but one seed says nothing about the variance between training runs -> undetermined, with a plan
     _, summary = partial
     d = summary["decision"]
-    assert d["incomplete_arms"] == [DPO16, SIMPO8]
-    # complete arms: dpo r=8 (0.83) and simpo r=16 (0.60): 23 pairs, decisive
-    assert set(d["point"]) == {DPO8, SIMPO16}
-    assert d["best_arm"] == DPO8 and d["winner"] == "dpo" and d["decisive"] is True
-    assert [c["arm"] for c in d["comparisons"]] == [SIMPO16]
-    assert "Incomplete arms left out" in summary["explanation"] and DPO16 in summary["explanation"]
+    assert d["verdict"] == summary["verdict"] == "undetermined" and d["winner"] is None and d["decisive"] is False
+    assert set(d["point"]) == {DPO8, DPO16, SIMPO8, SIMPO16}
+    assert d["best_arm"] == DPO16 and d["too_few_seeds"] == [DPO16, SIMPO8]
+    assert d["unfinished_arms"] == [DPO16, SIMPO8] and d["failed_arms"] == [DPO16]
+    assert any("min_seeds" in r and DPO16 in r for r in d["reasons"])
+    assert "Undetermined" in summary["explanation"]
+    assert d["seeds_needed"]["seeds"] == 3 and d["seeds_needed"]["current"] == 1
+    assert "seed=0,1,2" in d["seeds_needed"]["command"]
     for scope in summary["slices"].values():
-        assert DPO16 not in scope["point"] and scope["incomplete_arms"] == [DPO16, SIMPO8]
+        assert scope["verdict"] == "undetermined"
 
 
 def test_nothing_done_is_reported_not_raised(tmp_path):
     cells = [Cell(["objective=dpo", "seed=0"], state="running"), Cell(["objective=simpo", "seed=0"], on_disk=False)]
     summary = run(write_sweep(tmp_path, cells))
-    assert summary["winner"] is None and summary["decisive"] is False
+    assert summary["winner"] is None and summary["decisive"] is False and summary["verdict"] == "undetermined"
     assert "nothing to compare" in summary["explanation"]
     assert {r["state"] for r in summary["not_finished"]} == {"running", "missing"}
 
@@ -613,17 +647,19 @@ def test_broken_files_are_reported_by_name(broken):
     assert {p["cell_id"] for p in summary["problems"]} == {paths[k].parent.name for k in paths}
 
 
-def test_broken_files_do_not_stop_the_decision(broken):
+def test_broken_files_make_their_arms_undetermined_not_dropped(broken):
     sweep_dir, paths, summary = broken
-    # the torn metrics.json makes its cell unfinished ("corrupt") and its arm incomplete
+    # the torn metrics.json makes its cell "corrupt"; the half parquet leaves a finished cell unreadable
     (row,) = summary["not_finished"]
     assert row["arm"] == DPO8 and row["state"] == "corrupt"
     d = summary["decision"]
-    assert d["incomplete_arms"] == [DPO8]
-    # simpo r=16 is decided on its two readable seeds: (0.60 + 0.58) / 2 = 0.59
-    assert d["point"][SIMPO16] == pytest.approx(0.59, abs=1e-12)
-    assert d["point"][DPO16] == pytest.approx(0.85, abs=1e-12)
-    assert d["winner"] == "dpo" and d["decisive"] is True
+    assert d["verdict"] == "undetermined" and d["winner"] is None and d["decisive"] is False
+    missing = [r for r in d["reasons"] if r.startswith("evidence missing")]
+    assert len(missing) == 2 and DPO8 in missing[0] and SIMPO16 in missing[1]
+    assert paths["parquet"].parent.name in missing[1]
+    assert set(d["point"]) == {DPO16, SIMPO8}  # what can be read is still shown
+    assert d["seeds_needed"] is None  # no number of seeds repairs an unreadable file
+    assert "evidence missing for" in summary["explanation"]
     # the cell with a torn eval_log line keeps its two other evaluations (steps 0 and 100)
     rows = {r["cell_id"]: r for r in summary["diagnostics"]["overoptimisation"]}
     assert rows[paths["eval_log"].parent.name]["heldout_mid_step"] == 0
@@ -638,10 +674,10 @@ def test_each_broken_file_is_reported_once(broken):
     assert files.count(str(paths["parquet"])) == 1, files
 
 
-def test_cell_with_other_heldout_pairs_is_left_out_not_the_rest(tmp_path):
-    # The FIRST cell of the sweep (dpo r=8 seed 0) was evaluated on other held-out pairs (ids q0000..):
-    # that one cell cannot be paired with the others and must be left out (and reported); the 11 cells
-    # that agree on their pairs must still be compared, giving the golden decision.
+def test_cell_with_other_heldout_pairs_makes_its_arm_undetermined(tmp_path):
+    # The FIRST cell of the sweep (dpo r=8 seed 0) was evaluated on other held-out pairs (ids q0000..): it
+    # cannot be paired with the others. It is reported (once), and its arm's evidence is incomplete, so no
+    # winner is named; the 11 cells that agree on their pairs are still compared and shown.
     cells = grid_cells(GOLDEN_COUNTS)
     odd = cells[0]
     odd.pairs = odd.pairs.assign(pair_id=[f"q{i:04d}" for i in range(100)])
@@ -650,9 +686,26 @@ def test_cell_with_other_heldout_pairs_is_left_out_not_the_rest(tmp_path):
     assert flagged == {odd.cell_id}, f"{len(flagged)} cells reported as not comparable"
     assert all(p["file"].endswith("heldout_pairs.parquet") for p in summary["problems"])
     d = summary["decision"]
-    assert set(d["point"]) == {DPO8, DPO16, SIMPO8, SIMPO16}
-    assert d["point"][DPO8] == pytest.approx((0.83 + 0.82) / 2)  # seeds 1 and 2 only
-    assert d["best_arm"] == DPO16 and d["winner"] == "dpo" and d["decisive"] is True
+    assert d["verdict"] == "undetermined" and d["winner"] is None
+    assert any(DPO8 in r and "other held-out pairs" in r for r in d["reasons"])
+    assert set(d["point"]) == {DPO16, SIMPO8, SIMPO16}
+
+
+def test_non_finite_pair_values_are_reported_not_scored(tmp_path):
+    # one chosen log-prob is NaN in simpo r=8 seed 1: its metrics.json still looks fine, but the pair must
+    # not be scored as a wrong answer: the arm's evidence is incomplete -> undetermined, and reported
+    cells = grid_cells(GOLDEN_COUNTS)
+    bad = next(c for c in cells if c.overrides == ["objective=simpo", "lora.r=8", "seed=1"])
+    bad.pairs = bad.pairs.copy()
+    bad.pairs.loc[3, "chosen_logp"] = float("nan")
+    sweep_dir = write_sweep(tmp_path, cells)
+    metrics = json.loads((sweep_dir / "cells" / bad.cell_id / "metrics.json").read_text())
+    summary = run(sweep_dir)
+    d = summary["decision"]
+    assert d["verdict"] == "undetermined" and d["winner"] is None
+    assert any(SIMPO8 in r and "non-finite" in r for r in d["reasons"])
+    assert any(p["cell_id"] == bad.cell_id and "non-finite" in p["problem"] for p in summary["problems"])
+    assert "heldout/avglogp_accuracy" in metrics  # (what the trainer wrote is not what is trusted)
 
 
 # ============================================================================================ CLI

@@ -132,7 +132,8 @@ def e2e(slurm_cluster, embedded_model, tmp_path_factory):
     """The 2x2 sweep, submitted detached: its dir and args, the command's process and duration, the jobs of the
     sweep still queued or running when it returned, and `ablate status` run right after."""
     sweep_dir = tmp_path_factory.mktemp("slurm_e2e")
-    args = ["-m", *GRID, *SLURM, "hydra.launcher.gpus_per_node=1", PROFILES, f"hydra.sweep.dir={sweep_dir}", *TINY]
+    args = ["-m", *GRID, "seed=0", *SLURM, "hydra.launcher.gpus_per_node=1", PROFILES, f"hydra.sweep.dir={sweep_dir}",
+            *TINY]
     started = time.monotonic()
     proc = run_ablate(slurm_cluster, *args)
     seconds = time.monotonic() - started
@@ -222,8 +223,9 @@ def test_a_failing_cell_is_failed_in_sacct_and_status_while_the_other_finishes(s
     # Followed to the end (hydra.launcher.wait=true): the command returns once the collector job has ended, and
     # fails, as the local launcher does, because a cell failed.
     sweep_dir = tmp_path / "failing"  # also the job name: ablate-failing
-    proc = run_ablate(slurm_cluster, "-m", "objective=ipo", "objective.tau=0.1,1e-30", *SLURM, "hydra.launcher.gpus_per_node=0",
-                      "hydra.launcher.wait=true", "hydra.launcher.poll_s=1", f"hydra.sweep.dir={sweep_dir}", *TINY,
+    proc = run_ablate(slurm_cluster, "-m", "objective=ipo", "objective.tau=0.1,1e-30", "seed=0", *SLURM,
+                      "hydra.launcher.gpus_per_node=0", "hydra.launcher.wait=true", "hydra.launcher.poll_s=1",
+                      f"hydra.sweep.dir={sweep_dir}", *TINY,
                       timeout=ENDED)
     assert proc.returncode == 1, output(proc)
     assert "sweep ended" in proc.stdout, output(proc)
@@ -254,8 +256,9 @@ def test_a_failing_cell_is_failed_in_sacct_and_status_while_the_other_finishes(s
         output(status)
 
     # re-running the command would redo only the failed cell (a dry run says so without submitting it)
-    proc = run_ablate(slurm_cluster, "-m", "objective=ipo", "objective.tau=0.1,1e-30", *SLURM, "hydra.launcher.gpus_per_node=0",
-                      "hydra.launcher.dry_run=true", f"hydra.sweep.dir={sweep_dir}", *TINY)
+    proc = run_ablate(slurm_cluster, "-m", "objective=ipo", "objective.tau=0.1,1e-30", "seed=0", *SLURM,
+                      "hydra.launcher.gpus_per_node=0", "hydra.launcher.dry_run=true", f"hydra.sweep.dir={sweep_dir}",
+                      *TINY)
     assert proc.returncode == 0, output(proc)
     assert "dry run: 2 cells valid, 1 to submit in 1 resource profile(s), 1 done" in proc.stdout, output(proc)
     assert read_json(sweep_dir / "sweep.json")["jobs"] == sweep["jobs"]
@@ -347,7 +350,7 @@ def test_cancel_marks_cells_failed_and_resubmit_failed_finishes_them(slurm_clust
         wait_for(lambda: cluster.run("squeue", "-h", "-o", "%T", "-j", str(blocker)).stdout.strip() == "RUNNING",
                  60, "the blocker job to run", cluster)
         sweep_dir = tmp_path / "cancelled"  # also the job name: ablate-cancelled
-        proc = run_ablate(cluster, "-m", "objective=dpo,simpo", *SLURM, "hydra.launcher.gpus_per_node=1",
+        proc = run_ablate(cluster, "-m", "objective=dpo,simpo", "seed=0", *SLURM, "hydra.launcher.gpus_per_node=1",
                           f"hydra.sweep.dir={sweep_dir}", *TINY)
         assert proc.returncode == 0, output(proc)
         sweep = read_json(sweep_dir / "sweep.json")

@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import math
+import shutil
+import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
-from ablate.cells import atomic_write_bytes, atomic_write_json
-from ablate.collect.decide import arm_stats, decide
+from ablate.cells import atomic_write_bytes, atomic_write_json, replace_dir
+from ablate.collect.decide import PAIR_COLUMN, arm_stats, decide
 from ablate.collect.diagnostics import chosen_shift, factorial_effects, length_artifacts, overoptimisation
 from ablate.collect.load import Sweep, load_sweep
+from ablate.collect.plan import add_seeds_command
 
 SELECT_DEFAULTS = Path(__file__).resolve().parents[2] / "conf" / "select" / "default.yaml"
 
@@ -27,19 +30,53 @@ def select_config(overrides: list[str] | tuple[str, ...] = (), base: DictConfig 
         defaults.pop("defaults", None)
         base = OmegaConf.merge(schema, defaults)
     else:
-        base = OmegaConf.merge(schema, base)
+        # a rule recorded by an older version (sweep.json, a queued collector job) may name retired keys
+        known = {k: v for k, v in OmegaConf.to_container(base).items() if k in schema}
+        base = OmegaConf.merge(schema, known)
     return OmegaConf.merge(base, OmegaConf.from_dotlist(list(overrides)))
+
+
+class SelectError(ValueError):
+    """A decision rule that cannot be applied to this sweep (unknown metric or slice); nothing is written."""
+
+
+def check_select(select: DictConfig, sweep: Sweep | None = None) -> None:
+    """Refuse a rule that cannot apply, before anything is read or written."""
+    if select.metric not in PAIR_COLUMN:
+        raise SelectError(f"select.metric = {select.metric!r}: must be one of {', '.join(PAIR_COLUMN)}")
+    for key, low in (("alpha", 0.0), ("power", 0.0)):
+        if not low < select[key] < 1:
+            raise SelectError(f"select.{key} = {select[key]}: must be in (0, 1)")
+    if select.min_seeds < 2:
+        raise SelectError(f"select.min_seeds = {select.min_seeds}: must be >= 2 (one seed says nothing about the "
+                          f"variance between training runs)")
+    if sweep is not None and select.slice not in (None, "macro"):
+        if sweep.slices and select.slice not in sweep.slices:
+            raise SelectError(f"select.slice = {select.slice!r}: no held-out pairs in it "
+                              f"(slices: {', '.join(sweep.slices)})")
+
+
+def _guarded(sweep: Sweep, name: str, compute, default):
+    """A diagnostic that fails must not take the decision (or the report) down with it: the failure is
+    reported as a problem. tests/test_collect_fuzz.py asserts it never happens on broken sweeps."""
+    try:
+        return compute()
+    except Exception as error:  # noqa: BLE001 - the collector must survive any sweep state
+        sweep.problem(None, "collector", f"internal error in {name}: {type(error).__name__}: {error}")
+        return default
 
 
 def summarise(sweep: Sweep, select: DictConfig) -> dict:
     """Everything summary.json holds: arms, decisions per scope, diagnostics, problems."""
-    arms = arm_stats(sweep, select.alpha)
-    slices = sorted({col.split("/")[1] for col in sweep.cells.columns
-                     if col.startswith("heldout/") and col.count("/") == 2})
+    arms = arm_stats(sweep)
+    slices = sweep.slices
     headline = decide(sweep, select, select.slice, arms)
     # every other scope too, so a report decided on one slice still says what happens elsewhere
     scopes = ([None] if select.slice is not None else []) + [s for s in slices if s != select.slice]
     per_slice = {s or "all": decide(sweep, select, s, arms) for s in scopes}
+    plan = headline.get("seeds_needed")
+    if plan and plan.get("seeds"):
+        plan["command"] = add_seeds_command(sweep, plan["seeds"])
     counts = sweep.cells.state.value_counts().to_dict()
     return {
         "sweep_dir": str(sweep.sweep_dir),
@@ -48,6 +85,7 @@ def summarise(sweep: Sweep, select: DictConfig) -> dict:
         "axes": sweep.axes,
         "cell_counts": {str(k): int(v) for k, v in counts.items()},
         "complete": counts.get("done", 0) == len(sweep.cells),
+        "verdict": headline["verdict"],
         "winner": headline["winner"],
         "decisive": headline["decisive"],
         "explanation": headline["explanation"],
@@ -55,10 +93,12 @@ def summarise(sweep: Sweep, select: DictConfig) -> dict:
         "slices": per_slice,
         "arms": arms,
         "diagnostics": {
-            "overoptimisation": overoptimisation(sweep, select, select.slice),
-            "chosen_logp_shift": chosen_shift(sweep),
-            "length": length_artifacts(sweep, select),
-            "factorial": factorial_effects(sweep, select, select.slice, arms),
+            "overoptimisation": _guarded(sweep, "overoptimisation", lambda: overoptimisation(sweep, select,
+                                                                                             select.slice), []),
+            "chosen_logp_shift": _guarded(sweep, "chosen_logp_shift", lambda: chosen_shift(sweep), []),
+            "length": _guarded(sweep, "length", lambda: length_artifacts(sweep, select), []),
+            "factorial": _guarded(sweep, "factorial", lambda: factorial_effects(sweep, select, select.slice, arms),
+                                  {"factors": [], "main_effects": [], "interactions": [], "note": "failed"}),
         },
         "not_finished": sweep.cells[sweep.cells.state != "done"]
         .reindex(columns=["cell_id", "arm", "state", "error"]).to_dict("records"),
@@ -91,27 +131,38 @@ def _is_na(obj) -> bool:
 
 
 def collect(sweep_dir: str | Path, select: DictConfig | None = None, *, plots: bool = True) -> dict:
-    """Collect a sweep: write report/ (summary.json, cells.csv, report.md, report.html, plots/); return the summary."""
-    sweep = load_sweep(sweep_dir)
-    select = select if select is not None else select_config()
-    summary = _json_safe(summarise(sweep, select))
-    report_dir = Path(sweep_dir) / "report"
-    report_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(report_dir / "cells.csv", sweep.cells.to_csv(index=False).encode())
-    if plots:
-        from ablate.collect.report import write_report
+    """Collect a sweep: write report/ (summary.json, cells.csv, report.md, report.html, plots/); return the summary.
 
-        write_report(sweep, summary, report_dir)
-        summary["problems"] = _json_safe(sweep.problems)  # plotting reads logs and may find more
-    atomic_write_json(report_dir / "summary.json", summary)
+    report/ is built in a temporary folder and swapped in whole: a reader sees the old report or the
+    new one, never a mix (ablate.cells.replace_dir).
+    """
+    select = select if select is not None else select_config()
+    check_select(select)
+    sweep = load_sweep(sweep_dir)
+    check_select(select, sweep)
+    summary = _json_safe(summarise(sweep, select))
+    sweep_dir = Path(sweep_dir)
+    staging = Path(tempfile.mkdtemp(prefix=".report-", dir=sweep_dir))
+    try:
+        atomic_write_bytes(staging / "cells.csv", sweep.cells.to_csv(index=False).encode())
+        if plots:
+            from ablate.collect.report import write_report
+
+            _guarded(sweep, "report", lambda: write_report(sweep, summary, staging), None)
+            summary["problems"] = _json_safe(sweep.problems)  # plotting reads logs and may find more
+        atomic_write_json(staging / "summary.json", summary)
+        replace_dir(staging, sweep_dir / "report")
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     return summary
 
 
 def describe(summary: dict) -> str:
-    """The decision in a few lines for a terminal: headline, each slice, flags, where the report is."""
+    """The decision in a few lines for a terminal: headline, each slice, flags, what to run, where the report is."""
     lines = [summary["explanation"]]
     for scope, decision in summary["slices"].items():
-        verdict = f"decisive winner {decision['winner']}" if decision["decisive"] else "no decisive winner"
+        verdict = {"decisive": f"decisive winner {decision['winner']}", "not decisive": "no decisive winner"}.get(
+            decision["verdict"], "undetermined")
         lines.append(f"  slice {scope}: {verdict} (best arm {decision.get('best_arm')})")
     flagged = [r for r in summary["diagnostics"]["overoptimisation"] if r["flagged"]]
     if flagged:
@@ -119,5 +170,8 @@ def describe(summary: dict) -> str:
                      f"training margins rose (see the report)")
     for problem in summary["problems"]:
         lines.append(f"  problem: {problem['file']}: {problem['problem']}")
+    plan = summary["decision"].get("seeds_needed") or {}
+    if plan.get("command"):
+        lines.append(f"  to settle it, add seeds (finished cells are skipped):\n    {plan['command']}")
     lines.append(f"report: {Path(summary['sweep_dir']) / 'report' / 'report.html'}")
     return "\n".join(lines)

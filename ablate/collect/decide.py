@@ -1,11 +1,22 @@
-"""Arms, paired comparisons and the decision rule (DESIGN §6).
+"""Arms, seed-aware comparisons and the decision rule (DESIGN §6).
 
-An arm is every cell that differs only by seed. The best arm (highest decision metric, pooled over
-seeds) is compared with every other arm on the SAME held-out pairs: a paired bootstrap CI of the
-difference (pairs resampled, and seeds when an arm has several) and McNemar's exact test on per-pair
-correctness (Holm-corrected). The winning value of `select.factor` (e.g. the objective) is decisive
-only when the best arm beats every arm with another value of it: CI above zero AND a gain of at least
-`min_extra_pairs` held-out pairs (accuracy metrics) or `min_margin_gain` (margin metrics).
+An arm is every cell that differs only by seed. The best arm (highest decision metric, mean over
+seeds and held-out pairs) is compared with every other arm on the SAME held-out pairs, seed by seed
+when they share seeds, with a CI that counts the variance between training runs AND between held-out
+pairs (ablate.collect.stats). The winning value of `select.factor` (e.g. the objective) is:
+
+- decisive: every arm with another value of the factor is beaten with a CI above zero, a gain of at
+  least `min_extra_pairs` held-out pairs (accuracy metrics) or `min_margin_gain` (margin metrics),
+  and at least `min_seeds` seeds behind each comparison;
+- not decisive: all the evidence is there, but some rival is within noise (the report says how many
+  seeds would resolve it);
+- undetermined: the evidence is not there: too few seeds (seed variance unknown), an arm with no
+  finished seed, or a finished cell whose per-pair results cannot be read, disagree on the pairs or
+  hold non-finite values. An arm is never left out to make a winner.
+
+Requiring every rival's CI to exclude zero is an intersection-union test: no multiplicity correction
+is needed for "beats all of them" to hold at level alpha/2 one-sided (tests/test_calibration.py
+measures the rate on null sweeps).
 """
 
 from __future__ import annotations
@@ -17,7 +28,7 @@ import numpy as np
 import pandas as pd
 
 from ablate.collect.load import Sweep, read_jsonl, read_pairs
-from ablate.collect.stats import PairBootstrap, holm, mcnemar_exact, percentile_ci, seed_ci
+from ablate.collect.stats import contrast, equivalent, pair_weights, probability_of_improvement, seeds_to_resolve
 
 PAIR_COLUMN = {
     "avglogp_accuracy": "avglogp_correct",
@@ -27,30 +38,44 @@ PAIR_COLUMN = {
     "chosen_logp_shift": "chosen_logp_shift",
 }
 ACCURACY_METRICS = ("avglogp_accuracy", "logratio_accuracy")
+UNFINISHED = ("pending", "running", "preempted", "missing", "unknown")
 
 
 def metric_key(metric: str, scope: str | None) -> str:
     """The metrics.json key of a metric in a scope (None: all pairs). 'macro' has no single key."""
-    return f"heldout/{metric}" if scope in (None, "macro") else f"heldout/{scope}/{metric}"
+    return f"heldout/{metric}" if scope in (None, "all", "macro") else f"heldout/{scope}/{metric}"
 
 
-def arm_stats(sweep: Sweep, alpha: float) -> list[dict]:
-    """Per arm: its cells, how many are done, whether it is complete, and seed stats of every held-out metric."""
-    arms = []
+def confidence(alpha: float) -> str:
+    """'95%' for alpha 0.05, '99.5%' for 0.005: every label follows the configured alpha."""
+    return f"{100 * (1 - alpha):.10g}%"
+
+
+def arm_stats(sweep: Sweep) -> list[dict]:
+    """Per arm: its cells and their states, the finished seeds, and per-metric mean/std over them."""
     metric_cols = [c for c in sweep.cells.columns if c.startswith("heldout/") and not c.endswith(("/pairs", "_ties"))]
+    done = sweep.done
+    # one vectorised pass over every metric column (a per-arm, per-column loop cost seconds at 1,000 cells)
+    numeric = done[metric_cols].apply(pd.to_numeric, errors="coerce").groupby(done.arm, sort=False)
+    counts, means, stds = (frame.to_dict("index") for frame in (numeric.count(), numeric.mean(), numeric.std(ddof=1)))
+    arms = []
     for arm, group in sweep.cells.groupby("arm", sort=False):
-        done = group[group.state == "done"]
+        finished = group[group.state == "done"]
         first = group.iloc[0]
+        stats = ({col: {"n": int(counts[arm][col]), "mean": float(means[arm][col]), "std": float(stds[arm][col])}
+                  for col in metric_cols} if arm in counts else {})
         arms.append({
             "arm": arm,
             "axes": {key: first.get(key) for key in sweep.axes},
             "objective": first.get("objective"),
             "lora_r": _int_or_none(first.get("lora_r")),
             "cells": len(group),
-            "done": len(done),
-            "complete": len(done) == len(group),
-            "seeds": sorted(_int_or_none(s) for s in done.seed if s is not None and not pd.isna(s)),
-            "stats": {col: seed_ci(done[col].tolist(), alpha) for col in metric_cols if col in done},
+            "done": len(finished),
+            "failed": int(group.state.isin(["failed", "corrupt"]).sum()),
+            "unfinished": int(group.state.isin(UNFINISHED).sum()),
+            "complete": len(finished) == len(group),
+            "seeds": sorted(_int_or_none(s) for s in finished.seed if not pd.isna(s)),
+            "stats": stats,
         })  # fmt: skip
     return arms
 
@@ -62,132 +87,219 @@ def _int_or_none(value):
         return None
 
 
-def _arm_matrices(sweep: Sweep, done: pd.DataFrame, arms: list[str], metric: str):
-    """Per arm: (seeds, seeds x pairs matrix of the metric's per-pair values), all on the same pairs.
+# ------------------------------------------------------------------------------------ evidence
+def evidence(sweep: Sweep, metric: str) -> dict:
+    """Every arm's per-pair values of the metric on one reference set of held-out pairs (read once).
 
-    The reference pair set is the one most cells have; a cell evaluated on other pairs (another data
-    config) is reported and left out rather than derailing every other cell.
+    {"values": {arm: (seeds, seeds x pairs matrix)}, "missing": {arm: [reasons]}, "pair_ids", "slices"}.
+    An arm with ANY finished cell that cannot be used (unreadable or missing per-pair file, other
+    pairs, non-finite values, a corrupt metrics.json) goes to `missing`, whole: its remaining seeds
+    could not speak for it.
     """
-    cells = {arm: [(seed, cid) for seed, cid in zip(done.seed[done.arm == arm], done.cell_id[done.arm == arm],
-                                                      strict=True)] for arm in arms}
-    pairs = {cid: read_pairs(sweep, cid) for arm_cells in cells.values() for _, cid in arm_cells}
+    key = ("evidence", metric)
+    if key in sweep.cache:
+        return sweep.cache[key]
+    cells = sweep.cells[sweep.cells.state.isin(["done", "corrupt"])]
+    cells = cells.sort_values("seed", key=lambda s: pd.to_numeric(s, errors="coerce"))
+    pairs = {cid: read_pairs(sweep, cid) for cid, state in zip(cells.cell_id, cells.state, strict=True)
+             if state == "done"}
     keys = {cid: p.pair_ids.tobytes() for cid, p in pairs.items() if p is not None}
-    if not keys:
-        return {}, None, None
-    reference_key = Counter(keys.values()).most_common(1)[0][0]
-    reference = next(pairs[cid] for cid, key in keys.items() if key == reference_key)
+    reference_key = Counter(keys.values()).most_common(1)[0][0] if keys else None
+    reference = next((pairs[cid] for cid, k in keys.items() if k == reference_key), None)
     column = PAIR_COLUMN[metric]
-    matrices = {}
-    for arm, arm_cells in cells.items():
-        seeds, rows = [], []
-        for seed, cid in arm_cells:
-            if cid not in keys:
-                continue
-            if keys[cid] != reference_key:
-                sweep.problems.append({"cell_id": cid, "file": str(sweep.cell_dir(cid) / "heldout_pairs.parquet"),
-                                       "problem": "held-out pairs differ from the other cells': left out"})
-                continue
-            seeds.append(seed)
-            rows.append(np.asarray(pairs[cid].outcomes[column], dtype=float))
-        if rows:
-            matrices[arm] = (seeds, np.vstack(rows))
-    return matrices, reference.pair_ids, reference.slices
+    values, missing = {}, {}
+    for arm, group in cells.groupby("arm", sort=False):
+        seeds, rows, reasons = [], [], []
+        for cid, seed, state in zip(group.cell_id, group.seed, group.state, strict=True):
+            where = f"cell {cid} (seed {seed})"
+            p = pairs.get(cid)
+            if state == "corrupt":
+                reasons.append(f"{where}: metrics.json unreadable")
+            elif p is None:
+                reasons.append(f"{where}: heldout_pairs.parquet missing or unreadable")
+            elif keys[cid] != reference_key:
+                reasons.append(f"{where}: evaluated on other held-out pairs than the rest of the sweep")
+                sweep.problem(cid, sweep.cell_dir(cid) / "heldout_pairs.parquet",
+                              "held-out pairs differ from the other cells'")
+            elif p.nonfinite:
+                reasons.append(f"{where}: {p.nonfinite} held-out pair(s) with non-finite values")
+            elif pd.isna(seed):
+                reasons.append(f"{where}: no seed recorded in status.json")
+            else:
+                seeds.append(int(seed))
+                rows.append(np.asarray(p.outcomes[column], dtype=float))
+        if reasons:
+            missing[arm] = reasons
+        elif rows:
+            values[arm] = (seeds, np.vstack(rows))
+    result = {"values": values, "missing": missing,
+              "pair_ids": None if reference is None else reference.pair_ids,
+              "slices": None if reference is None else reference.slices}
+    sweep.cache[key] = result
+    return result
+
+
+def scope_strata(slices: np.ndarray, scope: str | None) -> tuple[np.ndarray, np.ndarray, dict]:
+    """(mask of the scope's pairs, their strata, stratum weights). Strata are slices, weighted by size
+    (all pairs, one slice) or equally (macro)."""
+    tagged = np.array([s is not None and not pd.isna(s) for s in slices])
+    if scope is None or scope == "all":
+        mask = np.ones(len(slices), bool)
+    elif scope == "macro":
+        mask = tagged
+    else:
+        mask = tagged & (slices.astype(object) == scope)
+    strata = np.where(tagged[mask], slices[mask].astype(object), "").astype(str)
+    names = sorted(set(strata))
+    if scope == "macro":
+        weights = {s: 1 / len(names) for s in names}
+    else:
+        weights = {s: float((strata == s).sum()) / len(strata) for s in names}
+    return mask, strata, weights
+
+
+# ---------------------------------------------------------------------------------- the rule
+def compare_arms(values: dict[str, tuple[list[int], np.ndarray]], strata: np.ndarray, weights: dict,
+                 factor_of: dict[str, object], select, *, accuracy: bool) -> dict:
+    """The decision on arms' per-pair values (no I/O: the calibration simulation calls this directly).
+
+    values: arm -> (seeds, seeds x pairs) on the scope's pairs. factor_of: arm -> its value of the
+    compared factor (arms with another value are the rivals the winner must beat).
+    """
+    alpha = select.alpha
+    n_pairs = len(strata)
+    arm_estimates = {arm: contrast([x], [1.0], strata, weights, alpha, paired=False) for arm, (_, x) in values.items()}
+    point = {arm: e["estimate"] for arm, e in arm_estimates.items()}
+    best = max(point, key=point.get)
+    best_seeds, best_x = values[best]
+    w = pair_weights(strata, weights)
+    comparisons = []
+    for arm, (seeds, x) in values.items():
+        if arm == best:
+            continue
+        common = sorted(set(best_seeds) & set(seeds))
+        if len(common) >= 2:  # seed k of both arms: same data order, so compare seed by seed
+            a = best_x[[best_seeds.index(s) for s in common]]
+            b = x[[seeds.index(s) for s in common]]
+            result = contrast([a, b], [1.0, -1.0], strata, weights, alpha, paired=True)
+        else:
+            a, b = best_x, x
+            result = contrast([a, b], [1.0, -1.0], strata, weights, alpha, paired=False)
+        diff = result["estimate"]
+        comparison = {"arm": arm, "difference": diff, "se": result["se"], "df": result["df"],
+                      "ci_low": result["ci_low"], "ci_high": result["ci_high"], "paired": result["paired"],
+                      "seeds": result["seeds"], "seed_values": sorted(common) if result["paired"] else None,
+                      "p_improvement": probability_of_improvement(a @ w, b @ w),
+                      "equivalent": equivalent(result, select.equivalence_margin, alpha),
+                      "one_seed_var": result["one_seed_var"], "pair_var": result["pair_var"]}
+        if accuracy:
+            comparison["extra_pairs"] = diff * n_pairs
+            enough = diff * n_pairs >= select.min_extra_pairs - 1e-9  # diff is a float mean of counts
+        else:
+            enough = diff > select.min_margin_gain
+        comparison["replicated"] = result["seeds"] >= select.min_seeds
+        comparison["decisive"] = bool(comparison["replicated"] and result["ci_low"] > 0 and enough)
+        comparison["enough_gain"] = bool(enough)
+        comparisons.append(comparison)
+    rivals = [c for c in comparisons if factor_of[c["arm"]] != factor_of[best]]
+    too_few = sorted(arm for arm, (seeds, _) in values.items() if len(seeds) < select.min_seeds)
+    if not rivals:
+        verdict = "undetermined"
+    elif too_few:
+        verdict = "undetermined"
+    elif all(c["decisive"] for c in rivals):
+        verdict = "decisive"
+    else:
+        verdict = "not decisive"
+    return {"verdict": verdict, "decisive": verdict == "decisive", "best_arm": best, "point": point,
+            "arm_estimates": arm_estimates, "comparisons": comparisons, "rivals": [c["arm"] for c in rivals],
+            "too_few_seeds": too_few, "pairs": n_pairs}
 
 
 def decide(sweep: Sweep, select, scope: str | None, arms: list[dict]) -> dict:
     """The decision for one scope: all pairs (None), one slice, or 'macro' (slices weigh the same)."""
     metric = select.metric
-    if metric not in PAIR_COLUMN:
-        raise ValueError(f"select.metric = {metric!r}: must be one of {', '.join(PAIR_COLUMN)}")
-    done = sweep.done.sort_values("seed", key=lambda s: pd.to_numeric(s, errors="coerce"))
-    complete = [a for a in arms if a["complete"] and a["done"] > 0]
-    result = {"scope": scope or "all", "metric": metric, "winner": None, "decisive": False,
-              "incomplete_arms": [a["arm"] for a in arms if not a["complete"]], "comparisons": []}
-    if not complete:
-        result["explanation"] = "No arm has all its cells done: nothing to compare."
-        return result
-
-    # Per-pair values of every complete arm on the same pairs; rows sorted by seed (done is sorted).
-    cache_key = ("matrices", metric)
-    if cache_key not in sweep.cache:  # reused by the other scopes
-        sweep.cache[cache_key] = _arm_matrices(sweep, done, [a["arm"] for a in complete], metric)
-    matrices, pair_ids, slices = sweep.cache[cache_key]
-    seeds_of = {arm: seeds for arm, (seeds, _) in matrices.items()}
-    values = {arm: matrix for arm, (_, matrix) in matrices.items()}
-    if not values:
-        result["explanation"] = "No readable held-out pairs in any complete arm."
-        return result
-
-    in_scope = _scope_mask(slices, scope)
-    if not in_scope.any():
-        known = sorted({s for s in slices if s is not None})
-        raise ValueError(f"select.slice = {scope!r}: no held-out pairs in it (slices: {', '.join(known) or 'none'})")
-    strata = np.where(pd.isna(slices[in_scope]), "", slices[in_scope]).astype(str)
-    if scope == "macro":
-        weights = {s: 1 / len(set(strata)) for s in sorted(set(strata))}
-    else:
-        weights = {s: float((strata == s).sum()) / len(strata) for s in sorted(set(strata))}
-    boot = PairBootstrap(strata, weights, select.n_bootstrap, select.bootstrap_seed)
-    values = {arm: v[:, in_scope] for arm, v in values.items()}
-    point = {arm: boot.point(v) for arm, v in values.items()}
-    replicates = boot.resample_arms(values)
-    n_pairs = int(in_scope.sum())
-
-    best = max(point, key=point.get)
-    best_arm = next(a for a in complete if a["arm"] == best)
     factor = select.factor if select.factor in sweep.axes else None
-    comparisons = []
-    for arm, v in values.items():
-        if arm == best:
-            continue
-        diff = point[best] - point[arm]
-        low, high = percentile_ci(replicates[best] - replicates[arm], select.alpha)
-        comparison = {"arm": arm, "difference": diff, "ci_low": low, "ci_high": high}
-        if metric in ACCURACY_METRICS:
-            common = sorted(set(seeds_of[best]) & set(seeds_of[arm]))  # the same seed: same data order
-            rows_best = [seeds_of[best].index(s) for s in common]
-            rows_other = [seeds_of[arm].index(s) for s in common]
-            comparison |= {"mcnemar": mcnemar_exact(values[best][rows_best] > 0, v[rows_other] > 0),
-                           "mcnemar_seeds": common, "extra_pairs": diff * n_pairs}
-            enough = diff * n_pairs >= select.min_extra_pairs - 1e-9  # diff is a float mean of counts
-        else:
-            enough = diff > select.min_margin_gain
-        comparison["decisive"] = bool(low > 0 and enough)
-        comparisons.append(comparison)
-    if comparisons and metric in ACCURACY_METRICS:
-        adjusted = holm([c["mcnemar"]["p_value"] for c in comparisons])
-        for c, p in zip(comparisons, adjusted, strict=True):
-            c["mcnemar"]["p_holm"] = p
+    info = {a["arm"]: a for a in arms}
+    result = {"scope": scope or "all", "metric": metric, "factor": factor, "verdict": "undetermined",
+              "winner": None, "decisive": False, "best_arm": None, "comparisons": [], "point": {},
+              "arm_estimates": {}, "reasons": [], "seeds_needed": None}
+    ev = evidence(sweep, metric)
+    if ev["missing"]:
+        result["reasons"] += [f"evidence missing for {arm}: {'; '.join(why)}" for arm, why in ev["missing"].items()]
+    never = [a["arm"] for a in arms if a["arm"] not in ev["values"] and a["arm"] not in ev["missing"]]
+    if never:
+        result["reasons"].append(f"no finished seed in {', '.join(never)}")
+    unfinished = [a["arm"] for a in arms if a["unfinished"]]
+    result["unfinished_arms"] = unfinished
+    result["failed_arms"] = [a["arm"] for a in arms if a["failed"]]
+    values = ev["values"]
+    if not values:
+        result["explanation"] = "No arm has a finished seed with readable held-out pairs: nothing to compare."
+        return result
 
-    def factor_value(arm_name):
-        return next(a for a in complete if a["arm"] == arm_name)["axes"].get(factor) if factor else arm_name
-
-    rivals = [c for c in comparisons if factor_value(c["arm"]) != factor_value(best)]
-    decisive = bool(rivals) and all(c["decisive"] for c in rivals)
-    tied = [best] + [c["arm"] for c in comparisons if not c["decisive"]]
-    recommended = _tie_break(sweep, select, best_arm, [a for a in complete if a["arm"] in tied
-                                                       and factor_value(a["arm"]) == factor_value(best)])
-    result |= {
-        "pairs": n_pairs,
-        "factor": factor,
-        "best_arm": best,
-        "point": point,
-        "winner": factor_value(best) if decisive else None,
-        "decisive": decisive,
-        "recommended_arm": recommended["arm"],
-        "tie_break": recommended["reason"],
-        "comparisons": comparisons,
-    }
-    result["explanation"] = _explain(result, select, rivals, point)
+    mask, strata, weights = scope_strata(ev["slices"], scope)
+    if not mask.any():
+        known = sorted({str(s) for s in ev["slices"] if s is not None and not pd.isna(s)})
+        raise ValueError(f"select.slice = {scope!r}: no held-out pairs in it (slices: {', '.join(known) or 'none'})")
+    values = {arm: (seeds, x[:, mask]) for arm, (seeds, x) in values.items()}
+    factor_of = {arm: (info[arm]["axes"].get(factor) if factor else arm) for arm in values}
+    outcome = compare_arms(values, strata, weights, factor_of, select, accuracy=metric in ACCURACY_METRICS)
+    result |= outcome
+    if outcome["too_few_seeds"]:
+        result["reasons"].append(f"fewer than select.min_seeds = {select.min_seeds} seeds in "
+                                 f"{', '.join(outcome['too_few_seeds'])}: the variance between training runs "
+                                 f"is unknown or too poorly known")
+    if not outcome["rivals"]:
+        result["reasons"].append("no arm with another value of the compared factor: nothing to decide")
+    if result["reasons"]:
+        result["verdict"], result["decisive"] = "undetermined", False
+    result["provisional"] = bool(unfinished) and result["verdict"] == "decisive"
+    best = outcome["best_arm"]
+    result["winner"] = factor_of[best] if result["decisive"] else None
+    result["seeds_needed"] = _seeds_needed(result, select)
+    same_factor = [info[c["arm"]] for c in result["comparisons"]
+                   if factor_of[c["arm"]] == factor_of[best] and c["equivalent"]]
+    recommended = _tie_break(sweep, select, info[best], same_factor)
+    result["recommended_arm"], result["tie_break"] = recommended["arm"], recommended["reason"]
+    result["explanation"] = _explain(result, select)
     return result
 
 
-def _scope_mask(slices: np.ndarray, scope: str | None) -> np.ndarray:
-    if scope is None:
-        return np.ones(len(slices), bool)
-    if scope == "macro":
-        return np.array([s is not None and not pd.isna(s) for s in slices])
-    return slices == scope
+def _seeds_needed(result: dict, select) -> dict | None:
+    """How many seeds per arm would settle what the evidence has not: {"seeds": n or None, "current", "why"}.
+
+    Planned from the observed seed-to-seed spread of each unresolved comparison, for its observed
+    difference (or select.min_effect) at select.alpha and select.power. None when the decision is
+    decisive or blocked by missing evidence (no number of seeds fixes an unreadable file).
+    """
+    if result["verdict"] == "decisive" or any(r.startswith(("evidence missing", "no finished"))
+                                              for r in result["reasons"]):
+        return None
+    rivals = [c for c in result["comparisons"] if c["arm"] in result.get("rivals", [])]
+    current = min([c["seeds"] for c in rivals] or [0])
+    plans, why = [], []
+    for c in rivals:
+        if c["decisive"] or not math.isfinite(c["one_seed_var"]):
+            continue  # settled, or one seed: its variance is unknown (min_seeds below covers it)
+        if not c["enough_gain"] and not select.min_effect:
+            plans.append(None)
+            why.append(f"vs {c['arm']}: the observed difference is below the minimum gain, so more seeds "
+                       f"would not make it decisive")
+            continue
+        effect = select.min_effect or abs(c["difference"])
+        n = seeds_to_resolve(effect, c["one_seed_var"], c["pair_var"], select.alpha, select.power,
+                             start=c["seeds"] + 1)
+        plans.append(n)
+        why.append(f"vs {c['arm']}: {'more than 100' if n is None else n} seeds for a {select.power:.0%} chance to "
+                   f"resolve a difference of {effect:.3g} at alpha {select.alpha:g}")
+    if current < select.min_seeds:
+        seeds = max([select.min_seeds, *[n for n in plans if n]])
+    elif plans and all(n is not None for n in plans):
+        seeds = max(plans)
+    else:
+        seeds = None
+    return {"seeds": seeds, "current": current, "why": why}
 
 
 def final_train_margin(sweep: Sweep, cell_id: str) -> float:
@@ -195,47 +307,62 @@ def final_train_margin(sweep: Sweep, cell_id: str) -> float:
     return float(log[-1]["rewards/margins"]) if log and "rewards/margins" in log[-1] else math.nan
 
 
-def _tie_break(sweep: Sweep, select, best_arm: dict, tied_same_factor: list[dict]) -> dict:
-    """Within noise, prefer the lowest LoRA rank whose training margins are lower (overfitting guard)."""
-    if not select.prefer_lower_rank or len(tied_same_factor) < 2:
+def _tie_break(sweep: Sweep, select, best_arm: dict, equivalent_same_factor: list[dict]) -> dict:
+    """Prefer a lower LoRA rank only when it is EQUIVALENT to the best arm (two one-sided tests within
+    select.equivalence_margin, not merely "not significantly worse") and its final training margins
+    are lower (overfitting guard)."""
+    if not select.prefer_lower_rank or not equivalent_same_factor:
         return {"arm": best_arm["arm"], "reason": None}
     done = sweep.done
 
     def margin(arm):
-        return float(np.nanmean([final_train_margin(sweep, c) for c in done[done.arm == arm["arm"]].cell_id]))
+        values = [final_train_margin(sweep, c) for c in done[done.arm == arm["arm"]].cell_id]
+        return float(np.nanmean(values)) if any(map(math.isfinite, values)) else math.nan
 
     best_margin = margin(best_arm)
-    lower = [a for a in tied_same_factor if a["lora_r"] is not None and best_arm["lora_r"] is not None
+    lower = [a for a in equivalent_same_factor if a["lora_r"] is not None and best_arm["lora_r"] is not None
              and a["lora_r"] < best_arm["lora_r"] and margin(a) < best_margin]
     if not lower:
         return {"arm": best_arm["arm"], "reason": None}
     choice = min(lower, key=lambda a: a["lora_r"])
     return {"arm": choice["arm"], "reason": (
-        f"{choice['arm']} is within noise of {best_arm['arm']} on held-out pairs and has lower final "
-        f"training margins ({margin(choice):.3g} vs {best_margin:.3g}): the lower rank is preferred "
-        f"(select.prefer_lower_rank)")}
+        f"{choice['arm']} is equivalent to {best_arm['arm']} within ±{select.equivalence_margin:g} on held-out pairs "
+        f"and has lower final training margins ({margin(choice):.3g} vs {best_margin:.3g}): the lower rank is "
+        f"preferred (select.prefer_lower_rank)")}
 
 
-def _explain(result: dict, select, rivals: list[dict], point: dict) -> str:
+def _explain(result: dict, select) -> str:
     metric, scope = result["metric"], result["scope"]
-    best = result["best_arm"]
+    best, point = result["best_arm"], result["point"]
     where = {"all": "all held-out pairs", "macro": "the mean over held-out slices"}.get(scope, f"{scope} pairs")
-    what = f"{metric} on {where}"
-    lines = [f"Best arm by {what}: {best} ({point[best]:.3f})."]
-    for c in rivals:
+    level = confidence(select.alpha)
+    lines = [f"Best arm by {metric} on {where}: {best} ({point[best]:.3f})."]
+    for c in result["comparisons"]:
+        if c["arm"] not in result["rivals"]:
+            continue
         extra = f", {c['extra_pairs']:+.1f} pairs" if "extra_pairs" in c else ""
+        how = f"seed by seed over {c['seeds']} seeds" if c["paired"] else f"{c['seeds']}+ seeds per arm, unpaired"
+        if math.isfinite(c["ci_low"]):
+            interval = f"{level} CI [{c['ci_low']:+.3f}, {c['ci_high']:+.3f}] ({how})"
+        else:
+            interval = f"no CI ({how}: the variance between seeds is unknown)"
         verdict = "beaten decisively" if c["decisive"] else "NOT beaten decisively"
-        lines.append(f"vs {c['arm']} ({point[c['arm']]:.3f}): difference {c['difference']:+.3f}, "
-                     f"{100 * (1 - select.alpha):.0f}% CI [{c['ci_low']:+.3f}, {c['ci_high']:+.3f}]{extra}: {verdict}.")
-    if not rivals:
-        lines.append("No arm with another value of the compared factor: nothing to decide.")
-    if result["decisive"]:
+        lines.append(f"vs {c['arm']} ({point[c['arm']]:.3f}): difference {c['difference']:+.3f}, {interval}{extra}, "
+                     f"P(better) {c['p_improvement']:.2f}: {verdict}.")
+    if result["verdict"] == "decisive":
         lines.append(f"Decisive winner: {result['factor'] or 'arm'} = {result['winner']} (every rival's CI excludes 0 "
-                     f"and the gain meets the minimum).")
+                     f"with {select.min_seeds}+ seeds and the gain meets the minimum).")
+        if result.get("provisional"):
+            lines.append(f"Provisional: cells of {', '.join(result['unfinished_arms'])} are not finished.")
+    elif result["verdict"] == "undetermined":
+        lines.append("Undetermined: " + "; ".join(result["reasons"]) + ".")
     else:
         lines.append("No decisive winner: at least one rival is within noise or below the minimum gain.")
+    plan = result.get("seeds_needed")
+    if plan and plan["seeds"]:
+        lines.append(f"Run {plan['seeds']} seeds per arm (now {plan['current']}) to settle it.")
+    elif plan and plan["why"]:
+        lines.append("More seeds are unlikely to settle it: " + "; ".join(plan["why"]) + ".")
     if result.get("tie_break"):
         lines.append(f"Tie-break: {result['tie_break']}.")
-    if result["incomplete_arms"]:
-        lines.append(f"Incomplete arms left out: {', '.join(result['incomplete_arms'])} (the decision may change).")
     return " ".join(lines)

@@ -9,12 +9,13 @@
 from __future__ import annotations
 
 import itertools
+import math
 
 import numpy as np
 
-from ablate.collect.decide import metric_key
+from ablate.collect.decide import evidence, metric_key, scope_strata
 from ablate.collect.load import Sweep, read_jsonl
-from ablate.collect.stats import percentile_ci
+from ablate.collect.stats import contrast
 
 
 def overoptimisation(sweep: Sweep, select, scope: str | None) -> list[dict]:
@@ -61,8 +62,12 @@ def length_artifacts(sweep: Sweep, select) -> list[dict]:
     """
     findings = []
     for stats in sweep.data_stats:
-        train = stats.get("train", {})
-        longer, shorter = train.get("chosen_longer_share", 0), train.get("chosen_shorter_share", 0)
+        train = stats.get("train")
+        longer, shorter = (_share(train, "chosen_longer_share"), _share(train, "chosen_shorter_share")) \
+            if isinstance(train, dict) else (None, None)
+        if longer is None or shorter is None:
+            sweep.problem(None, "shared/data-*.json", "training-data length statistics unreadable: not checked")
+            continue
         imbalance = longer - shorter
         if imbalance > select.length_imbalance:
             verdict = (f"verbosity: chosen is longer than rejected in {longer:.0%} of training pairs and shorter in "
@@ -74,38 +79,50 @@ def length_artifacts(sweep: Sweep, select) -> list[dict]:
         else:
             verdict = (f"no systematic length difference (chosen longer in {longer:.0%}, shorter in {shorter:.0%} "
                        f"of training pairs)")
-        findings.append({"data": stats.get("data", {}).get("kind"), **train, "length_imbalance": imbalance,
-                         "verdict": verdict})
+        data = stats.get("data") if isinstance(stats.get("data"), dict) else {}
+        findings.append({"data": data.get("kind"), **train, "length_imbalance": imbalance, "verdict": verdict})
     return findings
+
+
+def _share(stats: dict, key: str) -> float | None:
+    value = stats.get(key)
+    ok = isinstance(value, int | float) and not isinstance(value, bool) and 0 <= value <= 1
+    return float(value) if ok else None
 
 
 def factorial_effects(sweep: Sweep, select, scope: str | None, arms: list[dict]) -> dict:
     """Main effects (each level vs the first) and two-way interactions of two-level factors, with CIs.
 
-    Effects are contrasts of arm means averaged over the other factors' levels; CIs come from a
-    bootstrap over seeds within each arm. Needs at least two swept factors and complete arms.
+    Effects are contrasts of arm means averaged over the other factors' levels, estimated like every
+    other comparison (ablate.collect.stats.contrast): seed by seed when every arm has the same seeds,
+    with the variance between seeds and between held-out pairs. One seed per arm: no CI (the
+    variance between training runs is unknown), and a note says so. Needs a complete grid.
     """
     factors = {k: v for k, v in sweep.axes.items() if len(v) >= 2}
-    complete = [a for a in arms if a["complete"] and a["done"] > 0]
-    present = {tuple(str(a["axes"].get(k)) for k in factors) for a in complete}
+    values = evidence(sweep, select.metric)["values"]
+    usable = [a for a in arms if a["arm"] in values]
+    present = {tuple(str(a["axes"].get(k)) for k in factors) for a in usable}
     grid = set(itertools.product(*[[str(v) for v in levels] for levels in factors.values()]))
     if len(factors) < 2 or not grid <= present:
         # An unbalanced grid would confound the factors (a missing corner shifts every marginal mean).
-        note = "needs two or more swept factors" if len(factors) < 2 else "needs every combination of levels complete"
+        note = ("needs two or more swept factors" if len(factors) < 2 else
+                "needs every combination of levels with readable finished seeds")
         return {"factors": list(factors), "main_effects": [], "interactions": [], "note": note}
-    values = _arm_seed_values(sweep, select, scope, complete)
-    rng = np.random.default_rng(select.bootstrap_seed)
-    boot_means = {arm: v[rng.integers(0, len(v), size=(select.n_bootstrap, len(v)))].mean(axis=1)
-                  for arm, v in values.items()}  # (B,) per arm
-    point_means = {arm: v.mean() for arm, v in values.items()}
+    mask, strata, weights = scope_strata(evidence(sweep, select.metric)["slices"], scope)
+    seed_sets = {tuple(values[a["arm"]][0]) for a in usable}
+    paired = len(seed_sets) == 1  # every arm has the same seeds: contrasts are formed seed by seed
 
-    def contrast(weights: dict[str, float]) -> dict:
-        point = sum(w * point_means[a] for a, w in weights.items())
-        low, high = percentile_ci(sum(w * boot_means[a] for a, w in weights.items()), select.alpha)
-        return {"effect": float(point), "ci_low": low, "ci_high": high, "excludes_zero": bool(low > 0 or high < 0)}
+    def contrast_of(coefs: dict[str, float]) -> dict:
+        arm_names = list(coefs)
+        result = contrast([values[a][1][:, mask] for a in arm_names], [coefs[a] for a in arm_names], strata,
+                          weights, select.alpha, paired)
+        has_ci = math.isfinite(result["ci_low"])
+        return {"effect": result["estimate"], "ci_low": result["ci_low"], "ci_high": result["ci_high"],
+                "seeds": result["seeds"], "paired": paired,
+                "excludes_zero": bool(has_ci and (result["ci_low"] > 0 or result["ci_high"] < 0))}
 
     def cells_at(assignment: dict) -> list[str]:
-        return [a["arm"] for a in complete if all(str(a["axes"].get(k)) == str(v) for k, v in assignment.items())]
+        return [a["arm"] for a in usable if all(str(a["axes"].get(k)) == str(v) for k, v in assignment.items())]
 
     main = []
     for factor, levels in factors.items():
@@ -113,28 +130,21 @@ def factorial_effects(sweep: Sweep, select, scope: str | None, arms: list[dict])
         for level in levels[1:]:
             other = cells_at({factor: level})
             if base and other:
-                weights = {a: 1 / len(other) for a in other} | {a: -1 / len(base) for a in base}
-                main.append({"factor": factor, "level": level, "versus": levels[0], **contrast(weights)})
+                coefs = {a: 1 / len(other) for a in other} | {a: -1 / len(base) for a in base}
+                main.append({"factor": factor, "level": level, "versus": levels[0], **contrast_of(coefs)})
     interactions = []
     for (fa, la), (fb, lb) in itertools.combinations([(k, v) for k, v in factors.items() if len(v) == 2], 2):
         corners = {(i, j): cells_at({fa: la[i], fb: lb[j]}) for i in (0, 1) for j in (0, 1)}
         if all(corners.values()):
-            weights: dict[str, float] = {}
+            coefs: dict[str, float] = {}
             for (i, j), sign in {(1, 1): 1, (1, 0): -1, (0, 1): -1, (0, 0): 1}.items():
                 for arm in corners[(i, j)]:
-                    weights[arm] = weights.get(arm, 0) + sign / len(corners[(i, j)])
+                    coefs[arm] = coefs.get(arm, 0) + sign / len(corners[(i, j)])
             interactions.append({"factors": [fa, fb],
                                  "definition": f"({fa}={la[1]} - {la[0]}) at {fb}={lb[1]} minus at {fb}={lb[0]}",
-                                 **contrast(weights)})
-    return {"factors": list(factors), "main_effects": main, "interactions": interactions}
-
-
-def _arm_seed_values(sweep: Sweep, select, scope: str | None, complete: list[dict]) -> dict[str, np.ndarray]:
-    done = sweep.done
-    if scope == "macro":
-        cols = [c for c in done.columns if c.startswith("heldout/") and c.endswith(f"/{select.metric}")
-                and c.count("/") == 2]
-        per_cell = done[cols].mean(axis=1)
-    else:
-        per_cell = done[metric_key(select.metric, scope)]
-    return {a["arm"]: per_cell[done.arm == a["arm"]].to_numpy(dtype=float) for a in complete}
+                                 **contrast_of(coefs)})
+    result = {"factors": list(factors), "main_effects": main, "interactions": interactions}
+    if min(len(values[a["arm"]][0]) for a in usable) < 2:
+        result["note"] = ("an arm has one seed: no CI (the variance between training runs is unknown); "
+                          "run more seeds")
+    return result

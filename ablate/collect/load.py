@@ -1,12 +1,15 @@
 """Read a sweep directory into tables: one row per cell, whatever state it is in.
 
-Never crashes on a broken sweep: a corrupt or truncated file is recorded in `problems` and the
-cell is treated as not finished. Only cells that are `done` with a readable metrics.json count.
+Never crashes on a sweep directory in any state (tests/test_collect_fuzz.py): a truncated, garbled,
+non-UTF-8 or wrongly typed file is recorded in `problems` and the cell is treated as not finished
+("corrupt" when it claimed to be done). Only cells that are `done` with a readable metrics.json
+count; whether their per-pair evidence is complete is judged by the decision (ablate.collect.decide).
 """
 
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,6 +20,8 @@ import pyarrow.parquet as pq
 from ablate.heldout import PAIR_COLUMNS, outcome_arrays
 
 NOT_AXES = ("seed", "+sweeps", "sweeps", "hydra.sweep.dir", "hydra.run.dir")
+BASE_COLUMNS = ["cell_id", "overrides", "state", "error", "attempts", "elapsed_s", "objective", "lora_r", "seed",
+                "max_steps"]
 
 
 @dataclass
@@ -26,6 +31,7 @@ class Sweep:
     axes: dict[str, list[str]]  # swept keys (seed excluded) and their values
     problems: list[dict] = field(default_factory=list)  # {"cell_id", "file", "problem"}
     data_stats: list[dict] = field(default_factory=list)  # shared/data-*.json
+    record: dict = field(default_factory=dict)  # sweep.json (empty when missing or unreadable)
     _pairs: dict = field(default_factory=dict, repr=False)  # cell_id -> CellPairs | None, read once
     cache: dict = field(default_factory=dict, repr=False)  # derived arrays shared by the decision scopes
 
@@ -36,15 +42,40 @@ class Sweep:
     def done(self) -> pd.DataFrame:
         return self.cells[self.cells.state == "done"]
 
+    @property
+    def slices(self) -> list[str]:
+        """Held-out slices the finished cells report (heldout/<slice>/<metric> keys)."""
+        return sorted({c.split("/")[1] for c in self.cells.columns if c.startswith("heldout/") and c.count("/") == 2})
 
-def _read_json(path: Path, problems: list, cell_id: str | None):
+    def problem(self, cell_id: str | None, file, problem: str) -> None:
+        entry = {"cell_id": cell_id, "file": str(file), "problem": problem}
+        if entry not in self.problems:  # several readers may meet the same broken file
+            self.problems.append(entry)
+
+
+def _read_text(path: Path) -> str:
+    """A file's text; bytes that are not UTF-8 become U+FFFD instead of an exception."""
+    return path.read_bytes().decode("utf-8", errors="replace")
+
+
+def _read_object(path: Path, problems: list, cell_id: str | None) -> dict | None:
+    """A JSON object from `path`; None (with a problem recorded, unless the file is just absent) otherwise."""
     try:
-        return json.loads(path.read_text())
+        value = json.loads(_read_text(path))
     except FileNotFoundError:
         return None
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+    except (OSError, ValueError) as error:  # JSONDecodeError is a ValueError; a directory in its place is OSError
         problems.append({"cell_id": cell_id, "file": str(path), "problem": f"unreadable JSON: {error}"})
         return None
+    if not isinstance(value, dict):
+        problems.append({"cell_id": cell_id, "file": str(path),
+                         "problem": f"not a JSON object (a {type(value).__name__})"})
+        return None
+    return value
+
+
+def _overrides_list(value) -> list[str]:
+    return [str(o) for o in value] if isinstance(value, list) else []
 
 
 def _overrides_dict(overrides: list[str]) -> dict[str, str]:
@@ -58,44 +89,56 @@ def arm_label(overrides: dict[str, str], axes: dict[str, list[str]]) -> str:
     return " ".join(parts) or "(defaults)"
 
 
+def _metrics_problem(metrics: dict) -> str | None:
+    """Why a metrics.json cannot stand for a finished cell: a held-out value that is not a finite number."""
+    bad = [k for k, v in metrics.items() if k.startswith("heldout/")
+           and (isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v))]
+    return f"non-numeric or non-finite values: {', '.join(sorted(bad)[:5])}" if bad else None
+
+
 def load_sweep(sweep_dir: str | Path) -> Sweep:
     sweep_dir = Path(sweep_dir)
     if not sweep_dir.is_dir():
         raise FileNotFoundError(f"no sweep directory at {sweep_dir}")
     problems: list[dict] = []
-    sweep_json = _read_json(sweep_dir / "sweep.json", problems, None) or {}
-    expected = {c["cell_id"]: c.get("overrides", []) for c in sweep_json.get("cells", [])}
+    record = _read_object(sweep_dir / "sweep.json", problems, None) or {}
+    listed = record.get("cells") if isinstance(record.get("cells"), list) else []
+    expected = {str(c["cell_id"]): _overrides_list(c.get("overrides"))
+                for c in listed if isinstance(c, dict) and c.get("cell_id")}
     cells_root = sweep_dir / "cells"
     present = sorted(p.name for p in cells_root.iterdir() if p.is_dir()) if cells_root.is_dir() else []
 
     rows = []
     for cid in list(expected) + [c for c in present if c not in expected]:
         cell_dir = cells_root / cid
-        status = _read_json(cell_dir / "status.json", problems, cid) if cid in present else None
-        overrides = (status or {}).get("overrides", expected.get(cid, []))
+        status = _read_object(cell_dir / "status.json", problems, cid) if cid in present else None
+        if cid not in expected and status is None:
+            # Not a cell of this sweep (a stray or copied folder): reported, never a fake arm.
+            problems.append({"cell_id": None, "file": str(cell_dir),
+                             "problem": "folder under cells/ that is not a cell of this sweep (not in sweep.json, "
+                                        "no status.json): ignored"})
+            continue
+        overrides = _overrides_list((status or {}).get("overrides")) or expected.get(cid, [])
         row = {"cell_id": cid, "overrides": " ".join(overrides), **_prefixed(_overrides_dict(overrides))}
         if status is None:
             row["state"] = "missing" if cid not in present else "unknown"
         else:
-            row |= {"state": status.get("state", "unknown"), "error": status.get("error"),
-                    "attempts": status.get("attempts"), "elapsed_s": status.get("elapsed_s"),
-                    "objective": status.get("objective"), "lora_r": status.get("lora_r"),
-                    "seed": status.get("seed", _overrides_dict(overrides).get("seed")),
-                    "max_steps": status.get("max_steps")}
+            row |= {key: status.get(key) for key in BASE_COLUMNS[2:]}
+            row["state"] = str(status.get("state") or "unknown")
+            if row["seed"] is None:
+                row["seed"] = _overrides_dict(overrides).get("seed")
         if row["state"] == "done":
-            metrics = _read_json(cell_dir / "metrics.json", problems, cid)
-            if metrics is None:
-                if not any(p["cell_id"] == cid for p in problems):
-                    problems.append({"cell_id": cid, "file": str(cell_dir / "metrics.json"),
-                                     "problem": "state is done but metrics.json is missing"})
+            metrics = _read_object(cell_dir / "metrics.json", problems, cid)
+            why = ("state is done but metrics.json is missing" if metrics is None else _metrics_problem(metrics))
+            if why:
+                if metrics is not None or not any(p["cell_id"] == cid for p in problems):
+                    problems.append({"cell_id": cid, "file": str(cell_dir / "metrics.json"), "problem": why})
                 row["state"] = "corrupt"
             else:
-                row |= metrics
+                row |= {k: v for k, v in metrics.items() if k.startswith("heldout/") or k == "step"}
         rows.append(row)
 
-    cells = pd.DataFrame(rows)
-    if cells.empty:
-        cells = pd.DataFrame(columns=["cell_id", "overrides", "state", "seed"])
+    cells = pd.DataFrame(rows).reindex(columns=list(dict.fromkeys(BASE_COLUMNS + [k for r in rows for k in r])))
     override_cols = [c for c in cells.columns if c.startswith("override:")]
     axes = {}
     for col in override_cols:
@@ -109,13 +152,14 @@ def load_sweep(sweep_dir: str | Path) -> Sweep:
         cells[key] = cells[f"override:{key}"]
     cells = cells.drop(columns=override_cols)
     cells["seed"] = pd.to_numeric(cells["seed"], errors="coerce").astype("Int64")
+    cells["state"] = cells["state"].fillna("unknown").astype(str)
 
     data_stats = []
     for path in sorted((sweep_dir / "shared").glob("data-*.json")):
-        stats = _read_json(path, problems, None)
+        stats = _read_object(path, problems, None)
         if stats:
             data_stats.append(stats)
-    return Sweep(sweep_dir, cells, axes, problems, data_stats)
+    return Sweep(sweep_dir, cells, axes, problems, data_stats, record)
 
 
 def _prefixed(overrides: dict[str, str]) -> dict[str, str]:
@@ -129,6 +173,7 @@ class CellPairs:
     pair_ids: np.ndarray
     slices: np.ndarray
     outcomes: dict[str, np.ndarray]  # logratio_margin, logratio_correct, avglogp_margin, avglogp_correct, ...
+    nonfinite: int = 0  # pairs with a NaN/inf log-prob or token count: never scored (see ablate.collect.decide)
 
 
 def read_pairs(sweep: Sweep, cell_id: str) -> CellPairs | None:
@@ -140,27 +185,43 @@ def read_pairs(sweep: Sweep, cell_id: str) -> CellPairs | None:
         table = pq.read_table(path, columns=PAIR_COLUMNS)
         columns = {name: table.column(name).to_numpy(zero_copy_only=False) for name in PAIR_COLUMNS}
         numeric = {k: v.astype(float) for k, v in columns.items() if k not in ("pair_id", "slice")}
-        pairs = CellPairs(columns["pair_id"].astype(str), columns["slice"], outcome_arrays(numeric))
+        finite = np.logical_and.reduce([np.isfinite(v) for v in numeric.values()])
+        pairs = CellPairs(columns["pair_id"].astype(str), columns["slice"], outcome_arrays(numeric),
+                          int((~finite).sum()))
+        if pairs.nonfinite:
+            sweep.problem(cell_id, path, f"{pairs.nonfinite} held-out pair(s) with non-finite values (not scored)")
     except Exception as error:  # truncated/corrupt parquet raises several arrow error types
-        sweep.problems.append({"cell_id": cell_id, "file": str(path), "problem": f"unreadable: {error}"})
+        sweep.problem(cell_id, path, "missing" if not path.exists() else f"unreadable: {error}")
         pairs = None
     sweep._pairs[cell_id] = pairs
     return pairs
 
 
 def read_jsonl(sweep: Sweep, cell_id: str, name: str) -> list[dict]:
-    """Entries of train_log.jsonl / eval_log.jsonl; a torn or corrupt line is reported and skipped."""
+    """Entries of train_log.jsonl / eval_log.jsonl with a numeric step, numeric values only.
+
+    A torn, garbled or wrongly typed line is reported and skipped; a non-numeric value inside an
+    otherwise good entry is dropped from it (every logged value is a number).
+    """
     path = sweep.cell_dir(cell_id) / name
+    cache_key = ("jsonl", cell_id, name)
+    if cache_key in sweep.cache:
+        return sweep.cache[cache_key]
     entries = []
     try:
-        lines = path.read_text().splitlines()
-    except FileNotFoundError:
-        return entries
+        lines = _read_text(path).splitlines()
+    except OSError:  # absent, or not a file
+        lines = []
     for number, line in enumerate(lines, start=1):
         try:
-            entries.append(json.loads(line))
-        except json.JSONDecodeError:
-            problem = {"cell_id": cell_id, "file": f"{path}:{number}", "problem": "corrupt line skipped"}
-            if problem not in sweep.problems:  # several diagnostics read the same log
-                sweep.problems.append(problem)
+            entry = json.loads(line)
+        except ValueError:
+            entry = None
+        step = entry.get("step") if isinstance(entry, dict) else None
+        if isinstance(step, bool) or not isinstance(step, int | float) or not math.isfinite(step):
+            sweep.problem(cell_id, f"{path}:{number}", "corrupt line skipped")
+            continue
+        entries.append({k: v for k, v in entry.items()
+                        if isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)})
+    sweep.cache[cache_key] = entries
     return entries

@@ -21,9 +21,9 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
 from ablate.cells import atomic_write_bytes
-from ablate.collect.decide import metric_key
+from ablate.collect.decide import confidence, metric_key
 from ablate.collect.load import Sweep, read_jsonl
-from ablate.collect.stats import seed_ci
+from ablate.collect.stats import seed_summary
 
 DPI = 110
 MAX_CURVE_ARMS = 12  # reading logs costs one file per cell: a 1000-cell sweep draws its 12 best arms
@@ -63,7 +63,7 @@ def decisions_by_scope(summary: dict) -> dict[str, dict]:
 
 
 def slice_names(sweep: Sweep) -> list[str]:
-    return sorted({c.split("/")[1] for c in sweep.cells.columns if c.startswith("heldout/") and c.count("/") == 2})
+    return sweep.slices
 
 
 def cell_values(sweep: Sweep, metric: str, scope: str | None) -> pd.Series | None:
@@ -77,15 +77,18 @@ def cell_values(sweep: Sweep, metric: str, scope: str | None) -> pd.Series | Non
 
 
 def arm_stats(summary: dict, sweep: Sweep, metric: str, scope: str | None) -> dict[str, dict]:
-    """arm -> {n, mean, std, ci_low, ci_high}: the collector's seed stats, computed here only for macro."""
-    key = metric_key(metric, None if scope == "all" else scope)
-    values = cell_values(sweep, metric, scope) if scope == "macro" else None
+    """arm -> {n, mean, std, ci_low, ci_high}: mean ± std over the arm's finished seeds, and the CI the
+    collector computed for the arm in that scope (seeds and held-out pairs; NaN with one seed)."""
+    decision = decisions_by_scope(summary).get(scope or "all") or {}
+    estimates = decision.get("arm_estimates", {}) if decision.get("metric") == metric else {}
+    values = cell_values(sweep, metric, scope)
     out = {}
     for arm in summary["arms"]:
-        if values is not None:
-            out[arm["arm"]] = seed_ci(values[sweep.done.arm == arm["arm"]].tolist())
-        else:
-            out[arm["arm"]] = arm["stats"].get(key) or {"n": 0, "mean": None}
+        name = arm["arm"]
+        stats = seed_summary(values[sweep.done.arm == name].tolist() if values is not None else [])
+        estimate = estimates.get(name) or {}
+        stats["ci_low"], stats["ci_high"] = estimate.get("ci_low", math.nan), estimate.get("ci_high", math.nan)
+        out[name] = stats
     return out
 
 
@@ -126,7 +129,7 @@ def _save(fig: Figure, path: Path) -> Path:
 # ---------------------------------------------------------------- the four figures
 
 def decision_plot(sweep: Sweep, summary: dict, plots_dir: Path) -> Path | None:
-    """Per scope (all pairs, each slice): every arm's mean over seeds with its 95% t-interval, seeds as dots."""
+    """Per scope (all pairs, each slice): every arm's mean over seeds with its CI, seeds as dots."""
     if sweep.done.empty:
         return None
     metric = summary["select"]["metric"]
@@ -166,13 +169,15 @@ def decision_plot(sweep: Sweep, summary: dict, plots_dir: Path) -> Path | None:
         ax.set_xlabel(metric_label(metric))
         ax.grid(axis="x", alpha=0.3)
         verdict = (f"{decision['winner']} wins decisively" if decision.get("decisive")
+                   else "undetermined" if decision.get("verdict") == "undetermined"
                    else "no decisive winner" if decision.get("comparisons") else "not compared")
         mark = " [decision scope]" if scope == headline else ""
         ax.set_title(f"{scope_label(scope)}{mark}\n{verdict}", fontsize=10)
     axes[0].set_yticks([y[a] for a in ranked], [labels[a] + _seed_note(arms[a]) for a in ranked])
     axes[0].set_ylabel("arm")
     axes[0].set_ylim(-0.6, len(ranked) - 0.4)
-    legend = [Line2D([], [], marker="D", color=OTHER, lw=1.6, label="mean over seeds, 95% t-interval"),
+    level = confidence(summary["select"]["alpha"])
+    legend = [Line2D([], [], marker="D", color=OTHER, lw=1.6, label=f"mean over seeds, {level} CI"),
               Line2D([], [], marker="o", color=OTHER, lw=0, alpha=0.55, label="one seed"),
               Line2D([], [], marker="D", color=BEST, lw=1.6, label="best arm of the panel")]
     if not all(arms[a]["complete"] for a in ranked):
@@ -292,7 +297,7 @@ def heatmap_plot(sweep: Sweep, summary: dict, plots_dir: Path) -> Path | None:
 
 
 def slices_plot(sweep: Sweep, summary: dict, plots_dir: Path) -> Path | None:
-    """Grouped bars: one group per held-out slice, one bar per arm (mean over seeds, 95% t-interval)."""
+    """Grouped bars: one group per held-out slice, one bar per arm (mean over seeds, with its CI)."""
     slices = slice_names(sweep)
     if not slices or sweep.done.empty:
         return None
@@ -328,7 +333,8 @@ def slices_plot(sweep: Sweep, summary: dict, plots_dir: Path) -> Path | None:
     handles = [Patch(facecolor=colors[i], hatch=None if arms[a]["complete"] else "//",
                      label=labels[a] + _seed_note(arms[a])) for i, a in enumerate(ranked)]
     handles.append(Line2D([], [], color="black", ls=(0, (2, 1.5)), lw=2, label="base model (step 0)"))
-    ax.legend(handles=handles, title="arm (error bar: 95% CI over seeds)", loc="upper left",
+    level = confidence(summary["select"]["alpha"])
+    ax.legend(handles=handles, title=f"arm (error bar: {level} CI, seeds and pairs)", loc="upper left",
               bbox_to_anchor=(1.01, 1), fontsize=8.5, title_fontsize=8.5, frameon=False)
     ax.set_title(f"Held-out {metric} per slice and arm: mean over seeds", fontsize=11)
     fig.tight_layout()

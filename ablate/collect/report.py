@@ -17,12 +17,14 @@ from pathlib import Path
 import pandas as pd
 
 from ablate.cells import atomic_write_text
+from ablate.collect.decide import confidence
 from ablate.collect.load import Sweep
 from ablate.collect.plots import all_plots, arm_stats, decisions_by_scope, scope_label, slice_names
 
 PLOT_CAPTIONS = {
-    "decision": "Decision metric per arm and scope: mean over seeds with 95% t-interval, seeds as dots.",
-    "slices": "Decision metric per held-out slice: one bar per arm, 95% CI over seeds.",
+    "decision": "Decision metric per arm and scope: mean over seeds with its {level} CI (seeds and held-out pairs), "
+                "seeds as dots.",
+    "slices": "Decision metric per held-out slice: one bar per arm, {level} CI (seeds and held-out pairs).",
     "heatmap": "Decision metric by objective and LoRA rank, mean over seeds.",
     "curves": "Training rewards/margins vs held-out margin and decision metric over training, per arm.",
 }
@@ -32,7 +34,8 @@ th,td{border:1px solid #ccc;padding:.25em .55em;text-align:left;vertical-align:t
 tr.flag td{background:#fff3cd}figcaption{font-weight:600}
 .callout{font-size:1.25em;font-weight:600;padding:.6em .9em;border-radius:6px;margin:.8em 0}
 .yes{background:#e6f4ea;border:2px solid #2e7d32}.no{background:#fff4e5;border:2px solid #c77700}
-img{max-width:100%;border:1px solid #ddd;margin:.3em 0 1.5em}h2{border-bottom:1px solid #ddd;padding-bottom:.2em}"""
+img{max-width:100%;border:1px solid #ddd;margin:.3em 0 1.5em}h2{border-bottom:1px solid #ddd;padding-bottom:.2em}
+pre{background:#f6f8fa;padding:.6em .9em;border-radius:6px;overflow-x:auto}"""
 
 
 # ---------------------------------------------------------------- formatting
@@ -70,6 +73,7 @@ def one_line(text) -> str:
 def build_blocks(sweep: Sweep, summary: dict, plots: dict[str, Path]) -> list[tuple]:
     select, decision = summary["select"], summary["decision"]
     metric, headline = select["metric"], decision["scope"]
+    level = confidence(select["alpha"])
     counts = summary["cell_counts"]
     total = sum(counts.values())
     blocks: list[tuple] = [
@@ -77,24 +81,35 @@ def build_blocks(sweep: Sweep, summary: dict, plots: dict[str, Path]) -> list[tu
         ("p", f"Sweep directory: {summary['sweep_dir']} (collected {summary['collected_at']})."),
         ("p", f"{total} cells" + "".join(f"{', ' if i else ': '}{n} {state}"
                                           for i, (state, n) in enumerate(sorted(counts.items())))
-         + ("." if summary["complete"] else ". Not every cell is done: the decision uses complete arms only "
-                                            "and may change when the rest finish.")),
+         + ("." if summary["complete"] else ". Not every cell is done: arms are compared on their finished seeds, "
+                                            "and the decision may change when the rest finish.")),
         ("p", f"Decision rule: held-out {metric} on {scope_label(headline)}, comparing values of "
-              f"{select['factor']}; {100 * (1 - select['alpha']):.0f}% paired bootstrap CIs "
-              f"({select['n_bootstrap']} resamples), minimum gain {select['min_extra_pairs']} held-out pairs "
-              f"(accuracy) or {select['min_margin_gain']} (margins). Change it without retraining: "
+              f"{select['factor']}. The seed is the unit of replication: arms are compared seed by seed on the same "
+              f"held-out pairs, with {level} CIs that count the variance between training runs and between held-out "
+              f"pairs. Decisive = every rival's CI above 0, at least {select['min_seeds']} seeds behind each "
+              f"comparison, and a gain of at least {select['min_extra_pairs']} held-out pairs (accuracy) or "
+              f"{select['min_margin_gain']} (margins). Change it without retraining: "
               f"ablate collect <sweep_dir> metric=... slice=... alpha=..."),
         ("h2", "Decision"),
     ]
-    if summary["decisive"]:
-        provisional = (f"; provisional: {len(decision['incomplete_arms'])} incomplete arm(s) not compared"
-                       if decision.get("incomplete_arms") else "")
+    verdict = summary.get("verdict", "decisive" if summary["decisive"] else "not decisive")
+    if verdict == "decisive":
+        provisional = (f"; provisional: cells of {', '.join(decision['unfinished_arms'])} not finished"
+                       if decision.get("provisional") else "")
         blocks.append(("callout", f"Winner: {decision.get('factor') or 'arm'} = {summary['winner']} "
                                   f"(decisive{provisional})", True))
+    elif verdict == "undetermined":
+        blocks.append(("callout", "Undetermined: " + "; ".join(decision.get("reasons", [])), False))
     else:
         best = f" (best arm: {decision['best_arm']})" if decision.get("best_arm") else ": no arms could be compared"
         blocks.append(("callout", f"No decisive winner{best}", False))
     blocks.append(("p", summary["explanation"]))
+    plan = decision.get("seeds_needed") or {}
+    if plan.get("command"):
+        blocks += [("p", f"To settle it, run {plan['seeds']} seeds per arm (finished cells are skipped):"),
+                   ("code", plan["command"])]
+    if plan.get("why"):
+        blocks.append(("list", plan["why"]))
     if decision.get("recommended_arm") and decision["recommended_arm"] != decision.get("best_arm"):
         blocks.append(("p", f"Recommended arm after the tie-break: {decision['recommended_arm']}."))
 
@@ -105,7 +120,7 @@ def build_blocks(sweep: Sweep, summary: dict, plots: dict[str, Path]) -> list[tu
     scopes = ["all", *slice_names(sweep)] + (["macro"] if headline == "macro" else [])
     headers = ["arm", "seeds done"]
     for scope in scopes:
-        headers += [f"{scope_label(scope)}: mean ± std", "95% CI"]
+        headers += [f"{scope_label(scope)}: mean ± std", f"{level} CI"]
     per_scope = {scope: arm_stats(summary, sweep, metric, scope) for scope in scopes}
     rows = []
     for arm in summary["arms"]:
@@ -115,24 +130,30 @@ def build_blocks(sweep: Sweep, summary: dict, plots: dict[str, Path]) -> list[tu
             row += [mean_std(stats), ci(stats.get("ci_low"), stats.get("ci_high"))]
         rows.append(row)
     blocks += [("h2", f"Arms: held-out {metric} over seeds"),
-               ("p", "Mean ± sample std over the arm's finished seeds; 95% t-interval over seeds (needs 2+ seeds)."),
+               ("p", f"Mean ± sample std over the arm's finished seeds; {level} CI of the arm's mean over seeds and "
+                     f"held-out pairs (none with one seed: the variance between training runs is unknown)."),
                ("table", headers, rows, [])]
 
     rows = [[scope_label(s), d.get("best_arm", "—"), c["arm"], f"{c['difference']:+.3f}", ci(c["ci_low"], c["ci_high"]),
-             fmt(c.get("extra_pairs"), 1), fmt_p((c.get("mcnemar") or {}).get("p_value")),
-             fmt_p((c.get("mcnemar") or {}).get("p_holm")), "yes" if c["decisive"] else "no"]
+             f"{c['seeds']} ({'paired' if c['paired'] else 'unpaired'})", fmt(c.get("extra_pairs"), 1),
+             fmt(c.get("p_improvement"), 2), {True: "yes", False: "no", None: "—"}[c.get("equivalent")],
+             "yes" if c["decisive"] else "no"]
             for s, d in decisions.items() for c in d.get("comparisons", [])]
+    margin = select.get("equivalence_margin")
     blocks += [("h2", "Pairwise comparisons (best arm vs each other arm, same held-out pairs)"),
-               ("p", "Difference = best arm − other arm (paired bootstrap over pairs, and seeds); extra pairs = "
-                     "difference × held-out pairs in the scope; McNemar's exact test on per-pair correctness, "
-                     "Holm-corrected within a scope. Decisive = CI above 0 and the minimum gain met."),
-               ("table", ["scope", "best arm", "vs arm", "difference", "95% CI", "extra pairs", "McNemar p",
-                          "Holm p", "decisive"], rows, [])]
-    blocks += _diagnostics(summary["diagnostics"], metric)
+               ("p", f"Difference = best arm − other arm, mean over seeds and pairs. {level} CI: seed by seed when "
+                     f"both arms ran the same seeds (paired), else per arm (unpaired). Extra pairs = difference × "
+                     f"held-out pairs in the scope. P(better) = share of (seed of best, seed of other) pairs in which "
+                     f"the best arm scores higher (descriptive). Equivalent = two one-sided tests within "
+                     f"±{fmt(margin) if margin else '—'}. Decisive = CI above 0 with {select['min_seeds']}+ seeds "
+                     f"and the minimum gain met."),
+               ("table", ["scope", "best arm", "vs arm", "difference", f"{level} CI", "seeds", "extra pairs",
+                          "P(better)", "equivalent", "decisive"], rows, [])]
+    blocks += _diagnostics(summary["diagnostics"], metric, level)
     blocks += _unfinished(sweep, summary)
     blocks.append(("h2", "Plots"))
     for name, path in plots.items():
-        blocks.append(("img", PLOT_CAPTIONS.get(name, name), path))
+        blocks.append(("img", PLOT_CAPTIONS.get(name, name).format(level=level), path))
     return blocks
 
 
@@ -143,11 +164,13 @@ def _scope_verdict(scope: str, d: dict, is_headline: bool) -> str:
     best = f"best arm {d['best_arm']} ({fmt(d['point'][d['best_arm']])})"
     if d["decisive"]:
         return f"{name}: {d.get('factor') or 'arm'} = {d['winner']} wins decisively; {best}."
+    if d.get("verdict") == "undetermined":
+        return f"{name}: undetermined ({'; '.join(d.get('reasons', []))}); {best}."
     close = [c["arm"] for c in d["comparisons"] if not c["decisive"]]
     return f"{name}: no arm wins decisively; {best}, not decisively better than {', '.join(close)}."
 
 
-def _diagnostics(diag: dict, metric: str) -> list[tuple]:
+def _diagnostics(diag: dict, metric: str, level: str) -> list[tuple]:
     over = diag.get("overoptimisation", [])
     flagged = [i for i, r in enumerate(over) if r["flagged"]]
     blocks = [("h2", "Diagnostics"), ("h3", "Overoptimisation"),
@@ -188,19 +211,24 @@ def _diagnostics(diag: dict, metric: str) -> list[tuple]:
 
     fact = diag.get("factorial", {})
     blocks.append(("h3", "Factorial effects"))
-    if fact.get("note") or not fact.get("main_effects"):
+    if not fact.get("main_effects"):
         blocks.append(("p", f"Not estimated: {fact.get('note', 'no effects computed')} "
                             f"(swept factors: {', '.join(fact.get('factors', [])) or 'none'})."))
         return blocks
-    blocks.append(("p", f"Contrasts of arm means of held-out {metric} (averaged over the other factors), "
-                        "95% bootstrap CIs over seeds."))
+    note = f" Note: {fact['note']}." if fact.get("note") else ""
+    blocks.append(("p", f"Contrasts of arm means of held-out {metric} (averaged over the other factors), {level} CIs "
+                        f"over seeds and held-out pairs, like the comparisons.{note}"))
+
+    def excludes(effect: dict) -> str:
+        return "—" if missing(effect["ci_low"]) else "yes" if effect["excludes_zero"] else "no"
+
     rows = [[m["factor"], f"{m['level']} vs {m['versus']}", f"{m['effect']:+.3f}", ci(m["ci_low"], m["ci_high"]),
-             "yes" if m["excludes_zero"] else "no"] for m in fact["main_effects"]]
-    blocks.append(("table", ["main effect of", "levels", "effect", "95% CI", "CI excludes 0"], rows, []))
+             excludes(m)] for m in fact["main_effects"]]
+    blocks.append(("table", ["main effect of", "levels", "effect", f"{level} CI", "CI excludes 0"], rows, []))
     rows = [[" × ".join(i["factors"]), i["definition"], f"{i['effect']:+.3f}", ci(i["ci_low"], i["ci_high"]),
-             "yes" if i["excludes_zero"] else "no"] for i in fact.get("interactions", [])]
+             excludes(i)] for i in fact.get("interactions", [])]
     if rows:
-        blocks.append(("table", ["interaction", "definition", "effect", "95% CI", "CI excludes 0"], rows, []))
+        blocks.append(("table", ["interaction", "definition", "effect", f"{level} CI", "CI excludes 0"], rows, []))
     return blocks
 
 
@@ -242,6 +270,8 @@ def to_markdown(blocks: list[tuple], report_dir: Path) -> str:
             out.append(_md_escape(args[0]))
         elif kind == "callout":
             out.append(f"> **{_md_escape(args[0])}**")
+        elif kind == "code":
+            out.append(f"```\n{args[0]}\n```")
         elif kind == "list":
             out.append("\n".join(f"- {_md_escape(item)}" for item in args[0]))
         elif kind == "table" and not args[1]:
@@ -267,6 +297,8 @@ def to_html(blocks: list[tuple], title: str) -> str:
             out.append(f"<p>{e(args[0])}</p>")
         elif kind == "callout":
             out.append(f'<div class="callout {"yes" if args[1] else "no"}">{e(args[0])}</div>')
+        elif kind == "code":
+            out.append(f"<pre><code>{e(args[0])}</code></pre>")
         elif kind == "list":
             out.append("<ul>" + "".join(f"<li>{e(item)}</li>" for item in args[0]) + "</ul>")
         elif kind == "table" and not args[1]:

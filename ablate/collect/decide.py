@@ -239,9 +239,10 @@ def decide(sweep: Sweep, select, scope: str | None, arms: list[dict]) -> dict:
         return result
 
     mask, strata, weights = scope_strata(ev["slices"], scope)
-    if not mask.any():
-        known = sorted({str(s) for s in ev["slices"] if s is not None and not pd.isna(s)})
-        raise ValueError(f"select.slice = {scope!r}: no held-out pairs in it (slices: {', '.join(known) or 'none'})")
+    if not mask.any():  # a slice named in some metrics.json but absent from the per-pair files
+        result["reasons"].append(f"no held-out pairs of slice {scope!r} in the per-pair files")
+        result["explanation"] = f"Undetermined: {result['reasons'][-1]}."
+        return result
     values = {arm: (seeds, x[:, mask]) for arm, (seeds, x) in values.items()}
     factor_of = {arm: (info[arm]["axes"].get(factor) if factor else arm) for arm in values}
     outcome = compare_arms(values, strata, weights, factor_of, select, accuracy=metric in ACCURACY_METRICS)

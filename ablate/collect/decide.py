@@ -350,6 +350,10 @@ def _explain(result: dict, select) -> str:
         verdict = "beaten decisively" if c["decisive"] else "NOT beaten decisively"
         lines.append(f"vs {c['arm']} ({point[c['arm']]:.3f}): difference {c['difference']:+.3f}, {interval}{extra}, "
                      f"P(better) {c['p_improvement']:.2f}: {verdict}.")
+    same = [c["arm"] for c in result["comparisons"] if c["arm"] not in result["rivals"] and c["equivalent"]]
+    if same:
+        lines.append(f"{', '.join(same)} {'is' if len(same) == 1 else 'are'} equivalent to {best} within "
+                     f"±{select.equivalence_margin:g} (two one-sided tests).")
     if result["verdict"] == "decisive":
         lines.append(f"Decisive winner: {result['factor'] or 'arm'} = {result['winner']} (every rival's CI excludes 0 "
                      f"with {select.min_seeds}+ seeds and the gain meets the minimum).")

@@ -104,6 +104,9 @@ def collect(sweep_dir: str | Path, select: DictConfig | None = None, *, plots: b
         write_report(sweep, summary, report_dir)
         summary["problems"] = _json_safe(sweep.problems)  # plotting reads logs and may find more
     atomic_write_json(report_dir / "summary.json", summary)
+    from ablate.wandb_review import review_in_wandb
+
+    review_in_wandb(sweep_dir, summary)  # W&B collector run + Report when the cells used logger=wandb; never raises
     return summary
 
 

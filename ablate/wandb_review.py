@@ -171,11 +171,13 @@ def collector_tables(summary: dict, cells_csv: Path) -> dict[str, tuple[list[str
         pass
     if is_records(summary.get("arms")):
         tables["arms"] = rows_table(summary["arms"])
-    scopes = {"headline": summary.get("decision", {})} | dict(summary.get("slices", {}))
+    scopes = [("all", True, summary.get("decision", {}))]
+    scopes += [(name, False, decision) for name, decision in summary.get("slices", {}).items()]
     decisions, lists = [], {}
-    for scope, decision in scopes.items():
-        decisions.append({"scope": scope, "verdict": verdict_of(decision)}
-                         | {k: v for k, v in decision.items() if not is_records(v)})
+    for name, is_headline, decision in scopes:
+        scope = decision.get("scope", name)
+        decisions.append({"scope": scope, "headline": is_headline, "verdict": verdict_of(decision)}
+                         | {k: v for k, v in decision.items() if not is_records(v) and k != "scope"})
         for key, value in decision.items():
             if is_records(value):
                 lists.setdefault(key, []).extend({"scope": scope} | item for item in value)

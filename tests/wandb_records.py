@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import struct
+import time
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +27,8 @@ FULL, FIRST, MIDDLE, LAST = 1, 2, 3, 4
 def read_records(path: str | Path) -> list[wandb_internal_pb2.Record]:
     """Every record of a .wandb file; a CRC mismatch or a torn record is an error, not a skip."""
     data = Path(path).read_bytes()
+    if len(data) < FILE_HEADER.size:  # created, header not written yet
+        return []
     ident, magic, version = FILE_HEADER.unpack_from(data, 0)
     assert (ident, magic, version) == (b":W&B", 0xBEE1, 0), f"{path}: not a W&B run file"
     records, pending, offset = [], None, FILE_HEADER.size
@@ -84,9 +87,20 @@ class OfflineRun:
     exit_code: int | None = None
 
 
+def finished_records(path: str | Path, timeout_s: float = 30.0) -> list[wandb_internal_pb2.Record]:
+    """The records of a finished run's file. wandb-core writes it asynchronously: run.finish() returns
+    before the last records reach the disk, so wait for the exit record."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        records = read_records(path)
+        if any(r.WhichOneof("record_type") == "exit" for r in records) or time.monotonic() > deadline:
+            return records
+        time.sleep(0.1)
+
+
 def read_run(path: str | Path) -> OfflineRun:
     """The run a .wandb file describes: its RunRecord, then config/history/summary updates in order."""
-    records = read_records(path)
+    records = finished_records(path)
     run_record = next(r.run for r in records if r.WhichOneof("record_type") == "run")
     run = OfflineRun(run_record.run_id, run_record.project, run_record.run_group, run_record.job_type,
                      run_record.display_name, list(run_record.tags))

@@ -8,6 +8,7 @@ import json
 import socket
 
 import pytest
+import wandb
 from wandb_records import offline_runs
 
 from ablate import tracking
@@ -113,15 +114,24 @@ def closed_port() -> int:
         return s.getsockname()[1]  # nothing listens there once the socket is closed
 
 
+@pytest.fixture
+def unreachable_wandb_server():
+    """Online mode, a (fake) API key, and a W&B server URL where nothing listens."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(tracking, "_server_unreachable", [])
+        mp.delenv("WANDB_DIR")  # run files in the cell directory
+        mp.setenv("WANDB_MODE", "online")
+        mp.setenv("WANDB_BASE_URL", f"http://127.0.0.1:{closed_port()}")
+        mp.setenv("WANDB_API_KEY", SECRET)
+        mp.setenv("HF_TOKEN", "hf_" + SECRET[:30])
+        wandb.teardown()  # wandb reads the environment once per process, at its first run
+        yield
+    wandb.teardown()  # the next test's runs read the restored environment
+
+
 @pytest.mark.slow
 def test_online_failure_is_a_warning_the_cell_finishes_offline_and_no_secret_is_written(
-        compose_cfg, tiny_overrides, tmp_path, monkeypatch, caplog):
-    monkeypatch.setattr(tracking, "_server_unreachable", [])
-    monkeypatch.delenv("WANDB_DIR")  # run files in the cell directory
-    monkeypatch.setenv("WANDB_MODE", "online")
-    monkeypatch.setenv("WANDB_BASE_URL", f"http://127.0.0.1:{closed_port()}")  # no W&B server there
-    monkeypatch.setenv("WANDB_API_KEY", SECRET)
-    monkeypatch.setenv("HF_TOKEN", "hf_" + SECRET[:30])
+        compose_cfg, tiny_overrides, tmp_path, unreachable_wandb_server, caplog):
     cfg = compose_cfg([*tiny_overrides, "logger=wandb", "logger.init_timeout=3", "trainer.max_steps=3"])
     metrics = run_cell(cfg, tmp_path)
 

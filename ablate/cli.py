@@ -112,10 +112,9 @@ def _wandb_report(args) -> int:
     try:
         definition = write_definition(path, publish_report(definition))
     except Exception as error:  # network, login, permissions: the definition stays for another try
-        from ablate.redact import redact
+        from ablate.tracking import describe_error
 
-        print(f"ablate wandb-report: could not save the report ({redact(f'{type(error).__name__}: {error}')})",
-              file=sys.stderr)
+        print(f"ablate wandb-report: could not save the report ({describe_error(error)})", file=sys.stderr)
         return 1
     print(f"W&B Report: {definition['url']}")
     return 0

@@ -79,7 +79,7 @@ class WandbTracker:
         try:
             call()
         except Exception as error:
-            log.warning(f"W&B {what} failed ({_brief(error)}); the cell goes on without W&B")
+            log.warning(f"W&B {what} failed ({describe_error(error)}); the cell goes on without W&B")
             self.run = None
 
 
@@ -101,7 +101,7 @@ def make_tracker(cfg: DictConfig, cell_dir: Path, sweep_dir: Path, cell_id: str,
         )
         return WandbTracker(run) if run is not None else NoTracker()
     except Exception as error:
-        log.warning(f"W&B: no run for cell {cell_id} ({_brief(error)}); the cell goes on without W&B")
+        log.warning(f"W&B: no run for cell {cell_id} ({describe_error(error)}); the cell goes on without W&B")
         return NoTracker()
 
 
@@ -163,14 +163,15 @@ def start_run(what: str, *, mode: str | None, init_timeout: float, finish_timeou
         except Exception as error:
             wandb.teardown()  # a failed init leaves its run id registered in wandb's service process
             if attempt != "offline" and "offline" in attempts:
-                _server_unreachable.append(_brief(error))
-                log.warning(f"W&B: the {what} run could not start online ({_brief(error)}); logging offline "
+                _server_unreachable.append(describe_error(error))
+                log.warning(f"W&B: the {what} run could not start online ({describe_error(error)}); logging offline "
                             f"instead: publish later with `wandb sync` (README: Review in W&B)")
             else:
-                log.warning(f"W&B: no run for the {what} ({_brief(error)}); files on disk are unaffected")
+                log.warning(f"W&B: no run for the {what} ({describe_error(error)}); files on disk are unaffected")
     return None
 
 
-def _brief(error: Exception) -> str:
+def describe_error(error: Exception) -> str:
+    """`Type: first line of the message`, secrets masked: what a W&B warning says."""
     first_line = (str(error).strip().splitlines() or [""])[0][:300]
     return redact(f"{type(error).__name__}: {first_line}")

@@ -19,8 +19,7 @@ import logging
 from pathlib import Path
 
 from ablate.cells import config_hash
-from ablate.redact import redact
-from ablate.tracking import run_files_dir, start_run, sweep_group
+from ablate.tracking import describe_error, run_files_dir, start_run, sweep_group
 from ablate.wandb_report import publish_report, report_definition, verdict_of, write_definition
 
 log = logging.getLogger(__name__)
@@ -37,7 +36,7 @@ def review_in_wandb(sweep_dir: str | Path, summary: dict) -> dict | None:
             return None
         return _review(sweep_dir, summary, logger)
     except Exception as error:  # the collection's files are written already; W&B only adds to them
-        log.warning(f"W&B review failed ({redact(f'{type(error).__name__}: {error}')}); report/ is complete")
+        log.warning(f"W&B review failed ({describe_error(error)}); report/ is complete")
         return None
 
 
@@ -48,6 +47,10 @@ def _review(sweep_dir: Path, summary: dict, logger: dict) -> dict:
     tables = collector_tables(summary, report_dir / "cells.csv")
     plots = sorted(report_dir.glob("plots/*.png"))
     collector_run = {"id": collector_run_id(sweep_dir, select), "name": collector_run_name(select)}
+    path = report_dir / DEFINITION
+    definition = write_definition(path, report_definition(
+        summary, project=logger.get("project"), entity=logger.get("entity"), group=group,
+        collector_run=collector_run, tables=list(tables), plots=[f"plots/{p.stem}" for p in plots]))
     run = start_run(
         "collector", mode=logger.get("mode"), init_timeout=logger.get("init_timeout", 60.0),
         finish_timeout=logger.get("finish_timeout", 300.0),
@@ -56,34 +59,40 @@ def _review(sweep_dir: Path, summary: dict, logger: dict) -> dict:
         tags=[*logger.get("tags", []), "collect"],
         config={"select": select, "axes": summary.get("axes"), "sweep_dir": str(sweep_dir)},
     )
-    online = False
-    if run is not None:
-        import wandb
+    online = run is not None and _log_collection(run, summary, tables, plots)
+    if logger.get("mode") == "disabled":
+        return definition
+    if not online:
+        print(f"W&B Report definition: {path} (offline; publish with: ablate wandb-report {sweep_dir} --sync)",
+              flush=True)
+        return definition
+    try:
+        definition = write_definition(path, publish_report(definition))
+        print(f"W&B Report: {definition['url']}", flush=True)
+    except Exception as error:
+        log.warning(f"W&B Report not saved ({describe_error(error)}); retry with: ablate wandb-report {sweep_dir}")
+    return definition
 
+
+def _log_collection(run, summary: dict, tables: dict, plots: list[Path]) -> bool:
+    """Log one collection to the collector run and finish it; whether the run is online."""
+    import wandb
+
+    try:
         payload = {name: wandb.Table(columns=columns, data=rows, allow_mixed_types=True)
                    for name, (columns, rows) in tables.items()}
         payload |= {f"plots/{path.stem}": wandb.Image(str(path)) for path in plots}
         run.log(payload)
         run.summary.update(collector_summary(summary))
+    except Exception as error:
+        log.warning(f"W&B collector run incomplete ({describe_error(error)}); report/ has everything")
+    try:
         online = not (run.offline or run.disabled)
         run.finish()
-
-    definition = report_definition(summary, project=logger.get("project"), entity=logger.get("entity"),
-                                   group=group, collector_run=collector_run, tables=list(tables),
-                                   plots=[f"plots/{path.stem}" for path in plots])
-    path = report_dir / DEFINITION
-    definition = write_definition(path, definition)
-    if online:
-        try:
-            definition = write_definition(path, publish_report(definition))
-            print(f"W&B Report: {definition['url']}", flush=True)
-        except Exception as error:
-            log.warning(f"W&B Report not saved ({redact(f'{type(error).__name__}: {error}')}); "
-                        f"retry with: ablate wandb-report {sweep_dir}")
-    else:
-        print(f"W&B Report definition: {path} (offline; publish with: ablate wandb-report {sweep_dir} --sync)",
-              flush=True)
-    return definition
+    except Exception as error:
+        log.warning(f"W&B collector run not finished ({describe_error(error)})")
+        return False
+    return online
 
 
 def sweep_logger(sweep_dir: Path) -> dict | None:

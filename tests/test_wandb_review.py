@@ -118,6 +118,35 @@ def test_a_wandb_failure_is_a_warning_and_the_definition_is_still_written(tmp_pa
     assert json.loads((sweep_dir / "report" / DEFINITION).read_text())["format"].startswith("ablate-wandb-report")
 
 
+class OnlineRun:
+    """A real (offline) run that says it is online: the collector then saves the report."""
+
+    offline = disabled = False
+
+    def __init__(self, run):
+        self._run = run
+
+    def __getattr__(self, name):
+        return getattr(self._run, name)
+
+
+def test_an_online_collection_saves_the_report_and_prints_its_url(tmp_path, monkeypatch, capsys):
+    import wandb_workspaces.reports.v2 as wr
+    from test_wandb_report import StubApi
+
+    from ablate import tracking, wandb_review
+
+    requests: list = []
+    monkeypatch.setattr(wr.interface, "_get_api", lambda: StubApi(requests))
+    monkeypatch.setattr(wandb_review, "start_run", lambda *a, **k: OnlineRun(tracking.start_run(*a, **k)))
+    sweep_dir = wandb_sweep(tmp_path / "sweep")
+    collect(sweep_dir, plots=False)
+    definition = json.loads((sweep_dir / "report" / DEFINITION).read_text())
+    assert definition["report_id"] and definition["entity"] == "default-ent"
+    assert f"W&B Report: {definition['url']}" in capsys.readouterr().out
+    assert sum("upsertView" in query for query, _ in requests) == 1
+
+
 def test_fields_the_collector_adds_reach_the_tables():
     """The summary's schema changes (#7): new fields become columns and tables with no change here."""
     summary = {

@@ -4,7 +4,7 @@
     ablate resubmit <sweep_dir> [--failed] [--cells ID ...]   submit again what did not finish (SLURM sweeps)
     ablate cancel   <sweep_dir>                         scancel every queued or running job of the sweep
     ablate collect  <sweep_dir> [key=value ...]         decision, statistics and report (conf/select overrides)
-    ablate wandb-report <sweep_dir> [--sync]            publish the W&B Report (after `wandb sync`, or --sync)
+    ablate wandb-report <sweep_dir> [--sync] [--new]    publish the W&B Report (after `wandb sync`, or --sync)
 """
 
 from __future__ import annotations
@@ -110,7 +110,7 @@ def _wandb_report(args) -> int:
         print("ablate wandb-report: wandb sync failed; the report was not published", file=sys.stderr)
         return 1
     try:
-        definition = write_definition(path, publish_report(definition))
+        definition = write_definition(path, publish_report(definition, new=args.new))
     except Exception as error:  # network, login, permissions: the definition stays for another try
         from ablate.tracking import describe_error
 
@@ -147,6 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("wandb-report", help="publish the sweep's W&B Report from report/wandb_report.json")
     p.add_argument("sweep_dir")
     p.add_argument("--sync", action="store_true", help="first `wandb sync` the sweep's offline runs")
+    p.add_argument("--new", action="store_true", help="save a new report instead of updating the one saved before")
     p.set_defaults(func=_wandb_report)
 
     args = parser.parse_args(argv)

@@ -33,8 +33,8 @@ STEP_METRIC = "train/global_step"
 METRIC_GLOBS = ("loss", "rewards/*", "logps/*", "grad_norm", "learning_rate", "epoch", "eval_*", "heldout/*")
 OFFLINE_MODES = ("offline", "dryrun", "disabled")
 
-# Set once W&B's server could not be reached from this process: later runs (the next cells of a
-# local sweep) go offline at once instead of each waiting init_timeout for the same failure.
+# Why W&B's server could not be reached from this process, once it could not: later runs (the next
+# cells of a local sweep) go offline at once instead of each waiting ~15 s for the same failure.
 _server_unreachable: list[str] = []
 
 
@@ -151,12 +151,11 @@ def start_run(what: str, *, mode: str | None, init_timeout: float, finish_timeou
     import wandb
 
     settings = wandb.Settings(init_timeout=init_timeout, finish_timeout=finish_timeout)
-
     effective = mode or os.environ.get("WANDB_MODE") or "online"
     attempts = [mode] if effective in OFFLINE_MODES else [mode, "offline"]
     if _server_unreachable and effective not in OFFLINE_MODES:
         attempts = ["offline"]
-        log.warning(f"W&B: the {what} run logs offline (the server was unreachable earlier in this process)")
+        log.warning(f"W&B: the {what} run logs offline (earlier in this process: {_server_unreachable[0]})")
     for attempt in attempts:
         try:
             return wandb.init(mode=attempt, settings=settings, **init_args)

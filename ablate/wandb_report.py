@@ -18,11 +18,11 @@ import json
 from pathlib import Path
 
 from ablate.cells import atomic_write_json
+from ablate.tracking import STEP_METRIC
 
 FORMAT = "ablate-wandb-report/1"
-STEP_AXIS = "train/global_step"  # ablate.tracking.STEP_METRIC
 # Node names a definition may use: the wandb-workspaces classes ablate writes, and nothing else.
-WR_CLASSES = {"H1", "H2", "H3", "P", "MarkdownBlock", "CalloutBlock", "PanelGrid", "Runset", "BarPlot", "LinePlot",
+WR_CLASSES = {"H2", "H3", "P", "MarkdownBlock", "CalloutBlock", "PanelGrid", "Runset", "BarPlot", "LinePlot",
               "MediaBrowser", "WeavePanelSummaryTable", "Layout"}
 FULL_WIDTH = {"wr": "Layout", "w": 24, "h": 10}
 
@@ -65,7 +65,7 @@ def report_definition(summary: dict, *, project: str, entity: str | None, group:
                 "groupby_rangefunc": spread, **args}
 
     def curves(key: str, title: str) -> dict:
-        return by_arm("LinePlot", title, x=STEP_AXIS, y=[key])
+        return by_arm("LinePlot", title, x=STEP_METRIC, y=[key])
 
     def metric_panels(key: str | None, label: str) -> list[dict]:
         if key is None:
@@ -90,9 +90,9 @@ def report_definition(summary: dict, *, project: str, entity: str | None, group:
     ]
     for name, slice_decision in summary.get("slices", {}).items():
         blocks += [{"wr": "H3", "text": f"Slice {name}: {headline(slice_decision).lower()}"},
-                   {"wr": "P", "text": _slice_line(slice_decision)},
-                   {"wr": "PanelGrid", "runsets": [cells], "panels": metric_panels(metric_key(metric, name),
-                                                                                   f"{metric} on {name}")}]
+                   {"wr": "P", "text": _slice_line(slice_decision)}]
+        panels = metric_panels(metric_key(metric, name), f"{metric} on {name}")
+        blocks += [{"wr": "PanelGrid", "runsets": [cells], "panels": panels}] if panels else []
     blocks += [
         {"wr": "H2", "text": "Collector run: tables and plots"},
         {"wr": "P", "text": ["Every table of the decision is in the ",
@@ -104,16 +104,15 @@ def report_definition(summary: dict, *, project: str, entity: str | None, group:
          + ([{"wr": "MediaBrowser", "title": "report plots", "media_keys": plots, "layout": FULL_WIDTH}]
             if plots else [])},
     ]
-    verdict = headline(summary)
     return {
         "format": FORMAT,
         "project": project,
         "entity": entity,
         "group": group,
         "collector_run": collector_run,
-        "title": f"ablate {group} - {verdict}"[:128],
-        "description": f"{metric} on {scope or 'all held-out pairs'}; {decision.get('pairs', '?')} pairs; "
-                       f"cells {summary.get('cell_counts', {})}",
+        "title": f"ablate {group} - {headline(summary)}"[:128],
+        "description": f"{metric} on {scope or 'all held-out pairs'} ({decision.get('pairs', '?')} pairs); cells: "
+                       + ", ".join(f"{n} {state}" for state, n in summary.get("cell_counts", {}).items()),
         "blocks": blocks,
     }
 
@@ -157,8 +156,9 @@ def write_definition(path: Path, definition: dict) -> dict:
         previous = json.loads(Path(path).read_text())
     except (FileNotFoundError, json.JSONDecodeError):
         previous = {}
-    kept = {key: previous[key] for key in ("report_id", "url") if previous.get(key)}
-    definition = definition | kept
+    if previous.get("report_id"):  # what saving resolved, unless `definition` says otherwise
+        definition = definition | {key: previous.get(key) for key in ("report_id", "url", "entity")
+                                    if not definition.get(key)}
     atomic_write_json(Path(path), definition)
     return definition
 
@@ -205,14 +205,8 @@ def build_report(definition: dict):
     return report
 
 
-def publish_report(definition: dict) -> dict:
-    """Save the report to W&B (updating the one saved before, if any); the definition with its id and url."""
-    report = build_report(definition)
-    try:
-        report.save()
-    except Exception:
-        if not report.id:
-            raise
-        report.id = ""  # the report saved earlier was deleted: save a new one
-        report.save()
+def publish_report(definition: dict, new: bool = False) -> dict:
+    """Save the report to W&B, updating the one saved before unless `new`; the definition with its id and url."""
+    report = build_report(definition | ({"report_id": None} if new else {}))
+    report.save()
     return definition | {"report_id": report.id, "url": report.url, "entity": report.entity}

@@ -128,6 +128,9 @@ def test_wandb_report_publishes_then_updates_the_same_report(summary, tmp_path, 
     assert main(["wandb-report", str(tmp_path)]) == 0
     upserts = [variables for query, variables in api if "upsertView" in query]
     assert upserts[-1]["id"] == saved["report_id"]  # ... so publishing updates that report
+    assert main(["wandb-report", str(tmp_path), "--new"]) == 0
+    upserts = [variables for query, variables in api if "upsertView" in query]
+    assert upserts[-1]["id"] is None and read_definition(path)["report_id"] != saved["report_id"]
 
 
 def test_wandb_report_needs_a_definition(tmp_path, capsys):

@@ -16,10 +16,13 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 from ablate.cells import config_hash
-from ablate.tracking import describe_error, run_files_dir, start_run, sweep_group
+from ablate.tracking import describe_error, run_files_dir, start_run, sweep_group, wandb_run_id
 from ablate.wandb_report import publish_report, report_definition, verdict_of, write_definition
 
 log = logging.getLogger(__name__)
@@ -145,9 +148,9 @@ def flatten(record: dict, prefix: str = "") -> dict:
     return flat
 
 
-def rows_table(records: list[dict], **first: str) -> tuple[list[str], list[list]]:
-    """(columns, rows) of a list of dicts, columns in order of first appearance; `first` columns lead."""
-    flat = [first | flatten(record) for record in records]
+def rows_table(records: list[dict]) -> tuple[list[str], list[list]]:
+    """(columns, rows) of a list of dicts, flattened; columns in order of first appearance."""
+    flat = [flatten(record) for record in records]
     columns = list(dict.fromkeys(key for record in flat for key in record))
     return columns, [[record.get(column) for column in columns] for record in flat]
 
@@ -212,10 +215,6 @@ def collector_summary(summary: dict) -> dict:
 # ------------------------------------------------------------------------------------- publish
 def offline_run_dirs(sweep_dir: Path, definition: dict) -> list[Path]:
     """The sweep's offline W&B run directories: under the sweep (cells, report/), and in $WANDB_DIR by run id."""
-    import os
-
-    from ablate.tracking import wandb_run_id
-
     sweep_dir = Path(sweep_dir)
     found = list(sweep_dir.glob("cells/*/wandb/offline-run-*")) + list(sweep_dir.glob("report/wandb/offline-run-*"))
     if os.environ.get("WANDB_DIR"):
@@ -228,9 +227,6 @@ def offline_run_dirs(sweep_dir: Path, definition: dict) -> list[Path]:
 
 def sync_offline_runs(sweep_dir: Path, definition: dict) -> int:
     """`wandb sync` every offline run of the sweep (wandb skips those synced already); its exit status."""
-    import subprocess
-    import sys
-
     dirs = offline_run_dirs(sweep_dir, definition)
     if not dirs:
         print("no offline W&B runs to sync")

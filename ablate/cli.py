@@ -4,6 +4,7 @@
     ablate resubmit <sweep_dir> [--failed] [--cells ID ...]   submit again what did not finish (SLURM sweeps)
     ablate cancel   <sweep_dir>                         scancel every queued or running job of the sweep
     ablate collect  <sweep_dir> [key=value ...]         decision, statistics and report (conf/select overrides)
+    ablate wandb-report <sweep_dir> [--sync] [--new]    publish the W&B Report (after `wandb sync`, or --sync)
 """
 
 from __future__ import annotations
@@ -91,6 +92,34 @@ def _collect(args) -> int:
     return 0
 
 
+def _wandb_report(args) -> int:
+    from ablate.wandb_report import publish_report, read_definition, write_definition
+    from ablate.wandb_review import DEFINITION, sync_offline_runs
+
+    path = Path(args.sweep_dir) / "report" / DEFINITION
+    if not path.exists():
+        print(f"ablate wandb-report: no {path}: it is written when a sweep whose cells used logger=wandb is "
+              f"collected (ablate collect {args.sweep_dir})", file=sys.stderr)
+        return 2
+    try:
+        definition = read_definition(path)
+    except ValueError as error:
+        print(f"ablate wandb-report: {error}", file=sys.stderr)
+        return 2
+    if args.sync and sync_offline_runs(Path(args.sweep_dir), definition) != 0:
+        print("ablate wandb-report: wandb sync failed; the report was not published", file=sys.stderr)
+        return 1
+    try:
+        definition = write_definition(path, publish_report(definition, new=args.new))
+    except Exception as error:  # network, login, permissions: the definition stays for another try
+        from ablate.tracking import describe_error
+
+        print(f"ablate wandb-report: could not save the report ({describe_error(error)})", file=sys.stderr)
+        return 1
+    print(f"W&B Report: {definition['url']}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="ablate", description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -114,6 +143,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("overrides", nargs="*", help="decision-rule overrides (conf/select/default.yaml), e.g. slice=clean")
     p.add_argument("--no-plots", action="store_true", help="summary.json and cells.csv only")
     p.set_defaults(func=_collect)
+
+    p = sub.add_parser("wandb-report", help="publish the sweep's W&B Report from report/wandb_report.json")
+    p.add_argument("sweep_dir")
+    p.add_argument("--sync", action="store_true", help="first `wandb sync` the sweep's offline runs")
+    p.add_argument("--new", action="store_true", help="save a new report instead of updating the one saved before")
+    p.set_defaults(func=_wandb_report)
 
     args = parser.parse_args(argv)
     try:

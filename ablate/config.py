@@ -128,8 +128,10 @@ class WandbLoggerConfig:
     project: str = "ablate"
     entity: str | None = None
     group: str | None = None  # null: the sweep directory's name
-    mode: str | None = None  # null: W&B's default; offline; disabled
+    mode: str | None = None  # null: W&B's default (WANDB_MODE, else online); online; offline; disabled
     tags: list[str] = field(default_factory=list)
+    init_timeout: float = 60.0  # seconds to wait for W&B's server before logging offline instead
+    finish_timeout: float = 300.0  # seconds a finishing run waits for uploads; the rest stays on disk for `wandb sync`
 
 
 @dataclass
@@ -229,6 +231,9 @@ RULES = {
     "data.n_train": (lambda x: x >= 1, ">= 1"),
     "data.n_heldout_per_slice": (lambda x: x >= 1, ">= 1"),
     "model.hidden_size": (lambda x: x >= 1, ">= 1"),
+    "logger.mode": (lambda x: x in ("online", "offline", "disabled"), "online, offline, disabled or null"),
+    "logger.init_timeout": (_positive, "> 0"),
+    "logger.finish_timeout": (_positive, "> 0"),
 }
 
 DTYPES = ("float32", "bfloat16", "float16", "auto")

@@ -46,6 +46,7 @@ def run_cell(cfg: DictConfig, sweep_dir: Path, overrides: list[str] | tuple[str,
                   cuda_visible_devices=os.environ.get("CUDA_VISIBLE_DEVICES"))
     started = time.monotonic()
     tracker = make_tracker(cfg, cell_dir, Path(sweep_dir), cid, list(overrides))
+    # status.json first, W&B after: whatever W&B does at the end (uploads, a lost network), the state is on disk
     try:
         metrics = train(cfg, cell_dir, Path(sweep_dir) / "shared", stop_requested=stop_requested, tracker=tracker)
     except Interrupted as stop:
@@ -54,12 +55,12 @@ def run_cell(cfg: DictConfig, sweep_dir: Path, overrides: list[str] | tuple[str,
         tracker.finish()  # the requeued job resumes the same W&B run
         raise
     except BaseException as error:
-        tracker.finish(failed=True)
         update_status(cell_dir, state="failed", error=f"{type(error).__name__}: {error}",
                       failed_step=getattr(error, "step", None),
                       traceback=traceback.format_exc().splitlines()[-30:],
                       elapsed_s=round(time.monotonic() - started, 2))
+        tracker.finish(failed=True)
         raise
-    tracker.finish(summary=metrics)
     update_status(cell_dir, state="done", elapsed_s=round(time.monotonic() - started, 2))
+    tracker.finish(summary=metrics)
     return metrics

@@ -19,6 +19,7 @@ from omegaconf import DictConfig, open_dict
 
 from ablate.cells import atomic_write_json, cell_id
 from ablate.config import ConfigError, as_plain, cell_problems
+from ablate.redact import redact
 
 
 @dataclass
@@ -155,9 +156,9 @@ def write_sweep_json(sweep_dir: Path, cells: list[PlannedCell], launcher: str, *
         "axes": grid_axes(cells),
         "cells": list(known.values()),
         "launcher": launcher,
-        "command": " ".join(sys.argv),
+        "command": redact(" ".join(sys.argv)),  # a key passed on the command line is not written down
         # the arguments of `python -m ablate`, so the collector can print the command that adds seeds
-        **({"argv": sys.argv[1:]} if Path(sys.argv[0]).parent.name == "ablate" else {}),
+        **({"argv": [redact(a) for a in sys.argv[1:]]} if Path(sys.argv[0]).parent.name == "ablate" else {}),
         "updated_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "python": sys.version.split()[0],
         "versions": versions,

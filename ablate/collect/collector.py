@@ -154,6 +154,9 @@ def collect(sweep_dir: str | Path, select: DictConfig | None = None, *, plots: b
         replace_dir(staging, sweep_dir / "report")
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+    from ablate.wandb_review import review_in_wandb
+
+    review_in_wandb(sweep_dir, summary)  # W&B collector run + Report when the cells used logger=wandb; never raises
     return summary
 
 

@@ -123,10 +123,12 @@ def _rule_and_arms(summary: dict, key: str | None) -> str:
     rule = ", ".join(f"{k}={v}" for k, v in select.items())
     lines = [f"Decision rule: `{rule}`", ""]
     rows = []
+    estimates = (summary.get("decision") or {}).get("arm_estimates") or {}  # the arm's CI over seeds and pairs
     for arm in summary.get("arms", []):
         stats = (arm.get("stats") or {}).get(key) if key else None
         if isinstance(stats, dict):
-            rows.append((arm.get("arm"), stats))
+            ci = {k: (estimates.get(arm.get("arm")) or {}).get(k) for k in ("ci_low", "ci_high")}
+            rows.append((arm.get("arm"), stats | ci))
     if rows:
         columns = list(dict.fromkeys(c for _, stats in rows for c in stats))
         lines += [f"| arm | {' | '.join(columns)} |", "|---" * (len(columns) + 1) + "|"]

@@ -58,7 +58,8 @@ def _review(sweep_dir: Path, summary: dict, logger: dict) -> dict:
         "collector", mode=logger.get("mode"), init_timeout=logger.get("init_timeout", 60.0),
         finish_timeout=logger.get("finish_timeout", 300.0),
         project=logger.get("project"), entity=logger.get("entity"), group=group, job_type="collect",
-        name=collector_run["name"], id=collector_run["id"], resume="allow", dir=run_files_dir(report_dir),
+        # beside report/, not in it: report/ is replaced whole at every collection
+        name=collector_run["name"], id=collector_run["id"], resume="allow", dir=run_files_dir(sweep_dir),
         tags=[*logger.get("tags", []), "collect"],
         config={"select": select, "axes": summary.get("axes"), "sweep_dir": str(sweep_dir)},
     )
@@ -159,6 +160,10 @@ def is_records(value) -> bool:
     return isinstance(value, list) and bool(value) and all(isinstance(item, dict) for item in value)
 
 
+def is_keyed_records(value) -> bool:
+    return isinstance(value, dict) and bool(value) and all(isinstance(v, dict) for v in value.values())
+
+
 def _nested_records(node, path: str) -> dict[str, list[dict]]:
     """Every list of dicts inside `node`, by its slash-separated path."""
     if is_records(node):
@@ -189,10 +194,13 @@ def collector_tables(summary: dict, cells_csv: Path) -> dict[str, tuple[list[str
     for name, is_headline, decision in scopes:
         scope = decision.get("scope", name)
         decisions.append({"scope": scope, "headline": is_headline, "verdict": verdict_of(decision)}
-                         | {k: v for k, v in decision.items() if not is_records(v) and k != "scope"})
+                         | {k: v for k, v in decision.items()
+                            if not is_records(v) and not is_keyed_records(v) and k != "scope"})
         for key, value in decision.items():
             if is_records(value):
                 lists.setdefault(key, []).extend({"scope": scope} | item for item in value)
+            elif is_keyed_records(value):  # {arm: {estimate, ci_low, ...}}: one row per arm
+                lists.setdefault(key, []).extend({"scope": scope, "arm": arm} | item for arm, item in value.items())
     tables["decisions"] = rows_table(decisions)
     for key, records in lists.items():
         tables[key] = rows_table(records)
@@ -214,9 +222,9 @@ def collector_summary(summary: dict) -> dict:
 
 # ------------------------------------------------------------------------------------- publish
 def offline_run_dirs(sweep_dir: Path, definition: dict) -> list[Path]:
-    """The sweep's offline W&B run directories: under the sweep (cells, report/), and in $WANDB_DIR by run id."""
+    """The sweep's offline W&B run directories: under the sweep (cells, collector), and in $WANDB_DIR by run id."""
     sweep_dir = Path(sweep_dir)
-    found = list(sweep_dir.glob("cells/*/wandb/offline-run-*")) + list(sweep_dir.glob("report/wandb/offline-run-*"))
+    found = list(sweep_dir.glob("cells/*/wandb/offline-run-*")) + list(sweep_dir.glob("wandb/offline-run-*"))
     if os.environ.get("WANDB_DIR"):
         ids = {wandb_run_id(sweep_dir, cell.name) for cell in sweep_dir.glob("cells/*") if cell.is_dir()}
         ids.add(definition.get("collector_run", {}).get("id"))

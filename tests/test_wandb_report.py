@@ -151,7 +151,7 @@ def test_a_failed_publication_keeps_the_definition(summary, tmp_path, monkeypatc
 def test_offline_run_dirs_of_a_sweep(tmp_path, monkeypatch):
     sweep_dir = tmp_path / "sweep"
     mine = sweep_dir / "cells" / "abc" / "wandb" / "offline-run-20260101_000000-x1"
-    collector = sweep_dir / "report" / "wandb" / "offline-run-20260101_000002-c0ffee"
+    collector = sweep_dir / "wandb" / "offline-run-20260101_000002-c0ffee"
     elsewhere = tmp_path / "wandb_dir" / "wandb"
     by_id = elsewhere / f"offline-run-20260101_000001-{wandb_run_id(sweep_dir, 'def')}"
     other_sweep = elsewhere / "offline-run-20260101_000003-0123456789abcdef"

@@ -44,7 +44,7 @@ def table_file(run_dir: Path, entry: dict) -> dict:
 @pytest.fixture(scope="module")
 def collected(tmp_path_factory):
     mp = pytest.MonkeyPatch()
-    mp.delenv("WANDB_DIR")  # run files under the sweep (report/wandb)
+    mp.delenv("WANDB_DIR")  # run files under the sweep (<sweep>/wandb: report/ is replaced at every collection)
     sweep_dir = wandb_sweep(tmp_path_factory.mktemp("wandb_golden"))
     summary = collect(sweep_dir)
     mp.undo()
@@ -53,7 +53,7 @@ def collected(tmp_path_factory):
 
 def test_collector_run_carries_the_decision_tables_and_plots(collected):
     sweep_dir, summary = collected
-    runs = offline_runs(sweep_dir / "report" / "wandb")
+    runs = offline_runs(sweep_dir / "wandb")
     assert len(runs) == 1
     path, run = runs[0]
     assert run.run_id == collector_run_id(sweep_dir, summary["select"])
@@ -70,12 +70,15 @@ def test_collector_run_carries_the_decision_tables_and_plots(collected):
             "diagnostics/chosen_logp_shift", "diagnostics/factorial/main_effects"} <= set(tables)
     arms = table_file(path.parent, tables["arms"])
     assert len(arms["data"]) == 4
-    assert {"arm", "stats.heldout/avglogp_accuracy.mean", "stats.heldout/avglogp_accuracy.ci_low",
-            "stats.heldout/clean/avglogp_accuracy.ci_high", "axes.objective", "seeds"} <= set(arms["columns"])
+    assert {"arm", "stats.heldout/avglogp_accuracy.mean", "stats.heldout/avglogp_accuracy.std",
+            "stats.heldout/clean/avglogp_accuracy.mean", "axes.objective", "seeds"} <= set(arms["columns"])
+    estimates = table_file(path.parent, tables["arm_estimates"])  # each arm's CI, per scope
+    assert {"scope", "arm", "estimate", "ci_low", "ci_high", "seeds"} <= set(estimates["columns"])
+    assert len(estimates["data"]) == 4 * 3
     decisions = table_file(path.parent, tables["decisions"])
     assert [row[:2] for row in decisions["data"]] == [["all", True], ["clean", False], ["verbose_rejected", False]]
     comparisons = table_file(path.parent, tables["comparisons"])
-    assert comparisons["columns"][0] == "scope" and "mcnemar.p_holm" in comparisons["columns"]
+    assert comparisons["columns"][0] == "scope" and "p_improvement" in comparisons["columns"]
     assert len(table_file(path.parent, tables["cells"])["data"]) == 12
     # the report's plots, as images
     assert set(logged(run, "image-file")) == {f"plots/{p.stem}" for p in (sweep_dir / "report" / "plots").glob("*.png")}
@@ -89,7 +92,7 @@ def test_one_collector_run_per_decision_rule(collected, monkeypatch):
     monkeypatch.delenv("WANDB_DIR")
     collect(sweep_dir, plots=False)  # same rule: the same run, resumed
     clean = collect(sweep_dir, select_config(["slice=clean", "alpha=0.01"]), plots=False)
-    runs = [run for _, run in offline_runs(sweep_dir / "report" / "wandb")]
+    runs = [run for _, run in offline_runs(sweep_dir / "wandb")]
     first = collector_run_id(sweep_dir, summary["select"])
     assert [run.run_id for run in runs].count(first) == 2
     other = [run for run in runs if run.run_id != first]
@@ -185,7 +188,7 @@ def test_two_cell_sweep_reviewed_offline(repo_root, tmp_path):
     wandb_report.json exists; the API key appears in no file."""
     sweep_dir, wandb_dir = tmp_path / "sweep", tmp_path / "wandb"
     env = os.environ | {"WANDB_DIR": str(wandb_dir), "WANDB_API_KEY": SECRET, "WANDB_MODE": "offline"}
-    proc = subprocess.run([sys.executable, "-m", "ablate", "-m", "objective=dpo,simpo", "logger=wandb",
+    proc = subprocess.run([sys.executable, "-m", "ablate", "-m", "objective=dpo,simpo", "seed=0", "logger=wandb",
                            "logger.project=ablate-bar", f"hydra.sweep.dir={sweep_dir}", *TINY],
                           cwd=repo_root, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -17,6 +17,9 @@ from ablate.collect.diagnostics import chosen_shift, factorial_effects, length_a
 from ablate.collect.load import Sweep, load_sweep
 from ablate.collect.plan import add_seeds_command
 
+# report/ is replaced whole at every collection, but the published W&B Report's id must survive it,
+# so that publishing again updates that report instead of making a new one (ablate.wandb_report)
+OUTLIVE_A_COLLECTION = ("wandb_report.json",)
 SELECT_DEFAULTS = Path(__file__).resolve().parents[2] / "conf" / "select" / "default.yaml"
 
 
@@ -150,6 +153,9 @@ def collect(sweep_dir: str | Path, select: DictConfig | None = None, *, plots: b
 
             _guarded(sweep, "report", lambda: write_report(sweep, summary, staging), None)
             summary["problems"] = _json_safe(sweep.problems)  # plotting reads logs and may find more
+        for name in OUTLIVE_A_COLLECTION:
+            if (sweep_dir / "report" / name).is_file():
+                shutil.copy2(sweep_dir / "report" / name, staging / name)
         atomic_write_json(staging / "summary.json", summary)
         replace_dir(staging, sweep_dir / "report")
     finally:

@@ -111,7 +111,7 @@ def test_rerunning_a_sweep_skips_finished_cells(tiny_sweep, repo_root):
     proc = ablate(repo_root, *args)
     assert proc.returncode == 0, output(proc)
     log = proc.stdout + proc.stderr
-    assert log.count("skipped") == 4, output(proc)
+    assert log.count("done already, skipped") == 4, output(proc)
     assert {p: p.stat().st_mtime_ns for p in metrics_files} == before
     assert {p: p.read_bytes() for p in status_before} == status_before
     assert len(table_rows(proc.stdout, sweep_dir, 4)) == 4

@@ -182,7 +182,9 @@ def read_pairs(sweep: Sweep, cell_id: str) -> CellPairs | None:
         return sweep._pairs[cell_id]
     path = sweep.cell_dir(cell_id) / "heldout_pairs.parquet"
     try:
-        table = pq.read_table(path, columns=PAIR_COLUMNS)
+        # one thread: a few hundred rows gain nothing from arrow's pool, and on a busy node its
+        # threads turned 1,000 small reads from 1 s into 8 s
+        table = pq.read_table(path, columns=PAIR_COLUMNS, use_threads=False, pre_buffer=False)
         columns = {name: table.column(name).to_numpy(zero_copy_only=False) for name in PAIR_COLUMNS}
         numeric = {k: v.astype(float) for k, v in columns.items() if k not in ("pair_id", "slice")}
         finite = np.logical_and.reduce([np.isfinite(v) for v in numeric.values()])

@@ -204,7 +204,8 @@ def test_parquet_rows_are_named_by_row_index(tmp_path):
 def test_missing_required_column_lists_the_columns(tmp_path):
     rows = [{"prompt": "w1", "chosen": "yes", "response": "no"}]
     path = write_parquet(tmp_path / "train.parquet", rows)
-    with pytest.raises(DataError, match=r"row index 0: missing column 'rejected' \(columns: prompt, chosen, response\)"):
+    expected = r"row index 0: missing column 'rejected' \(columns: prompt, chosen, response\)"
+    with pytest.raises(DataError, match=expected):
         read_pairs_from_files([path], id_prefix="t-")
 
 

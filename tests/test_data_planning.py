@@ -107,3 +107,15 @@ def test_single_run_with_bad_data_exits_2_without_a_running_cell(repo_root, tmp_
 def test_plain_dict_and_composed_configs_share_one_tokens_file(compose_cfg, tmp_path):
     cfg = compose_cfg([])
     assert tokens_path(cfg, tmp_path) == tokens_path(OmegaConf.to_container(cfg, resolve=True), tmp_path)
+
+
+def test_forced_unknown_keys_and_a_renamed_objective_stop_the_sweep_with_exit_2(repo_root, tmp_path):
+    sweep_dir = tmp_path / "sweep"
+    proc = subprocess.run([sys.executable, "-m", "ablate", "-m", "+lora.rank=4,8", "objective.name=ipo", "seed=0",
+                           f"hydra.sweep.dir={sweep_dir}"],
+                          cwd=repo_root, env=os.environ.copy(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "ConfigError: 2 of 2 cells are invalid; nothing was run" in proc.stderr
+    assert "lora.rank: unknown key" in proc.stderr and "objective.name = 'ipo'" in proc.stderr
+    assert "Traceback" not in proc.stderr and "KeyError" not in proc.stderr
+    assert not (sweep_dir / "cells").exists()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import secrets
+import sys
 from pathlib import Path
 
 import hydra
@@ -10,7 +11,8 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from ablate.config import register_configs
+from ablate.config import ConfigError, register_configs
+from ablate.readers import DataError
 from ablate.run import run_cell
 
 register_configs()
@@ -24,7 +26,13 @@ def main(cfg: DictConfig) -> dict:
     hydra_cfg = HydraConfig.get()
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
     sweep_dir = Path(hydra_cfg.sweep.dir if multirun else hydra_cfg.run.dir)
-    return run_cell(cfg, sweep_dir, overrides=list(hydra_cfg.overrides.task))
+    if multirun:  # the launcher validated config and data before this cell; a failure here is the cell's own
+        return run_cell(cfg, sweep_dir, overrides=list(hydra_cfg.overrides.task))
+    try:
+        return run_cell(cfg, sweep_dir, overrides=list(hydra_cfg.overrides.task))
+    except (ConfigError, DataError) as error:  # as a sweep would: one message, exit 2, no traceback
+        print(f"{type(error).__name__}: {error}", file=sys.stderr, flush=True)
+        raise SystemExit(2) from None
 
 
 if __name__ == "__main__":

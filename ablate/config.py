@@ -10,7 +10,8 @@ launcher calls it for every cell of a sweep before the first one trains.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+import re
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
@@ -79,8 +80,22 @@ class VerbosityTrapDataConfig(DataLimits):
 
 
 @dataclass
-class FileDataConfig(DataLimits):
-    """Local JSONL / Parquet files with columns prompt, chosen, rejected [, slice, id]."""
+class RowOptions(DataLimits):
+    """How rows of files or hub splits become pairs, and what bad or leaking data may pass (ablate/data.py)."""
+
+    format: str = "auto"  # auto | explicit | implicit_prompt (HH-RLHF transcripts without a prompt column)
+    # canonical name -> this source's column, e.g. {prompt: question, chosen: good, rejected: bad}; an open
+    # mapping by design (its keys are checked against the canonical names, not a schema)
+    columns: Any = None
+    assistant_marker: str = "\n\nAssistant:"  # implicit prompt: the prompt ends at the last one of these
+    on_bad_row: str = "error"  # error: stop at the first bad row; skip: drop bad rows, counted by reason
+    max_bad_fraction: float = 0.05  # with skip: refuse to run when a larger share of the rows is bad
+    max_overlap: float = 0.0  # share of held-out pairs whose prompt may also be a training prompt
+
+
+@dataclass
+class FileDataConfig(RowOptions):
+    """Local JSONL / JSON / Parquet files with columns prompt, chosen, rejected [, slice, id]."""
 
     kind: str = "files"
     train_files: list[str] = field(default_factory=list)
@@ -90,7 +105,7 @@ class FileDataConfig(DataLimits):
 
 
 @dataclass
-class HubDataConfig(DataLimits):
+class HubDataConfig(RowOptions):
     """A Hugging Face dataset id (or a local dataset directory) and its splits."""
 
     kind: str = "hub"
@@ -230,13 +245,62 @@ RULES = {
     "data.filler_fraction": (lambda x: 0 <= x <= 1, "in [0, 1]"),
     "data.n_train": (lambda x: x >= 1, ">= 1"),
     "data.n_heldout_per_slice": (lambda x: x >= 1, ">= 1"),
+    "data.max_train_pairs": (lambda x: x >= 1, ">= 1 (or null: all of them)"),
+    "data.max_heldout_pairs": (lambda x: x >= 1, ">= 1 (or null: all of them)"),
+    "data.min_symbols": (lambda x: x >= 1, ">= 1"),
+    "data.min_filler": (_non_negative, ">= 0"),
+    "data.max_bad_fraction": (lambda x: 0 <= x < 1, "in [0, 1)"),
+    "data.max_overlap": (lambda x: 0 <= x <= 1, "in [0, 1]"),
+    "data.on_bad_row": (lambda x: x in ("error", "skip"), "error or skip"),
+    "data.format": (lambda x: x in ("auto", "explicit", "implicit_prompt"), "auto, explicit or implicit_prompt"),
+    "data.assistant_marker": (lambda x: bool(x.strip()), "a non-empty marker"),
     "model.hidden_size": (lambda x: x >= 1, ">= 1"),
+    "model.num_layers": (lambda x: x >= 1, ">= 1"),
+    "model.num_heads": (lambda x: x >= 1, ">= 1"),
+    "model.intermediate_size": (lambda x: x >= 1, ">= 1"),
+    "model.warmup_steps": (_non_negative, ">= 0"),
+    "model.warmup_lr": (_positive, "> 0"),
+    "threads": (lambda x: x >= 1, ">= 1 (or null: torch's default)"),
     "logger.mode": (lambda x: x in ("online", "offline", "disabled"), "online, offline, disabled or null"),
     "logger.init_timeout": (_positive, "> 0"),
     "logger.finish_timeout": (_positive, "> 0"),
 }
 
 DTYPES = ("float32", "bfloat16", "float16", "auto")
+DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
+COLUMN_NAMES = ("prompt", "chosen", "rejected", "id", "slice")
+
+# The schema of every group of a cell, to reject keys forced in with `+group.key=...` (Hydra accepts
+# those on a structured config). Groups with several schemas are told apart by their `kind`.
+GROUP_SCHEMAS = {
+    "lora": {None: LoraConfig},
+    "trainer": {None: TrainerConfig},
+    "select": {None: SelectConfig},
+    "model": {"embedded": EmbeddedModelConfig, "hub": HubModelConfig},
+    "data": {"verbosity_trap": VerbosityTrapDataConfig, "files": FileDataConfig, "hub": HubDataConfig},
+    "logger": {"none": LoggerConfig, "wandb": WandbLoggerConfig},
+}
+
+
+def _unknown_keys(cfg: dict) -> list[str]:
+    """Keys no schema declares. Open by design (not checked here): data.columns, a mapping of column
+    names checked on its own, and lora.target_modules, a list or 'all-linear'."""
+    problems = []
+    top = {f.name for f in fields(AblateConfig)}
+    for key in set(cfg) - top:
+        problems.append(f"{key}: unknown key (top-level keys: {', '.join(sorted(top))})")
+    for group, schemas in GROUP_SCHEMAS.items():
+        node = cfg.get(group)
+        if not isinstance(node, dict):
+            continue
+        kind = node.get("kind") if None not in schemas else None
+        if kind not in schemas:
+            problems.append(f"{group}.kind = {kind!r}: must be one of {', '.join(map(str, schemas))}")
+            continue
+        known = {f.name for f in fields(schemas[kind])}
+        for key in sorted(set(node) - known):
+            problems.append(f"{group}.{key}: unknown key ({group} keys: {', '.join(sorted(known - {'kind'}))})")
+    return problems
 
 
 def _get(cfg: dict, dotted: str):
@@ -275,10 +339,16 @@ def cell_problems(cfg: DictConfig | dict) -> list[str]:
 
     for key in _missing(cfg):  # a `???` nobody filled in, e.g. model.path with model=hub
         problems.append(f"{key}: missing value (set it on the command line, e.g. {key}=...)")
+    problems += _unknown_keys(cfg)
     objective = cfg["objective"]
     name = objective["name"]
     if name not in OBJECTIVES:
         problems.append(f"objective.name = {name!r}: unknown; known: {', '.join(sorted(OBJECTIVES))}")
+    elif set(OBJECTIVES[name].hyperparameters) - set(objective):
+        # objective.name=ipo over objective=dpo: dpo's settings under ipo's name
+        lacking = sorted(set(OBJECTIVES[name].hyperparameters) - set(objective))
+        problems.append(f"objective.name = {name!r}: the objective's settings are another objective's (no "
+                        f"{', '.join(lacking)}); choose an objective with objective={name}, not objective.name")
     else:
         known = OBJECTIVES[name].hyperparameters
         for param in known:
@@ -310,6 +380,38 @@ def cell_problems(cfg: DictConfig | dict) -> list[str]:
         problems.append(f"lora.target_modules = {targets}: must be a non-empty list or 'all-linear'")
     if data["kind"] == "files" and not data["train_files"]:
         problems.append("data.train_files: empty; give one or more .jsonl/.parquet files")
+    if not (isinstance(cfg["device"], str) and DEVICE.fullmatch(cfg["device"])):
+        problems.append(f"device = {cfg['device']!r}: must be auto, cpu, mps, cuda or cuda:N")
+    problems += _data_problems(data)
+    model = cfg["model"]
+    if model["kind"] == "embedded":
+        if model["hidden_size"] % model["num_heads"]:
+            problems.append(f"model.hidden_size = {model['hidden_size']}: must be divisible by "
+                            f"model.num_heads = {model['num_heads']}")
+    return problems
+
+
+def _data_problems(data: dict) -> list[str]:
+    problems = []
+    if data["kind"] == "verbosity_trap":
+        low, high = data["min_symbols"], data["max_symbols"]
+        if low > high:
+            problems.append(f"data.min_symbols = {low}: must be <= data.max_symbols = {high}")
+        elif (low | 1) > high:  # prompts have an odd number of symbols (no majority ties)
+            problems.append(f"data.min_symbols..max_symbols = {low}..{high}: must include an odd number")
+        if data["min_filler"] > data["max_filler"]:
+            problems.append(f"data.min_filler = {data['min_filler']}: must be <= data.max_filler = "
+                            f"{data['max_filler']}")
+    columns = data.get("columns")
+    if columns is not None:
+        if not isinstance(columns, dict):
+            problems.append(f"data.columns = {columns!r}: must be a mapping like {{prompt: question}}")
+        else:
+            for key, value in columns.items():
+                if key not in COLUMN_NAMES:
+                    problems.append(f"data.columns.{key}: unknown; maps one of {', '.join(COLUMN_NAMES)}")
+                elif not isinstance(value, str) or not value.strip():
+                    problems.append(f"data.columns.{key} = {value!r}: must be a column name")
     return problems
 
 

@@ -1,17 +1,24 @@
 """Preference pairs from local files or a Hugging Face dataset, and their tokenisation.
 
 Every source ends as a list of `PreferencePair` (the embedded task in ablate/embedded.py builds
-them too), validated here once so that a bad row fails before any cell starts, with an error that
-names the file (or dataset + split), the row and the column. Accepted row formats:
-- plain text: `prompt`, `chosen`, `rejected` strings;
+them too). The launcher reads and validates every data source of a sweep once, at planning time
+(ablate/shared.py), so a bad row stops the sweep before any cell starts, with an error that names
+the file and its 1-based line (JSONL/JSON) or row index (Parquet, hub splits) and the column.
+Row formats (`data.format`, default `auto` picks per row):
+- explicit: `prompt`, `chosen`, `rejected` strings; when both completions repeat the whole prompt
+  at their start (whole transcripts beside a prompt column), the repeat is removed and counted;
 - conversational: `chosen`/`rejected` are message lists ending with the assistant's answer; the
   prompt is the messages before it (HuggingFaceH4/ultrafeedback_binarized) or, when there are none,
-  the `prompt` column (a string or a message list, TRL's "conversational" format).
+  the `prompt` column (a string or a message list, TRL's "conversational" format);
+- implicit prompt (Anthropic/hh-rlhf): no prompt column, `chosen`/`rejected` are whole transcripts;
+  their longest common prefix ending at the last assistant marker ("\n\nAssistant:") is the prompt.
+`data.columns` maps these names onto a file's own (`{prompt: question, chosen: good, ...}`).
 Optional columns: `id` (else f"{id_prefix}{row}") and `slice` (held-out slice tag, DESIGN §5).
 """
 
 from __future__ import annotations
 
+import json
 import random
 import warnings
 from collections.abc import Iterable, Sequence
@@ -20,8 +27,13 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-REQUIRED_COLUMNS = ("prompt", "chosen", "rejected")
-_FILE_BUILDERS = {".jsonl": "json", ".json": "json", ".parquet": "parquet"}
+from ablate.readers import BadRow, DataError, RawRow, read_file, read_hub_split
+
+FORMATS = ("auto", "explicit", "implicit_prompt")
+BAD_ROW_POLICIES = ("error", "skip")
+HH_ASSISTANT_MARKER = "\n\nAssistant:"
+# Names a row format knows; data.columns may map exactly these.
+CANONICAL_COLUMNS = ("prompt", "chosen", "rejected", "id", "slice", "completion", "label")
 _BATCH = 1024  # texts per tokenizer call: large enough for the fast tokenizer's Rust threads
 
 
@@ -34,137 +46,307 @@ class PreferencePair:
     slice: str | None = None  # optional tag for held-out slices
 
 
-def read_pairs_from_files(files: list[str], *, id_prefix: str) -> list[PreferencePair]:
-    """Read .jsonl / .json / .parquet files (by extension), each validated on its own."""
-    import datasets  # imported here: ~1 s that runs on the embedded task never need to pay
+@dataclass(frozen=True)
+class RowFormat:
+    """How rows become pairs: `data.format`, `data.columns` and `data.assistant_marker`."""
 
+    format: str = "auto"
+    columns: dict = field(default_factory=dict)  # canonical name -> the source's column name
+    assistant_marker: str = HH_ASSISTANT_MARKER
+
+    @classmethod
+    def of(cls, data_cfg) -> RowFormat:
+        get = data_cfg.get if hasattr(data_cfg, "get") else lambda k, d=None: getattr(data_cfg, k, d)
+        columns = get("columns", None) or {}
+        return cls(get("format", "auto") or "auto", {str(k): str(v) for k, v in dict(columns).items()},
+                   get("assistant_marker", HH_ASSISTANT_MARKER) or HH_ASSISTANT_MARKER)
+
+    def name(self, column: str) -> str:
+        """A column as the user knows it: 'question' (data.columns.prompt), or 'prompt'."""
+        return f"{self.columns[column]!r} (data.columns.{column})" if column in self.columns else repr(column)
+
+    def renamed(self, values: dict) -> dict:
+        if not self.columns:
+            return values
+        row = {k: v for k, v in values.items() if k not in self.columns}
+        row |= {canonical: values[source] for canonical, source in self.columns.items() if source in values}
+        return row
+
+
+@dataclass
+class RowTally:
+    """What reading saw, per source: rows read, rows skipped by reason, rewrites made (data record)."""
+
+    rows: dict[str, int] = field(default_factory=dict)
+    skipped: dict[str, dict[str, int]] = field(default_factory=dict)
+    examples: dict[str, str] = field(default_factory=dict)  # reason -> its first occurrence, "where: detail"
+    rewrites: dict[str, dict[str, int]] = field(default_factory=dict)
+
+    def skip(self, source: str, reason: str, example: str) -> None:
+        per_source = self.skipped.setdefault(source, {})
+        per_source[reason] = per_source.get(reason, 0) + 1
+        self.examples.setdefault(reason, example)
+
+    def rewrite(self, source: str, what: str) -> None:
+        per_source = self.rewrites.setdefault(source, {})
+        per_source[what] = per_source.get(what, 0) + 1
+
+    @property
+    def total_rows(self) -> int:
+        return sum(self.rows.values())
+
+    @property
+    def total_skipped(self) -> int:
+        return sum(n for reasons in self.skipped.values() for n in reasons.values())
+
+
+PROMPT_REPEATED = "prompt repeated at the start of both completions (removed from them)"
+
+
+def read_pairs_from_files(files: list[str], *, id_prefix: str, row_format: RowFormat | None = None,
+                          on_bad_row: str = "error", tally: RowTally | None = None) -> list[PreferencePair]:
+    """Read .jsonl / .json / .parquet files (by extension), each validated on its own."""
     if not files:
-        raise ValueError("no data files given")
+        raise DataError("no data files given")
     pairs: list[PreferencePair] = []
     file_of_id: dict[str, str] = {}
     for file in files:
-        path = Path(file)
-        builder = _FILE_BUILDERS.get(path.suffix.lower())
-        if builder is None:
-            raise ValueError(f"{file}: unsupported file type {path.suffix!r} (use .jsonl, .json or .parquet)")
-        if not path.is_file():
-            raise FileNotFoundError(f"data file not found: {file}")
-        rows = datasets.load_dataset(builder, data_files=str(path), split="train").to_list()
+        rows = read_file(str(file))
         # Row numbers restart in every file, so several files get the file name in their default ids.
-        prefix = id_prefix if len(files) == 1 else f"{id_prefix}{path.stem}-"
-        for pair in rows_to_pairs(rows, source=str(file), id_prefix=prefix):
+        prefix = id_prefix if len(files) == 1 else f"{id_prefix}{Path(file).stem}-"
+        for pair in rows_to_pairs(rows, source=str(file), id_prefix=prefix, row_format=row_format,
+                                  on_bad_row=on_bad_row, tally=tally):
             if pair.pair_id in file_of_id:  # held-out results are keyed by id, so ids must be unique
-                raise ValueError(f"{file}: id {pair.pair_id!r} is already used in {file_of_id[pair.pair_id]}")
+                raise DataError(f"{file}: id {pair.pair_id!r} is already used in {file_of_id[pair.pair_id]}")
             file_of_id[pair.pair_id] = file
             pairs.append(pair)
     return pairs
 
 
-def read_pairs_from_hub(
-    path: str, split: str, *, name: str | None = None, revision: str | None = None
-) -> list[PreferencePair]:
+def read_pairs_from_hub(path: str, split: str, *, name: str | None = None, revision: str | None = None,
+                        row_format: RowFormat | None = None, on_bad_row: str = "error",
+                        tally: RowTally | None = None) -> list[PreferencePair]:
     """Read one split of a Hugging Face dataset: a hub id or a local directory of data files."""
-    import datasets
-
-    rows = datasets.load_dataset(path, name, split=split, revision=revision).to_list()
-    source = f"{path}{f' ({name})' if name else ''} split {split!r}"
-    return rows_to_pairs(rows, source=source, id_prefix=f"{split}-")
+    source, rows = read_hub_split(path, split, name=name, revision=revision)
+    return rows_to_pairs(rows, source=source, id_prefix=f"{split}-", row_format=row_format,
+                         on_bad_row=on_bad_row, tally=tally)
 
 
-def rows_to_pairs(rows: Iterable[dict], *, source: str, id_prefix: str) -> list[PreferencePair]:
-    """Validate raw rows (dicts) into pairs; `source` names the file or dataset in errors."""
+def rows_to_pairs(rows: Iterable[RawRow | dict], *, source: str, id_prefix: str, row_format: RowFormat | None = None,
+                  on_bad_row: str = "error", tally: RowTally | None = None) -> list[PreferencePair]:
+    """Validate raw rows into pairs; `source` names the file or dataset in errors.
+
+    on_bad_row="error" stops at the first bad row (DataError naming where it is); "skip" drops it and
+    counts it in `tally` by reason. Plain dicts are named by their 0-based row index.
+    """
+    if on_bad_row not in BAD_ROW_POLICIES:
+        raise ValueError(f"on_bad_row must be one of {BAD_ROW_POLICIES}, got {on_bad_row!r}")
+    row_format = row_format or RowFormat()
+    tally = tally if tally is not None else RowTally()
+    tally.rows.setdefault(source, 0)
     pairs: list[PreferencePair] = []
-    row_of_id: dict[str, int] = {}
-    for index, row in enumerate(rows):
-        where = f"{source} row {index}"
-        missing = [c for c in REQUIRED_COLUMNS if c not in row]
-        if missing:
-            # Every row of a file has the same columns, so a first-row miss is the file's fault.
-            at = source if index == 0 else where
-            raise ValueError(f"{at}: missing required column {missing[0]!r} (columns: {', '.join(row)})")
-        prompt, chosen, rejected = split_conversation(row["prompt"], row["chosen"], row["rejected"], where)
-        pair_id = _pair_id(row.get("id"), "id" in row, f"{id_prefix}{index}", where)
-        if pair_id in row_of_id:
-            raise ValueError(f"{where}: id {pair_id!r} is already used by row {row_of_id[pair_id]}")
-        row_of_id[pair_id] = index
-        tag = row.get("slice")
-        if tag is not None and (not isinstance(tag, str) or not tag.strip()):
-            raise ValueError(f"{where}: column 'slice' must be a non-empty string or null, got {tag!r}")
-        pairs.append(PreferencePair(pair_id, prompt, chosen, rejected, tag))
+    where_of_id: dict[str, str] = {}
+    for index, raw in enumerate(rows):
+        if not isinstance(raw, RawRow):
+            raw = RawRow(f"{source} row index {index}", raw)
+        tally.rows[source] += 1
+        try:
+            if raw.problem is not None:
+                raise raw.problem
+            pair = _row_to_pair(row_format.renamed(raw.values), row_format, f"{id_prefix}{index}",
+                                lambda what: tally.rewrite(source, what))
+            if pair.pair_id in where_of_id:
+                raise BadRow("duplicate id", f"id {pair.pair_id!r} is already used at {where_of_id[pair.pair_id]}")
+        except BadRow as bad:
+            if on_bad_row == "error" or (bad.reason == "missing column" and index == 0 and not pairs):
+                # a column missing from the first row is the file's layout, not one bad row
+                raise DataError(f"{raw.where}: {bad.detail}") from None
+            tally.skip(source, bad.reason, f"{raw.where}: {bad.detail}")
+            continue
+        where_of_id[pair.pair_id] = raw.where
+        pairs.append(pair)
     if not pairs:
-        raise ValueError(f"{source}: no rows")
+        skipped = tally.skipped.get(source)
+        raise DataError(f"{source}: no usable rows" + (f" (skipped: {_counts(skipped)})" if skipped else "")
+                        if tally.rows[source] else f"{source}: no rows")
     return pairs
 
 
-def split_conversation(prompt, chosen, rejected, where: str) -> tuple[str | list[dict], str, str]:
-    """Return (prompt text or messages, chosen completion text, rejected completion text)."""
-    chosen_text, chosen_context = _completion(chosen, "chosen", where)
-    rejected_text, rejected_context = _completion(rejected, "rejected", where)
+def _counts(counts: dict[str, int]) -> str:
+    return ", ".join(f"{n} {reason}" for reason, n in sorted(counts.items(), key=lambda kv: -kv[1]))
+
+
+def _row_to_pair(row: dict, fmt: RowFormat, default_id: str, rewrite) -> PreferencePair:
+    if fmt.format not in FORMATS:
+        raise ValueError(f"data.format must be one of {FORMATS}, got {fmt.format!r}")
+    if "chosen" not in row and "rejected" not in row and "completion" in row and "label" in row:
+        raise BadRow("unpaired row", "an unpaired prompt/completion/label row (KTO style); ablate trains on "
+                     "pairs, give prompt/chosen/rejected rows (or map them with data.columns)")
+    needed = ("prompt", "chosen", "rejected") if fmt.format == "explicit" else ("chosen", "rejected")
+    for column in needed:
+        if column not in row:
+            raise BadRow("missing column", f"missing column {fmt.name(column)} (columns: {', '.join(row)})")
+    if fmt.format == "implicit_prompt" or (fmt.format == "auto" and "prompt" not in row
+                                           and isinstance(row["chosen"], str) and isinstance(row["rejected"], str)):
+        prompt, chosen, rejected = implicit_prompt(row["chosen"], row["rejected"], fmt)
+    elif "prompt" not in row:  # auto, message lists: the prompt is the conversation before the answer
+        chosen, chosen_context = _completion(row["chosen"], "chosen", fmt)
+        rejected, rejected_context = _completion(row["rejected"], "rejected", fmt)
+        _same_context(chosen, chosen_context, rejected, rejected_context, fmt)
+        if not chosen_context:
+            raise BadRow("missing column", f"missing column {fmt.name('prompt')} (the completions are single "
+                         f"assistant messages; columns: {', '.join(row)})")
+        prompt = chosen_context
+    else:
+        prompt, chosen, rejected = split_conversation(row["prompt"], row["chosen"], row["rejected"], fmt)
+        if isinstance(prompt, str) and isinstance(row["chosen"], str) and isinstance(row["rejected"], str) \
+                and chosen.startswith(prompt) and rejected.startswith(prompt):
+            # whole transcripts beside a prompt column: training on them would put the prompt in both answers
+            chosen = _text(chosen[len(prompt):], "chosen", fmt)
+            rejected = _text(rejected[len(prompt):], "rejected", fmt)
+            rewrite(PROMPT_REPEATED)
+    pair_id = _pair_id(row.get("id"), "id" in row, default_id, fmt)
+    tag = row.get("slice")
+    if tag is not None and (not isinstance(tag, str) or not tag.strip()):
+        raise BadRow("bad slice", f"column {fmt.name('slice')} must be a non-empty string or null, got {tag!r}")
+    return PreferencePair(pair_id, prompt, chosen, rejected, tag)
+
+
+def implicit_prompt(chosen, rejected, fmt: RowFormat = RowFormat()) -> tuple[str, str, str]:
+    """HH-RLHF: (prompt, chosen completion, rejected completion) from two whole transcripts.
+
+    The prompt is their longest common prefix that ends with the last assistant marker inside it,
+    marker included; each completion is the rest of its transcript (HH's start with a space).
+    """
+    chosen, rejected = _text(chosen, "chosen", fmt), _text(rejected, "rejected", fmt)
+    if chosen == rejected:
+        raise BadRow("chosen == rejected",
+                     f"{fmt.name('chosen')} and {fmt.name('rejected')} are identical, so they carry no preference")
+    # Binary search on slice equality: C-speed compares, not a Python loop over characters.
+    low, high = 0, min(len(chosen), len(rejected))
+    while low < high:
+        mid = (low + high + 1) // 2
+        if chosen[:mid] == rejected[:mid]:
+            low = mid
+        else:
+            high = mid - 1
+    marker = fmt.assistant_marker
+    end = chosen.rfind(marker, 0, low)
+    if end < 0 or end + len(marker) > low:
+        raise BadRow("no shared prompt", f"no prompt column, and {fmt.name('chosen')} and {fmt.name('rejected')} "
+                     f"share no prefix ending at an assistant marker {marker!r} (HH-RLHF format); give a prompt "
+                     "column (or data.columns.prompt), or set data.assistant_marker")
+    end += len(marker)
+    return chosen[:end], _text(chosen[end:], "chosen", fmt), _text(rejected[end:], "rejected", fmt)
+
+
+def split_conversation(prompt, chosen, rejected, where: str | RowFormat = "") -> tuple[str | list[dict], str, str]:
+    """Return (prompt text or messages, chosen completion text, rejected completion text).
+
+    Raises BadRow; given a string `where` (a pair already validated), a ValueError naming it.
+    """
+    fmt = where if isinstance(where, RowFormat) else RowFormat()
+    try:
+        chosen_text, chosen_context = _completion(chosen, "chosen", fmt)
+        rejected_text, rejected_context = _completion(rejected, "rejected", fmt)
+        _same_context(chosen_text, chosen_context, rejected_text, rejected_context, fmt)
+        if chosen_context:
+            return chosen_context, chosen_text, rejected_text
+        if isinstance(prompt, str) or prompt is None:
+            return _text(prompt, "prompt", fmt), chosen_text, rejected_text
+        return _messages(prompt, "prompt", fmt), chosen_text, rejected_text
+    except BadRow as bad:
+        if isinstance(where, str):
+            raise ValueError(f"{where}: {bad.detail}") from None
+        raise
+
+
+def _same_context(chosen_text, chosen_context, rejected_text, rejected_context, fmt: RowFormat) -> None:
     if chosen_context != rejected_context:
-        raise ValueError(f"{where}: 'chosen' and 'rejected' differ before their final assistant message")
+        raise BadRow("different conversations", f"{fmt.name('chosen')} and {fmt.name('rejected')} differ "
+                     "before their final assistant message")
     if chosen_text == rejected_text:
-        raise ValueError(f"{where}: 'chosen' and 'rejected' are identical, so they carry no preference")
-    if chosen_context:
-        return chosen_context, chosen_text, rejected_text
-    if isinstance(prompt, str):
-        return _text(prompt, "prompt", where), chosen_text, rejected_text
-    return _messages(prompt, "prompt", where), chosen_text, rejected_text
+        raise BadRow("chosen == rejected",
+                     f"{fmt.name('chosen')} and {fmt.name('rejected')} are identical, so they carry no preference")
 
 
-def _completion(value, column: str, where: str) -> tuple[str, list[dict]]:
-    if isinstance(value, str):
-        return _text(value, column, where), []
-    messages = _messages(value, column, where)
+def _completion(value, column: str, fmt: RowFormat) -> tuple[str, list[dict]]:
+    if isinstance(value, str) or value is None:
+        return _text(value, column, fmt), []
+    messages = _messages(value, column, fmt)
     last = messages[-1]
     if last["role"] != "assistant":
-        raise ValueError(
-            f"{where}: column {column!r} must end with an assistant message, not {last['role']!r}"
-        )
-    return _text(last["content"], column, where), messages[:-1]
+        raise BadRow("no assistant answer",
+                     f"column {fmt.name(column)} must end with an assistant message, not {last['role']!r}")
+    return _text(last["content"], column, fmt), messages[:-1]
 
 
-def _text(value, column: str, where: str) -> str:
-    if value is None or (isinstance(value, str) and not value.strip()):
-        raise ValueError(f"{where}: column {column!r} is empty{' (null)' if value is None else ''}")
+def _text(value, column: str, fmt: RowFormat) -> str:
+    if value is None:
+        raise BadRow("null", f"column {fmt.name(column)} is null")
     if not isinstance(value, str):
-        raise ValueError(f"{where}: column {column!r} must be a string or a list of messages, got {value!r}")
+        raise BadRow("wrong type", f"column {fmt.name(column)} must be a string or a list of messages, "
+                     f"got {value!r:.80}")
+    if not value.strip():
+        raise BadRow("empty", f"column {fmt.name(column)} is empty")
     return value
 
 
-def _messages(value, column: str, where: str) -> list[dict]:
-    if value is None or (isinstance(value, Sequence) and not isinstance(value, str) and not value):
-        raise ValueError(f"{where}: column {column!r} is empty{' (null)' if value is None else ''}")
+def _messages(value, column: str, fmt: RowFormat) -> list[dict]:
+    if value is None:
+        raise BadRow("null", f"column {fmt.name(column)} is null")
     if not isinstance(value, Sequence) or isinstance(value, str):
-        raise ValueError(f"{where}: column {column!r} must be a string or a list of messages, got {value!r}")
+        raise BadRow("wrong type", f"column {fmt.name(column)} must be a string or a list of messages, "
+                     f"got {value!r:.80}")
+    if not value:
+        raise BadRow("empty", f"column {fmt.name(column)} is empty")
     for m in value:
         if not (isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)):
-            raise ValueError(
-                f"{where}: column {column!r} has a message without string 'role'/'content': {m!r}"
-            )
+            raise BadRow("bad message", f"column {fmt.name(column)} has a message without string "
+                         f"'role'/'content': {m!r:.80}")
     # Parquet structs may carry extra (null) fields; templates and comparisons want just these two.
     return [{"role": m["role"], "content": m["content"]} for m in value]
 
 
-def _pair_id(value, has_column: bool, default: str, where: str) -> str:
+def _pair_id(value, has_column: bool, default: str, fmt: RowFormat) -> str:
     if not has_column:
         return default
     if isinstance(value, bool) or not isinstance(value, (str, int)) or not str(value).strip():
-        raise ValueError(f"{where}: column 'id' must be a non-empty string or integer, got {value!r}")
+        raise BadRow("bad id", f"column {fmt.name('id')} must be a non-empty string or integer, got {value!r:.80}")
     return str(value)
+
+
+def prompt_key(prompt: str | list[dict]) -> str:
+    """One hashable text per prompt, plain or chat messages (two prompts are the same iff keys are)."""
+    return prompt if isinstance(prompt, str) else json.dumps(prompt, sort_keys=True, ensure_ascii=False)
 
 
 def split_heldout(
     pairs: list[PreferencePair], fraction: float, seed: int
 ) -> tuple[list[PreferencePair], list[PreferencePair]]:
-    """Deterministic (train, heldout) split; each part keeps the input order."""
+    """Deterministic (train, heldout) split by prompt; each part keeps the input order.
+
+    Pairs that share a prompt stay on the same side, so the split itself never puts a training
+    prompt among the held-out pairs. With distinct prompts it is a plain random split of pairs.
+    """
     if not 0 < fraction < 1:
         raise ValueError(f"held-out fraction must be in (0, 1), got {fraction}")
     if len(pairs) < 2:
         raise ValueError(f"need at least 2 pairs to hold some out, got {len(pairs)}")
+    groups: dict[str, list[int]] = {}
+    for i, pair in enumerate(pairs):
+        groups.setdefault(prompt_key(pair.prompt), []).append(i)
+    if len(groups) < 2:
+        raise ValueError("every pair has the same prompt: no held-out pair can have an unseen prompt")
     n_heldout = min(max(round(len(pairs) * fraction), 1), len(pairs) - 1)
-    order = list(range(len(pairs)))
+    order = list(groups.values())
     random.Random(seed).shuffle(order)  # a private RNG: global seeding elsewhere cannot move the split
-    heldout = set(order[:n_heldout])
+    heldout: set[int] = set()
+    for group in order:
+        if len(heldout) >= n_heldout:
+            break
+        if len(heldout) + len(group) < len(pairs):  # keep at least one training pair
+            heldout.update(group)
     return (
         [p for i, p in enumerate(pairs) if i not in heldout],
         [p for i, p in enumerate(pairs) if i in heldout],

@@ -22,6 +22,12 @@ def model_path(model_cfg) -> str:
 
 
 def load_tokenizer(model_cfg):
+    if model_cfg.kind == "embedded":
+        # Built in code, identical to the one saved beside the model: the launcher tokenises the data at
+        # planning time without building (and warming up) the model first.
+        from ablate.embedded import build_tokenizer
+
+        return build_tokenizer()
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(

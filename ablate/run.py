@@ -35,6 +35,11 @@ def run_cell(cfg: DictConfig, sweep_dir: Path, overrides: list[str] | tuple[str,
     if int(os.environ.get("RANK", "0")) != 0:  # other tasks of a multi-task cell: rank 0 keeps the books
         return train(cfg, cell_dir, Path(sweep_dir) / "shared", stop_requested=stop_requested)
 
+    # A sweep's launcher prepared the data at planning (then this only sees the stored file); a single
+    # run does it here, so bad data stop it before the cell is marked running.
+    from ablate.shared import prepare_sweep_data
+
+    prepare_sweep_data([as_plain(cfg)], Path(sweep_dir) / "shared")
     cell_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(cell_dir / "config.yaml", config_yaml(as_plain(cfg)))
     attempts = read_status(cell_dir).get("attempts", 0) + 1

@@ -2,58 +2,76 @@
 
 Neither depends on the objective, the LoRA rank or the seed, so each is computed once per sweep
 and stored under <sweep_dir>/shared/, keyed by what it does depend on: tokens by (tokenizer, data),
-reference log-probs by (base model, tokenizer, data, max length). Files are written atomically,
-so cells running concurrently at worst compute the same file twice.
+reference log-probs by (base model, tokenizer, data, max length). The launchers prepare the tokens
+of every distinct data source at planning time (`prepare_sweep_data`): the data are read, validated
+and tokenised there, once, and a bad source stops the sweep before any cell starts or is
+submitted; cells then load the stored result. Files are written atomically, so cells running
+concurrently at worst compute the same file twice.
 """
 
 from __future__ import annotations
 
 import io
+import time
 from dataclasses import asdict
 from pathlib import Path
 
 import torch
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 from ablate.cells import atomic_write_bytes, atomic_write_json, config_hash
 from ablate.data import (
     PreferencePair,
+    RowFormat,
+    RowTally,
     TokenizedPairs,
     read_pairs_from_files,
     read_pairs_from_hub,
     split_heldout,
     tokenize_pairs,
 )
+from ablate.data_checks import check_pairs
+from ablate.readers import DataError
 from ablate.scoring import score_pairs
 
 
-def load_pairs(data_cfg) -> tuple[list[PreferencePair], list[PreferencePair]]:
+def load_pairs(data_cfg, tally: RowTally | None = None) -> tuple[list[PreferencePair], list[PreferencePair]]:
     """Training and held-out pairs for any data source; the split never depends on the cell's seed."""
+    tally = tally if tally is not None else RowTally()
+    read = dict(row_format=RowFormat.of(data_cfg), on_bad_row=data_cfg.get("on_bad_row", "error"), tally=tally)
     if data_cfg.kind == "verbosity_trap":
         from ablate.embedded import verbosity_trap_pairs
 
         train, heldout = verbosity_trap_pairs(data_cfg)
     elif data_cfg.kind == "files":
-        train = read_pairs_from_files(list(data_cfg.train_files), id_prefix="train-")
+        train = read_pairs_from_files(list(data_cfg.train_files), id_prefix="train-", **read)
         if data_cfg.heldout_files:
-            heldout = read_pairs_from_files(list(data_cfg.heldout_files), id_prefix="heldout-")
+            heldout = read_pairs_from_files(list(data_cfg.heldout_files), id_prefix="heldout-", **read)
         else:
-            train, heldout = split_heldout(train, data_cfg.heldout_fraction, data_cfg.split_seed)
+            train, heldout = _split(train, data_cfg, f"data.train_files={list(data_cfg.train_files)}")
     elif data_cfg.kind == "hub":
         train = read_pairs_from_hub(data_cfg.path, data_cfg.train_split, name=data_cfg.name,
-                                    revision=data_cfg.revision)
+                                    revision=data_cfg.revision, **read)
         if data_cfg.heldout_split:
             heldout = read_pairs_from_hub(data_cfg.path, data_cfg.heldout_split, name=data_cfg.name,
-                                          revision=data_cfg.revision)
+                                          revision=data_cfg.revision, **read)
         else:
-            train, heldout = split_heldout(train, data_cfg.heldout_fraction, data_cfg.split_seed)
+            train, heldout = _split(train, data_cfg, f"{data_cfg.path} split {data_cfg.train_split!r}")
     else:
         raise ValueError(f"data.kind = {data_cfg.kind!r}: must be verbosity_trap, files or hub")
     return train[: data_cfg.max_train_pairs], heldout[: data_cfg.max_heldout_pairs]
 
 
-def _container(node) -> dict:
-    return OmegaConf.to_container(node, resolve=True)
+def _split(train, data_cfg, source: str):
+    try:
+        return split_heldout(train, data_cfg.heldout_fraction, data_cfg.split_seed)
+    except ValueError as error:
+        raise DataError(f"{source}: {error}") from None
+
+
+def _plain(node) -> dict:
+    return node if isinstance(node, dict) else OmegaConf.to_container(node, resolve=True)
+
 
 
 def _load(path: Path):
@@ -66,22 +84,80 @@ def _save(path: Path, obj) -> None:
     atomic_write_bytes(path, buffer.getvalue())
 
 
+def tokens_path(cfg, shared_dir: Path) -> Path:
+    """Where a cell's tokenised data live: keyed by model identity (not dtype) and the data config."""
+    model_identity = {k: v for k, v in _plain(cfg["model"]).items() if k != "dtype"}
+    return Path(shared_dir) / f"tokens-{config_hash([model_identity, _plain(cfg['data'])])[:16]}.pt"
+
+
 def tokenized_pairs(cfg, tokenizer, shared_dir: Path) -> dict[str, TokenizedPairs]:
-    """{"train": ..., "heldout": ...}, tokenised once per sweep."""
-    model_identity = {k: v for k, v in _container(cfg.model).items() if k != "dtype"}
-    path = shared_dir / f"tokens-{config_hash([model_identity, _container(cfg.data)])[:16]}.pt"
+    """{"train": ..., "heldout": ...}, read, checked and tokenised once per sweep (normally at planning)."""
+    path = tokens_path(cfg, shared_dir)
     cached = _load(path)
     if cached is not None:
         return {split: TokenizedPairs(**fields) for split, fields in cached.items()}
-    train, heldout = load_pairs(cfg.data)
-    limits = {"max_length": cfg.data.max_length, "max_prompt_length": cfg.data.max_prompt_length}
+    data_cfg = cfg["data"] if isinstance(cfg["data"], DictConfig) else OmegaConf.create(cfg["data"])
+    tally = RowTally()
+    train, heldout = load_pairs(data_cfg, tally)
+    checks = check_pairs(train, heldout, data_cfg, tally)
+    limits = {"max_length": data_cfg.max_length, "max_prompt_length": data_cfg.max_prompt_length}
     tokens = {"train": tokenize_pairs(train, tokenizer, **limits),
               "heldout": tokenize_pairs(heldout, tokenizer, **limits)}
     _save(path, {split: asdict(t) for split, t in tokens.items()})
     stats = {split: length_stats(t) for split, t in tokens.items()}
     atomic_write_json(path.with_name(path.stem.replace("tokens-", "data-") + ".json"),
-                      {"data": _container(cfg.data), **stats})
+                      {"data": _plain(cfg["data"]), **stats, "checks": checks})
     return tokens
+
+
+def prepare_sweep_data(cells: list[dict], shared_dir: Path) -> list[str]:
+    """Read, validate and tokenise every distinct data source of a sweep once, before any cell runs.
+
+    `cells` are plain resolved cell configs. Returns one summary line per source; raises one
+    DataError listing every bad source (each message names the file and line, or row index).
+    """
+    from ablate.models import load_tokenizer
+
+    by_path: dict[Path, list[dict]] = {}
+    for cfg in cells:
+        by_path.setdefault(tokens_path(cfg, shared_dir), []).append(cfg)
+    lines, errors, tokenizers = [], [], {}
+    for path, users in by_path.items():
+        cfg = users[0]
+        label = _source_label(cfg["data"])
+        if path.exists():  # prepared by an earlier run of this sweep: validated then
+            lines.append(f"{label}: prepared already ({len(users)} cell(s))")
+            continue
+        started = time.monotonic()
+        model_key = config_hash({k: v for k, v in cfg["model"].items() if k != "dtype"})
+        try:
+            if model_key not in tokenizers:
+                tokenizers[model_key] = _tokenizer(load_tokenizer, cfg["model"])
+            tokens = tokenized_pairs(cfg, tokenizers[model_key], shared_dir)
+        except DataError as error:
+            errors.append(f"[{label}] {error}")
+            continue
+        lines.append(f"{label}: {len(tokens['train'])} training / {len(tokens['heldout'])} held-out pairs checked "
+                     f"and tokenised in {time.monotonic() - started:.1f} s, shared by {len(users)} cell(s)")
+    if errors:
+        raise DataError(f"{len(errors)} data source(s) cannot be used; nothing was run:\n  " + "\n  ".join(errors))
+    return lines
+
+
+def _tokenizer(load_tokenizer, model: dict):
+    try:
+        return load_tokenizer(OmegaConf.create(model))
+    except Exception as error:  # a wrong path or hub id: say so now, not in every cell
+        where = model.get("path") or model.get("kind")
+        raise DataError(f"model {where}: its tokenizer cannot be loaded ({type(error).__name__}: {error})") from None
+
+
+def _source_label(data: dict) -> str:
+    if data["kind"] == "files":
+        return "data " + ", ".join(map(str, [*data["train_files"], *data["heldout_files"]]))
+    if data["kind"] == "hub":
+        return f"data {data['path']}"
+    return f"data {data['kind']}"
 
 
 def length_stats(pairs: TokenizedPairs) -> dict:
@@ -103,7 +179,7 @@ def reference_logps(cfg, split: str, data: TokenizedPairs, base_model, pad_id: i
 
     Call before the adapter is added, or inside `model.disable_adapter()`.
     """
-    key = config_hash([_container(cfg.model), _container(cfg.data), split])[:16]
+    key = config_hash([_plain(cfg.model), _plain(cfg.data), split])[:16]
     path = shared_dir / f"reference-{split}-{key}.pt"
     cached = _load(path)
     if cached is None:

@@ -101,8 +101,9 @@ def plan_cells(config_loader, base_config: DictConfig, job_overrides, initial_jo
 
 
 def start_sweep(launcher, job_overrides, initial_job_idx: int, name: str) -> tuple[Path, list[PlannedCell]]:
-    """What every ablate launcher does first: logging, every cell validated (one message and exit 2
-    if any is bad: nothing runs), the sweep directory and its sweep.json."""
+    """What every ablate launcher does first: logging, every cell validated, every data source read,
+    validated and tokenised once (one message and exit 2 if anything is bad: nothing runs, nothing is
+    submitted), the sweep directory and its sweep.json."""
     from hydra.core.utils import configure_log, setup_globals
 
     setup_globals()
@@ -112,6 +113,15 @@ def start_sweep(launcher, job_overrides, initial_job_idx: int, name: str) -> tup
         cells = plan_cells(launcher.hydra_context.config_loader, launcher.config, job_overrides, initial_job_idx)
     except ConfigError as error:  # the message says it all; a traceback would bury it
         print(f"ConfigError: {error}", file=sys.stderr, flush=True)
+        raise SystemExit(2) from None
+    from ablate.readers import DataError
+    from ablate.shared import prepare_sweep_data  # imports torch: only once the configs are known good
+
+    try:
+        for line in prepare_sweep_data([cell.plain for cell in cells], sweep_dir / "shared"):
+            print(f"ablate: {line}", flush=True)
+    except DataError as error:
+        print(f"DataError: {error}", file=sys.stderr, flush=True)
         raise SystemExit(2) from None
     sweep_dir.mkdir(parents=True, exist_ok=True)
     write_sweep_json(sweep_dir, cells, launcher=name)

@@ -88,6 +88,47 @@ def test_validate_cell_rejects_out_of_range(compose_cfg, overrides, key):
     assert key in message  # ... and the key
 
 
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["+lora.rank=4"], "lora.rank: unknown key (lora keys: alpha, dropout, r, target_modules)"),
+        (["+trainer.learning_rate=1e-4"], "trainer.learning_rate: unknown key"),
+        (["+seeds=3"], "seeds: unknown key"),
+        (["+model.path=x"], "model.path: unknown key"),  # a hub model's key under model=embedded
+        (["+data.columns.prompt=q"], "data.columns: unknown key"),  # columns exist for files and hub only
+        (["objective.name=ipo"], "objective.name = 'ipo': the objective's settings are another objective's (no tau)"),
+        (["data.max_train_pairs=-1"], "data.max_train_pairs = -1: must be >= 1"),
+        (["data.max_train_pairs=0"], "data.max_train_pairs = 0: must be >= 1"),
+        (["data.max_heldout_pairs=0"], "data.max_heldout_pairs = 0: must be >= 1"),
+        (["device=gpu"], "device = 'gpu': must be auto, cpu, mps, cuda or cuda:N"),
+        (["device=cuda:x"], "device = 'cuda:x'"),
+        (["model.warmup_steps=-1"], "model.warmup_steps = -1: must be >= 0"),
+        (["model.num_heads=3"], "model.hidden_size = 128: must be divisible by model.num_heads = 3"),
+        (["data.min_symbols=8"], "data.min_symbols = 8: must be <= data.max_symbols = 7"),
+        (["data.min_symbols=4", "data.max_symbols=4"], "data.min_symbols..max_symbols = 4..4: must include an odd"),
+        (["data.min_filler=6"], "data.min_filler = 6: must be <= data.max_filler = 5"),
+        (["threads=0"], "threads = 0: must be >= 1"),
+        (["data=files", "data.train_files=[a.jsonl]", "data.on_bad_row=ignore"], "data.on_bad_row = ignore"),
+        (["data=files", "data.train_files=[a.jsonl]", "data.max_overlap=2"], "data.max_overlap = 2"),
+        (["data=files", "data.train_files=[a.jsonl]", "data.format=hh"], "data.format = hh"),
+        (["data=files", "data.train_files=[a.jsonl]", "data.columns={question: prompt}"],
+         "data.columns.question: unknown; maps one of prompt, chosen, rejected, id, slice"),
+    ],
+)
+def test_unknown_keys_and_out_of_range_values_are_config_errors(compose_cfg, overrides, message):
+    cfg = compose_cfg(overrides)  # Hydra accepts all of these
+    with pytest.raises(ConfigError) as info:
+        validate_cell(cfg, overrides)
+    assert message in str(info.value)
+
+
+def test_open_mappings_and_valid_values_pass(compose_cfg):
+    for overrides in (["device=cuda:1", "model.warmup_steps=0", "data.max_train_pairs=1", "threads=2"],
+                      ["data=files", "data.train_files=[a.jsonl]", "data.columns={prompt: question, chosen: good}"],
+                      ["data=hub", "data.path=x", "+data.columns.rejected=bad", "data.on_bad_row=skip"]):
+        validate_cell(compose_cfg(overrides), overrides)
+
+
 def test_validate_cell_lists_every_problem(compose_cfg):
     overrides = ["objective.beta=0", "lora.r=0", "trainer.lr=-1"]
     with pytest.raises(ConfigError) as info:

@@ -18,6 +18,7 @@ from tokenizers.processors import TemplateProcessing
 from transformers import PreTrainedTokenizerFast
 
 from ablate.data import (
+    DataError,
     PreferencePair,
     read_pairs_from_files,
     read_pairs_from_hub,
@@ -146,32 +147,70 @@ def test_prompt_column_used_when_completions_are_bare_assistant_messages():
 @pytest.mark.parametrize(
     "change, message",
     [
-        ({"chosen": ""}, "row 1: column 'chosen' is empty"),
-        ({"chosen": "  "}, "row 1: column 'chosen' is empty"),
-        ({"rejected": None}, "row 1: column 'rejected' is empty (null)"),
-        ({"prompt": ""}, "row 1: column 'prompt' is empty"),
-        ({"rejected": 5}, "row 1: column 'rejected' must be a string or a list of messages, got 5"),
-        ({"chosen": "w5"}, "row 1: 'chosen' and 'rejected' are identical"),
+        ({"chosen": ""}, "line 2: column 'chosen' is empty"),
+        ({"chosen": "  "}, "line 2: column 'chosen' is empty"),
+        ({"rejected": None}, "line 2: column 'rejected' is null"),
+        ({"prompt": ""}, "line 2: column 'prompt' is empty"),
+        ({"rejected": 5}, "line 2: column 'rejected' must be a string or a list of messages, got 5"),
+        ({"chosen": "w5"}, "line 2: 'chosen' and 'rejected' are identical"),
+        ({"chosen": None, "rejected": None, "prompt": None}, "line 2: column 'chosen' is null"),
     ],
 )
-def test_bad_row_errors_name_file_row_and_column(tmp_path, change, message):
+def test_bad_row_errors_name_file_line_and_column(tmp_path, change, message):
     path = write_jsonl(tmp_path / "train.jsonl", [ROWS[0], {**ROWS[1], **change}, ROWS[2]])
-    with pytest.raises(ValueError) as error:
+    with pytest.raises(DataError) as error:
         read_pairs_from_files([path], id_prefix="t-")
     assert str(error.value).startswith(f"{path} {message}")
+
+
+def test_a_column_missing_from_one_jsonl_line_is_reported_as_missing_at_its_line(tmp_path):
+    path = tmp_path / "train.jsonl"
+    # a blank line counts as a line (editors number it) but is not a row
+    path.write_text(json.dumps(ROWS[0]) + "\n\n" + json.dumps({"prompt": "w1", "chosen": "yes"}) + "\n")
+    with pytest.raises(DataError) as error:
+        read_pairs_from_files([str(path)], id_prefix="t-")
+    assert str(error.value) == f"{path} line 3: missing column 'rejected' (columns: prompt, chosen)"
+
+
+def test_malformed_json_line_names_its_line(tmp_path):
+    path = tmp_path / "train.jsonl"
+    path.write_text("\n".join([json.dumps(ROWS[0]), json.dumps(ROWS[1]), '{"prompt": "w1", "chosen": "yes",']))
+    with pytest.raises(DataError, match=r"train.jsonl line 3: malformed JSON: Expecting property name"):
+        read_pairs_from_files([str(path)], id_prefix="t-")
+    path.write_text(json.dumps(ROWS[0]) + "\n[1, 2]\n")
+    with pytest.raises(DataError, match=r"train.jsonl line 2: a row must be a JSON object, got \[1, 2\]"):
+        read_pairs_from_files([str(path)], id_prefix="t-")
+
+
+def test_json_array_elements_are_named_by_the_line_they_start_on(tmp_path):
+    path = tmp_path / "train.json"
+    path.write_text(json.dumps([ROWS[0], ROWS[1], {**ROWS[2], "chosen": ""}], indent=2))
+    start = [i for i, line in enumerate(path.read_text().splitlines(), 1) if line == "  {"][2]  # third element
+    with pytest.raises(DataError) as error:
+        read_pairs_from_files([str(path)], id_prefix="t-")
+    assert str(error.value) == f"{path} line {start}: column 'chosen' is empty"
+    path.write_text('[\n{"prompt": "w1", "chosen": "yes", "rejected": "no"},\n{"prompt": "w2" "chosen"}\n]')
+    with pytest.raises(DataError, match=r"train.json line 3: malformed JSON: Expecting ',' delimiter"):
+        read_pairs_from_files([str(path)], id_prefix="t-")
+
+
+def test_parquet_rows_are_named_by_row_index(tmp_path):
+    path = write_parquet(tmp_path / "train.parquet", [ROWS[0], ROWS[1], {**ROWS[2], "rejected": None}])
+    with pytest.raises(DataError) as error:
+        read_pairs_from_files([path], id_prefix="t-")
+    assert str(error.value) == f"{path} row index 2: column 'rejected' is null"
 
 
 def test_missing_required_column_lists_the_columns(tmp_path):
     rows = [{"prompt": "w1", "chosen": "yes", "response": "no"}]
     path = write_parquet(tmp_path / "train.parquet", rows)
-    with pytest.raises(
-        ValueError, match=r"missing required column 'rejected' \(columns: prompt, chosen, response\)"
-    ):
+    expected = r"row index 0: missing column 'rejected' \(columns: prompt, chosen, response\)"
+    with pytest.raises(DataError, match=expected):
         read_pairs_from_files([path], id_prefix="t-")
 
 
 def test_missing_file_and_unsupported_extension(tmp_path):
-    with pytest.raises(FileNotFoundError, match="nope.jsonl"):
+    with pytest.raises(DataError, match="nope.jsonl: data file not found"):
         read_pairs_from_files([str(tmp_path / "nope.jsonl")], id_prefix="t-")
     csv = tmp_path / "train.csv"
     csv.write_text("prompt,chosen,rejected\n")
@@ -188,24 +227,24 @@ def test_missing_file_and_unsupported_extension(tmp_path):
                 "chosen": conversation("w1", "yes"),
                 "rejected": [{"role": "user", "content": "no"}],
             },
-            "src row 0: column 'rejected' must end with an assistant message, not 'user'",
+            "src row index 0: column 'rejected' must end with an assistant message, not 'user'",
         ),
         (
             {"prompt": "w1", "chosen": conversation("w1", "yes"), "rejected": conversation("w2", "no")},
-            "src row 0: 'chosen' and 'rejected' differ before their final assistant message",
+            "src row index 0: 'chosen' and 'rejected' differ before their final assistant message",
         ),
-        ({"prompt": "w1", "chosen": [], "rejected": "no"}, "src row 0: column 'chosen' is empty"),
+        ({"prompt": "w1", "chosen": [], "rejected": "no"}, "src row index 0: column 'chosen' is empty"),
         (
             {"prompt": "w1", "chosen": [{"content": "yes"}], "rejected": "no"},
-            "src row 0: column 'chosen' has a message without string 'role'/'content'",
+            "src row index 0: column 'chosen' has a message without string 'role'/'content'",
         ),
         (
             {"prompt": "w1", "chosen": "yes", "rejected": "no", "id": None},
-            "src row 0: column 'id' must be a non-empty string or integer",
+            "src row index 0: column 'id' must be a non-empty string or integer",
         ),
         (
             {"prompt": "w1", "chosen": "yes", "rejected": "no", "slice": 3},
-            "src row 0: column 'slice' must be a non-empty string or null",
+            "src row index 0: column 'slice' must be a non-empty string or null",
         ),
     ],
 )
@@ -217,7 +256,7 @@ def test_bad_message_lists_and_optional_columns(row, message):
 
 def test_duplicate_ids_and_empty_input():
     rows = [dict(ROWS[0], id="a"), dict(ROWS[1], id="b"), dict(ROWS[2], id="a")]
-    with pytest.raises(ValueError, match="src row 2: id 'a' is already used by row 0"):
+    with pytest.raises(ValueError, match="src row index 2: id 'a' is already used at src row index 0"):
         rows_to_pairs(rows, source="src", id_prefix="")
     with pytest.raises(ValueError, match="src: no rows"):
         rows_to_pairs([], source="src", id_prefix="")
@@ -334,7 +373,7 @@ def test_tokenising_20k_pairs_is_fast():
 
 
 def test_split_heldout_is_deterministic_disjoint_and_complete():
-    pairs = [PreferencePair(str(i), "w1", "yes", "no") for i in range(100)]
+    pairs = [PreferencePair(str(i), f"w{i}", "yes", "no") for i in range(100)]
     train, heldout = split_heldout(pairs, 0.2, seed=3)
     assert len(heldout) == 20 and len(train) == 80
     assert {p.pair_id for p in train}.isdisjoint(p.pair_id for p in heldout)
@@ -344,7 +383,7 @@ def test_split_heldout_is_deterministic_disjoint_and_complete():
 
 
 def test_split_heldout_keeps_one_pair_on_each_side_and_checks_fraction():
-    pairs = [PreferencePair(str(i), "w1", "yes", "no") for i in range(3)]
+    pairs = [PreferencePair(str(i), f"w{i}", "yes", "no") for i in range(3)]
     assert [len(part) for part in split_heldout(pairs, 0.01, seed=0)] == [2, 1]
     assert [len(part) for part in split_heldout(pairs, 0.99, seed=0)] == [1, 2]
     for fraction in (0.0, 1.0, -0.5):
@@ -352,3 +391,13 @@ def test_split_heldout_keeps_one_pair_on_each_side_and_checks_fraction():
             split_heldout(pairs, fraction, seed=0)
     with pytest.raises(ValueError, match="at least 2 pairs"):
         split_heldout(pairs[:1], 0.5, seed=0)
+
+
+def test_split_heldout_keeps_pairs_of_one_prompt_on_one_side():
+    pairs = [PreferencePair(str(i), f"w{i % 10}", "yes", "no") for i in range(100)]  # 10 pairs per prompt
+    for seed in range(5):
+        train, heldout = split_heldout(pairs, 0.2, seed=seed)
+        assert len(heldout) == 20
+        assert {p.prompt for p in train}.isdisjoint(p.prompt for p in heldout)
+    with pytest.raises(ValueError, match="every pair has the same prompt"):
+        split_heldout([PreferencePair(str(i), "w1", "yes", "no") for i in range(5)], 0.2, seed=0)

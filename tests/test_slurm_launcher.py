@@ -419,6 +419,30 @@ def test_dry_run_writes_the_plan_and_submits_nothing(slurm_cluster, tmp_path):
     assert slurm_cluster.run("squeue", "-h", "-n", f"ablate-{sweep_dir.name}").stdout.strip() == ""
 
 
+def test_broken_data_stops_the_sweep_before_anything_is_submitted(slurm_cluster, tmp_path):
+    """Not a dry run: the real submission path. The launcher reads the data at planning time, so the bad line is
+    named (file + 1-based line), the command exits 2, and no job reaches the cluster."""
+    rows = [{"prompt": "echo a b c", "chosen": "rev : c b a", "rejected": "copy : a b c"},
+            {"prompt": "echo d e f", "chosen": "rev : f e d", "rejected": "rev : f e d"}]
+    train = tmp_path / "train.jsonl"
+    train.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    heldout = tmp_path / "heldout.jsonl"
+    heldout.write_text(json.dumps({"prompt": "echo p", "chosen": "copy : p", "rejected": "rev : p"}) + "\n")
+    sweep_dir = tmp_path / "baddata"  # also the job name: ablate-baddata
+    not_data = [o for o in TINY if not o.startswith("data.")]  # TINY's data.* keys are the embedded task's
+    proc = run_ablate(slurm_cluster, "-m", "objective=dpo,simpo", "seed=0", *SLURM, "data=files",
+                      f"data.train_files=[{train}]", f"data.heldout_files=[{heldout}]", "data.max_length=64",
+                      "data.max_prompt_length=16", f"hydra.sweep.dir={sweep_dir}", *not_data)
+    assert proc.returncode == 2, output(proc)
+    assert f"{train} line 2: 'chosen' and 'rejected' are identical" in proc.stderr, output(proc)
+    assert not (sweep_dir / "cells").exists() and not (sweep_dir / "sweep.json").exists()
+    assert not (sweep_dir / "slurm").exists()  # submitit's folder: created by the first submission
+    assert slurm_cluster.run("squeue", "-h", "-n", f"ablate-{sweep_dir.name}").stdout.strip() == ""
+    history = slurm_cluster.run("sacct", "-n", "-X", "-P", "-S", "now-1hour", "--name", f"ablate-{sweep_dir.name}",
+                                "-o", "JobID")
+    assert history.returncode == 0 and history.stdout.strip() == "", history.stdout + history.stderr
+
+
 def test_cells_beyond_max_array_size_go_to_another_array_and_resubmission_keeps_the_collector_last(
         slurm_activated, tmp_path):
     """9 cells of one profile: an array of 8 (MaxArraySize) and one more job. Submitted held, so nothing runs.

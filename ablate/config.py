@@ -133,6 +133,13 @@ class TrainerConfig:
 
 
 @dataclass
+class EngineConfig:
+    """How a cell computes, not what: speed and memory only, so not part of the cell id (ablate/engine.py)."""
+
+    head_chunk: int = 1024  # LM-head rows per chunk of the lean log-prob path (memory ~ 4 x chunk x vocab x 4 B)
+
+
+@dataclass
 class LoggerConfig:
     kind: str = "none"
 
@@ -177,6 +184,7 @@ class AblateConfig:
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     logger: Any = "???"
     select: SelectConfig = field(default_factory=SelectConfig)
+    engine: EngineConfig = field(default_factory=EngineConfig)
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N — not part of the cell id
     threads: int | None = None  # torch CPU threads; null keeps torch's default
@@ -239,6 +247,7 @@ RULES = {
     "trainer.eval_every": (lambda x: x >= 1, ">= 1"),
     "trainer.eval_batch_size": (lambda x: x >= 1, ">= 1"),
     "trainer.log_every": (lambda x: x >= 1, ">= 1"),
+    "engine.head_chunk": (lambda x: x >= 1, ">= 1"),
     "data.max_length": (lambda x: x >= 2, ">= 2"),
     "data.max_prompt_length": (lambda x: x >= 1, ">= 1"),
     "data.heldout_fraction": (lambda x: 0 < x < 1, "in (0, 1)"),

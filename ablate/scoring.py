@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor
+from torch.utils.checkpoint import checkpoint
 from tqdm.auto import tqdm
 
 from ablate.data import TokenizedPairs
@@ -42,21 +43,97 @@ def mismatched_batch(data: TokenizedPairs, idx: list[int], pad_id: int) -> dict[
     return pad(prompts + prompts, completions, pad_id)
 
 
-def completion_logps(model, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
-    """Summed log-prob of each sequence's completion tokens, and how many there are: (N,), (N,)."""
+# Rows of hidden states sent through the LM head at once. The head's transient memory is about
+# 4 x chunk x vocab x 4 bytes (fp32 logits, their log-sum-exp and the gradient, recomputed in
+# backward): 1,024 rows of a 151,936-token vocabulary ~ 2.5 GB, independent of sequence length.
+DEFAULT_HEAD_CHUNK = 1024
+
+
+def completion_logps(model, batch: dict[str, Tensor], *, head_chunk: int = DEFAULT_HEAD_CHUNK
+                     ) -> tuple[Tensor, Tensor]:
+    """Summed log-prob of each sequence's completion tokens, and how many there are: (N,), (N,).
+
+    Lean: the transformer body runs over every position, but the LM head only over the M positions
+    that predict a completion token (prompt and padding never reach it), in chunks of `head_chunk`
+    rows whose logits are recomputed in backward. No (N, T, V) tensor, nor an fp32 copy of one,
+    ever exists; the peak is one (head_chunk, V) chunk. Equal to the straightforward full-logits
+    computation to float tolerance (tests/test_scoring.py).
+    """
     device = next(model.parameters()).device
+    causal_lm = model.get_base_model() if hasattr(model, "get_base_model") else model  # under peft
     input_ids = batch["input_ids"].to(device)
-    logits = model(input_ids=input_ids, attention_mask=batch["attention_mask"].to(device)).logits
-    logits = logits[:, :-1].float()  # (N, T-1, V): position t predicts token t+1
-    labels = input_ids[:, 1:]
-    mask = batch["completion_mask"][:, 1:].to(device)
-    # log_softmax(x)[y] = x[y] - logsumexp(x): avoids materialising a second (N, T-1, V) tensor
-    token_logps = logits.gather(-1, labels.unsqueeze(-1)).squeeze(-1) - logits.logsumexp(-1)  # (N, T-1)
-    return (token_logps * mask).sum(-1), mask.sum(-1).float()
+    hidden = causal_lm.get_decoder()(
+        input_ids=input_ids, attention_mask=batch["attention_mask"].to(device)
+    ).last_hidden_state  # (N, T, H)
+    mask = batch["completion_mask"][:, 1:].to(device)  # (N, T-1): position t predicts token t+1
+    selected = hidden[:, :-1][mask]  # (M, H)
+    labels = input_ids[:, 1:][mask]  # (M,)
+    head = causal_lm.get_output_embeddings()
+    transform = _logit_transform(causal_lm.config)
+    chunks = []
+    for start in range(0, len(labels), head_chunk):
+        h, y = selected[start : start + head_chunk], labels[start : start + head_chunk]
+        if torch.is_grad_enabled() and h.requires_grad:
+            # keep only (chunk, H) for backward; the chunk's logits are recomputed there
+            chunks.append(checkpoint(_token_logps, head, transform, h, y, use_reentrant=False))
+        else:
+            chunks.append(_token_logps(head, transform, h, y))
+    token_logps = torch.cat(chunks) if chunks else selected.new_zeros(0, dtype=torch.float32)  # (M,)
+    # back onto the (N, T-1) grid to sum per row: a masked sum, deterministic on every device
+    per_position = torch.zeros(mask.shape, dtype=token_logps.dtype, device=device).masked_scatter(mask, token_logps)
+    return per_position.sum(-1), mask.sum(-1).float()
+
+
+def _token_logps(head, transform, hidden: Tensor, labels: Tensor) -> Tensor:
+    logits = transform(head(hidden)).float()  # (C, V)
+    # log_softmax(x)[y] = x[y] - logsumexp(x): no second (C, V) tensor
+    return logits.gather(-1, labels.unsqueeze(-1)).squeeze(-1) - logits.logsumexp(-1)  # (C,)
+
+
+def _logit_transform(config):
+    """What a causal LM's forward does to lm_head(h) before returning logits, for the families that
+    do anything (Gemma 2/3 soft-capping, Cohere's logit_scale, Granite's logits_scaling). A family
+    doing something else is caught by `check_lean_head` before training starts."""
+    softcap = getattr(config, "final_logit_softcapping", None)
+    scale = getattr(config, "logit_scale", None)
+    divisor = getattr(config, "logits_scaling", None)
+
+    def transform(logits: Tensor) -> Tensor:
+        if scale is not None:
+            logits = logits * scale
+        if divisor is not None:
+            logits = logits / divisor
+        if softcap is not None:
+            logits = torch.tanh(logits / softcap) * softcap
+        return logits
+
+    return transform
 
 
 @torch.no_grad()
-def score_pairs(model, data: TokenizedPairs, *, batch_size: int, pad_id: int, desc: str) -> dict[str, Tensor]:
+def check_lean_head(model, vocab_size: int | None = None) -> None:
+    """Refuse a model whose forward turns hidden states into logits some other way than the lean
+    path assumes: compare both on one short sequence (milliseconds, even for an 8B model)."""
+    vocab = vocab_size or model.config.vocab_size
+    device = next(model.parameters()).device
+    ids = (torch.arange(12, device=device) * 7919 + 3) % vocab
+    batch = pad([ids[:5].tolist()], [ids[5:].tolist()], 0)
+    lean, _ = completion_logps(model, batch)
+    logits = model(input_ids=batch["input_ids"].to(device)).logits[0, 4:-1].float()  # predicts ids[5:]
+    full = torch.log_softmax(logits, -1).gather(-1, ids[5:].unsqueeze(-1)).sum()
+    relative = 1e-4 if next(model.parameters()).dtype == torch.float32 else 2e-2  # bf16: ~3 digits
+    tolerance = relative * max(1.0, abs(full.item()))
+    if abs(lean.item() - full.item()) > tolerance:
+        raise ValueError(
+            f"{type(model).__name__}: its forward computes logits differently from lm_head(final hidden "
+            f"state) (lean log-prob {lean.item():.4f} vs forward {full.item():.4f}); ablate's lean "
+            "log-prob path does not support this model family yet"
+        )
+
+
+@torch.no_grad()
+def score_pairs(model, data: TokenizedPairs, *, batch_size: int, pad_id: int, desc: str,
+                head_chunk: int = DEFAULT_HEAD_CHUNK) -> dict[str, Tensor]:
     """Summed completion log-probs of every pair, on CPU: chosen, rejected, chosen_tokens, rejected_tokens."""
     was_training = model.training
     model.eval()
@@ -64,7 +141,7 @@ def score_pairs(model, data: TokenizedPairs, *, batch_size: int, pad_id: int, de
     starts = range(0, len(data), batch_size)
     for start in tqdm(starts, desc=desc, leave=False, disable=len(starts) < 20):
         idx = list(range(start, min(start + batch_size, len(data))))
-        logps, tokens = completion_logps(model, pair_batch(data, idx, pad_id))
+        logps, tokens = completion_logps(model, pair_batch(data, idx, pad_id), head_chunk=head_chunk)
         parts.append((logps.cpu(), tokens.cpu(), len(idx)))
     model.train(was_training)
     logps = torch.cat([p[0] for p in parts])

@@ -184,6 +184,6 @@ def reference_logps(cfg, split: str, data: TokenizedPairs, base_model, pad_id: i
     cached = _load(path)
     if cached is None:
         cached = score_pairs(base_model, data, batch_size=cfg.trainer.eval_batch_size, pad_id=pad_id,
-                             desc=f"reference log-probs ({split})")
+                             desc=f"reference log-probs ({split})", head_chunk=cfg.engine.head_chunk)
         _save(path, cached)
     return cached

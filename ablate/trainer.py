@@ -24,7 +24,7 @@ from ablate.distributed import Ranks
 from ablate.heldout import PAIR_COLUMNS, heldout_metrics
 from ablate.models import add_lora, load_base_model, load_tokenizer, resolve_device
 from ablate.objectives import ObjectiveOutput, SequenceLogps, get_objective
-from ablate.scoring import completion_logps, mismatched_batch, pair_batch, score_pairs
+from ablate.scoring import check_lean_head, completion_logps, mismatched_batch, pair_batch, score_pairs
 from ablate.shared import reference_logps, tokenized_pairs
 
 
@@ -63,6 +63,12 @@ def train(cfg, cell_dir: Path, shared_dir: Path, stop_requested: threading.Event
     tokenizer = load_tokenizer(cfg.model)
     pad_id = tokenizer.pad_token_id
     model = load_base_model(cfg.model, device)
+    check_lean_head(model)  # the lean log-prob path reproduces this model's logits, or the cell stops here
+    head_chunk = cfg.engine.head_chunk
+
+    def logps_of(batch):  # summed completion log-probs, LM head on completion positions only
+        return completion_logps(model, batch, head_chunk=head_chunk)
+
     with ranks.main_first():
         data = tokenized_pairs(cfg, tokenizer, shared_dir)
         train_data, heldout_data = data["train"], data["heldout"]
@@ -94,15 +100,16 @@ def train(cfg, cell_dir: Path, shared_dir: Path, stop_requested: threading.Event
             inputs |= dict(ref_chosen=ref["chosen"].to(device), ref_rejected=ref["rejected"].to(device))
         if objective.needs_kl_batch:  # KTO: E[log π/π_ref] on mismatched prompt/completion pairs
             with torch.no_grad():
-                inputs["kl_policy"] = torch.cat([completion_logps(model, k)[0] for k in kl_batches])
+                inputs["kl_policy"] = torch.cat([logps_of(k)[0] for k in kl_batches])
                 with model.disable_adapter():
-                    inputs["kl_reference"] = torch.cat([completion_logps(model, k)[0] for k in kl_batches])
+                    inputs["kl_reference"] = torch.cat([logps_of(k)[0] for k in kl_batches])
         return inputs
 
     def evaluate(step: int) -> tuple[dict, pd.DataFrame]:
         """TRL-named eval_* metrics and the neutral held-out metrics, from one scoring pass."""
         model.eval()
-        policy = score_pairs(model, heldout_data, batch_size=tc.eval_batch_size, pad_id=pad_id, desc="held-out")
+        policy = score_pairs(model, heldout_data, batch_size=tc.eval_batch_size, pad_id=pad_id, desc="held-out",
+                             head_chunk=head_chunk)
         with torch.no_grad():
             starts = range(0, len(heldout_data), tc.eval_batch_size)
             kl_batches = [mismatched_batch(heldout_data, list(range(s, min(s + tc.eval_batch_size,
@@ -181,7 +188,7 @@ def train(cfg, cell_dir: Path, shared_dir: Path, stop_requested: threading.Event
             mine = ranks.shard(micro_idx)  # all of it with one process
             if not mine:
                 continue
-            logps, tokens = completion_logps(model, pair_batch(train_data, mine, pad_id))  # (2B,), (2B,)
+            logps, tokens = logps_of(pair_batch(train_data, mine, pad_id))  # (2B,), (2B,)
             ref = {k: v[mine] for k, v in train_ref.items()} if train_ref else None
             kl_batches = [mismatched_batch(train_data, mine, pad_id)] if objective.needs_kl_batch else []
             inputs = objective_inputs(logps, tokens, ref, kl_batches)

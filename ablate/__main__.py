@@ -12,6 +12,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from ablate.config import ConfigError, register_configs
+from ablate.paths import CONF_DIR
 from ablate.readers import DataError
 from ablate.run import run_cell
 
@@ -21,7 +22,7 @@ register_configs()
 OmegaConf.register_new_resolver("ablate_suffix", lambda: secrets.token_hex(2), use_cache=True, replace=True)
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
 def main(cfg: DictConfig) -> dict:
     hydra_cfg = HydraConfig.get()
     multirun = hydra_cfg.mode == RunMode.MULTIRUN

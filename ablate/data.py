@@ -25,8 +25,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tqdm.auto import tqdm
-
+from ablate.progress import track
 from ablate.readers import BadRow, DataError, RawRow, read_file, read_hub_split
 
 FORMATS = ("auto", "explicit", "implicit_prompt")
@@ -380,23 +379,22 @@ def tokenize_pairs(
         raise ValueError("the tokenizer has no EOS token; completions must end with one")
     bos = getattr(tokenizer, "bos_token_id", None)
     out, identical = TokenizedPairs(), []
-    with tqdm(total=len(pairs), desc="tokenising pairs", unit="pair", disable=len(pairs) < 5000) as bar:
-        for start in range(0, len(pairs), _BATCH):
-            batch = pairs[start : start + _BATCH]
-            parts = [split_conversation(p.prompt, p.chosen, p.rejected, f"pair {p.pair_id!r}") for p in batch]
-            prompts = _prompt_ids([prompt for prompt, _, _ in parts], tokenizer)
-            chosen = _ids([c for _, c, _ in parts], tokenizer, add_special_tokens=False)
-            rejected = _ids([r for _, _, r in parts], tokenizer, add_special_tokens=False)
-            for pair, p, c, r in zip(batch, prompts, chosen, rejected, strict=True):
-                p, c, r = _truncate(p, c + [eos], r + [eos], max_length, max_prompt_length, bos)
-                if c == r:
-                    identical.append(pair.pair_id)
-                out.pair_ids.append(pair.pair_id)
-                out.slices.append(pair.slice)
-                out.prompt_ids.append(p)
-                out.chosen_ids.append(c)
-                out.rejected_ids.append(r)
-            bar.update(len(batch))
+    batches = range(0, len(pairs), _BATCH)
+    for start in track(batches, desc="tokenising pairs", unit="batch", disable=len(pairs) < 5000):
+        batch = pairs[start : start + _BATCH]
+        parts = [split_conversation(p.prompt, p.chosen, p.rejected, f"pair {p.pair_id!r}") for p in batch]
+        prompts = _prompt_ids([prompt for prompt, _, _ in parts], tokenizer)
+        chosen = _ids([c for _, c, _ in parts], tokenizer, add_special_tokens=False)
+        rejected = _ids([r for _, _, r in parts], tokenizer, add_special_tokens=False)
+        for pair, p, c, r in zip(batch, prompts, chosen, rejected, strict=True):
+            p, c, r = _truncate(p, c + [eos], r + [eos], max_length, max_prompt_length, bos)
+            if c == r:
+                identical.append(pair.pair_id)
+            out.pair_ids.append(pair.pair_id)
+            out.slices.append(pair.slice)
+            out.prompt_ids.append(p)
+            out.chosen_ids.append(c)
+            out.rejected_ids.append(r)
     if identical:
         # Not an error: such a pair only gives a zero margin, but a user should know it is dead weight.
         warnings.warn(

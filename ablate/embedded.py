@@ -172,13 +172,13 @@ def _new_model(model_cfg, tokenizer):
 
 def _warm_up(model, tokenizer, model_cfg):
     """Short SFT on the task's FORMAT: random mode, sometimes filler, so no preference is learned."""
-    from tqdm.auto import tqdm
+    from ablate.progress import track
 
     rng = random.Random(model_cfg.warmup_seed)
     spec = TaskSpec()
     opt = torch.optim.AdamW(model.parameters(), lr=model_cfg.warmup_lr)
     model.train()
-    for _ in tqdm(range(model_cfg.warmup_steps), desc="warming up the embedded model", leave=False):
+    for _ in track(range(model_cfg.warmup_steps), desc="warming up the embedded model"):
         prompts, completions = [], []
         for _ in range(64):
             symbols = random_symbols(rng, spec)

@@ -10,9 +10,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 from torch.utils.checkpoint import checkpoint
-from tqdm.auto import tqdm
 
 from ablate.data import TokenizedPairs
+from ablate.progress import track
 
 
 def pad(prompts: list[list[int]], completions: list[list[int]], pad_id: int) -> dict[str, Tensor]:
@@ -139,7 +139,7 @@ def score_pairs(model, data: TokenizedPairs, *, batch_size: int, pad_id: int, de
     model.eval()
     parts = []
     starts = range(0, len(data), batch_size)
-    for start in tqdm(starts, desc=desc, leave=False, disable=len(starts) < 20):
+    for start in track(starts, desc=desc, unit="batch", disable=len(starts) < 20):
         idx = list(range(start, min(start + batch_size, len(data))))
         logps, tokens = completion_logps(model, pair_batch(data, idx, pad_id), head_chunk=head_chunk)
         parts.append((logps.cpu(), tokens.cpu(), len(idx)))

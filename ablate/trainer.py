@@ -17,13 +17,13 @@ from pathlib import Path
 
 import pandas as pd
 import torch
-from tqdm.auto import tqdm
 
 from ablate.cells import atomic_write_bytes, atomic_write_json, atomic_write_text
 from ablate.distributed import Ranks
 from ablate.heldout import PAIR_COLUMNS, heldout_metrics
 from ablate.models import add_lora, load_base_model, load_tokenizer, resolve_device
 from ablate.objectives import ObjectiveOutput, SequenceLogps, get_objective
+from ablate.progress import track
 from ablate.scoring import check_lean_head, completion_logps, mismatched_batch, pair_batch, score_pairs
 from ablate.shared import reference_logps, tokenized_pairs
 
@@ -179,8 +179,9 @@ def train(cfg, cell_dir: Path, shared_dir: Path, stop_requested: threading.Event
     elif ranks.is_main:
         record(eval_log, cell_dir / "eval_log.jsonl", evaluate(0)[0])  # step 0: the reference itself
     model.train()
-    progress = tqdm(range(start + 1, tc.max_steps + 1), initial=start, total=tc.max_steps, leave=False,
-                    desc=f"{cfg.objective.name} r={cfg.lora.r} seed={cfg.seed}")
+    # a bar on a terminal; in a file (SLURM logs) one plain line per log_every steps, at most every 30 s
+    progress = track(range(start + 1, tc.max_steps + 1), initial=start, total=tc.max_steps, every=tc.log_every,
+                     desc=f"{cfg.objective.name} r={cfg.lora.r} seed={cfg.seed}")
     for step in progress:
         idx = order.batch(step)
         for micro in range(tc.grad_accum):

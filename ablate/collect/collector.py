@@ -17,11 +17,12 @@ from ablate.collect.decide import PAIR_COLUMN, arm_stats, decide
 from ablate.collect.diagnostics import chosen_shift, factorial_effects, length_artifacts, overoptimisation
 from ablate.collect.load import Sweep, load_sweep
 from ablate.collect.plan import add_seeds_command
+from ablate.paths import CONF_DIR
 
 # report/ is replaced whole at every collection, but the published W&B Report's id must survive it,
 # so that publishing again updates that report instead of making a new one (ablate.wandb_report)
 OUTLIVE_A_COLLECTION = ("wandb_report.json",)
-SELECT_DEFAULTS = Path(__file__).resolve().parents[2] / "conf" / "select" / "default.yaml"
+SELECT_DEFAULTS = CONF_DIR / "select" / "default.yaml"
 
 
 def select_config(overrides: list[str] | tuple[str, ...] = (), base: DictConfig | None = None) -> DictConfig:

@@ -1,0 +1,101 @@
+"""ablate installed from its wheel, run from a directory that is not the checkout.
+
+The wheel is built from a copy of the checkout and installed with `pip --target` into a temp folder
+that comes first on PYTHONPATH, so that the editable install of the checkout cannot answer for it
+(asserted: ablate and its Hydra plugin import from the installed folder).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+from conftest import TINY
+
+pytestmark = pytest.mark.slow
+
+TWO_STEPS = [o for o in TINY if not o.startswith(("trainer.max_steps", "data."))] + [
+    "trainer.max_steps=2", "trainer.eval_every=2"]
+# A user's own data config, in their own folder, composed with the shipped ones through --config-dir.
+USER_DATA = """\
+defaults:
+  - schema_verbosity_trap
+  - _self_
+n_train: 48
+n_heldout_per_slice: 8
+"""
+
+
+def _copy_checkout(repo_root: Path, dest: Path) -> Path:
+    skip = shutil.ignore_patterns(".git", ".venv", "outputs", "build", "*.egg-info", "__pycache__", "wandb")
+    shutil.copytree(repo_root, dest, ignore=skip)
+    return dest
+
+
+@pytest.fixture(scope="module")
+def installed(repo_root, tmp_path_factory) -> dict:
+    """Build the wheel and install it, without dependencies, into a fresh folder."""
+    work = tmp_path_factory.mktemp("wheel")
+    source = _copy_checkout(repo_root, work / "src")
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
+                    "-w", str(work / "dist"), str(source)], check=True, capture_output=True, timeout=120)
+    (wheel,) = (work / "dist").glob("ablate-*.whl")
+    site = work / "site"
+    subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "--no-index", "-q", "--target", str(site),
+                    str(wheel)], check=True, capture_output=True, timeout=120)
+    env = {**os.environ, "PYTHONPATH": str(site)}
+    return {"wheel": wheel, "site": site, "env": env, "cwd": tmp_path_factory.mktemp("elsewhere")}
+
+
+def run(installed: dict, *args: str) -> subprocess.CompletedProcess:
+    proc = subprocess.run(list(args), cwd=installed["cwd"], env=installed["env"], capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc
+
+
+def test_the_wheel_ships_conf_and_sweeps_exactly(installed, repo_root):
+    names = set(zipfile.ZipFile(installed["wheel"]).namelist())
+    for folder in ("conf", "sweeps"):
+        expected = {f"ablate/{folder}/{p.relative_to(repo_root / folder).as_posix()}"
+                    for p in (repo_root / folder).rglob("*.yaml")}
+        assert expected and expected == {n for n in names if n.startswith(f"ablate/{folder}/")}
+
+
+def test_installed_ablate_runs_a_cell_and_a_saved_sweep_from_another_directory(installed):
+    site = installed["site"]
+    where = run(installed, sys.executable, "-c",
+                "import ablate, ablate.paths, hydra_plugins.ablate_launcher.searchpath as s;"
+                "print(ablate.__file__); print(ablate.paths.CONF_DIR); print(s.__file__)")
+    assert all(Path(line).is_relative_to(site) for line in where.stdout.split()), where.stdout
+
+    helped = run(installed, str(site / "bin" / "ablate"), "--help")
+    assert "ablate status" in helped.stdout
+
+    # One cell, with a data config from the user's own folder (--config-dir)
+    user = installed["cwd"] / "my_configs"
+    (user / "data").mkdir(parents=True)
+    (user / "data" / "small_trap.yaml").write_text(USER_DATA)
+    cell = run(installed, sys.executable, "-m", "ablate", "--config-dir", str(user), "data=small_trap", *TWO_STEPS,
+               "hydra.run.dir=one_cell")
+    # stderr is a pipe here, as under SLURM: whole progress lines, no carriage-return frames
+    assert "\r" not in cell.stderr and "dpo r=8 seed=0: step 2/2 (100%)" in cell.stderr, cell.stderr[-2000:]
+    (metrics,) = (installed["cwd"] / "one_cell" / "cells").glob("*/metrics.json")
+    assert json.loads(metrics.read_text())["step"] == 2
+    assert json.loads(metrics.read_text())["heldout/pairs"] == 16  # the user's n_heldout_per_slice, 2 slices
+
+    # The shipped sweep file, narrowed to one cell on the command line
+    run(installed, sys.executable, "-m", "ablate", "-m", "+sweeps=verbosity_trap_2x2x3", "objective=dpo",
+        "lora.r=8", "seed=0", *TWO_STEPS, "data.n_train=48", "data.n_heldout_per_slice=8",
+        "hydra.sweep.dir=saved_sweep")
+    sweep = json.loads((installed["cwd"] / "saved_sweep" / "sweep.json").read_text())
+    assert len(sweep["cells"]) == 1
+    (cell,) = sweep["cells"]
+    status = json.loads((installed["cwd"] / "saved_sweep" / "cells" / cell["cell_id"] / "status.json").read_text())
+    assert status["state"] == "done"

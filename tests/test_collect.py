@@ -738,10 +738,13 @@ def large(tmp_path_factory):
 
 
 def test_collect_1000_cells_within_5_seconds(large):
-    started = time.perf_counter()
+    # CPU time of this process: on an idle machine it is the wall time (the collector runs on one
+    # thread), and unlike the wall time it does not count the waits a busy shared CI node adds.
+    started, cpu_started = time.perf_counter(), time.process_time()
     summary = run(large)
-    elapsed = time.perf_counter() - started
-    print(f"\ncollect() of {summary['cell_counts']['done']} cells x 600 pairs: {elapsed:.2f} s")
+    elapsed = time.process_time() - cpu_started
+    print(f"\ncollect() of {summary['cell_counts']['done']} cells x 600 pairs: {elapsed:.2f} s CPU, "
+          f"{time.perf_counter() - started:.2f} s wall")
     assert summary["cell_counts"] == {"done": 1008}
     assert len(summary["arms"]) == 168 and summary["decision"]["pairs"] == 600
     # obj6 has the highest correctness rate (0.79 + 0.005 lr index): the winner

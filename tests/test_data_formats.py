@@ -119,3 +119,53 @@ def test_each_kind_of_broken_row_is_named_by_file_and_line(name, message):
     with pytest.raises(DataError) as error:
         read(path.name)
     assert str(error.value).startswith(f"{path} {message}")
+
+
+# --- named data configs (conf/data/), read offline from local directories in the hub repos' layouts ----------------
+def conversation(prompt: str, answer: str) -> list[dict]:
+    return [{"role": "user", "content": prompt}, {"role": "assistant", "content": answer}]
+
+
+def ultrafeedback_row(i: int) -> dict:
+    prompt = f"Question {i}?"
+    return {"prompt": prompt, "prompt_id": f"id{i}", "chosen": conversation(prompt, f"Good answer {i}."),
+            "rejected": conversation(prompt, f"Bad answer {i}."), "messages": conversation(prompt, f"Good answer {i}."),
+            "score_chosen": 8.0, "score_rejected": 3.0}
+
+
+def test_ultrafeedback_binarized_config_reads_its_splits_and_layout(compose_cfg, tmp_path):
+    import pandas as pd
+
+    from ablate.shared import load_pairs
+
+    (tmp_path / "uf" / "data").mkdir(parents=True)
+    for split, rows in (("train_prefs", range(4)), ("test_prefs", range(4, 6)), ("train_gen", range(6, 7))):
+        pd.DataFrame([ultrafeedback_row(i) for i in rows]).to_parquet(
+            tmp_path / "uf" / "data" / f"{split}-00000-of-00001.parquet")
+    cfg = compose_cfg(["data=ultrafeedback", f"data.path={tmp_path / 'uf'}"])
+    assert (cfg.data.train_split, cfg.data.heldout_split) == ("train_prefs", "test_prefs")
+    assert compose_cfg(["data=ultrafeedback"]).data.path == "HuggingFaceH4/ultrafeedback_binarized"
+    train, heldout = load_pairs(cfg.data)
+    assert [p.pair_id for p in train] == [f"train_prefs-{i}" for i in range(4)]
+    assert heldout[0].prompt == [{"role": "user", "content": "Question 4?"}]
+    assert (heldout[0].chosen, heldout[0].rejected) == ("Good answer 4.", "Bad answer 4.")
+
+
+def test_hh_rlhf_config_reads_transcripts_from_subset_folders(compose_cfg, tmp_path):
+    import gzip
+    import json
+
+    from ablate.shared import load_pairs
+
+    lines = (FIXTURES / "hh_rlhf.jsonl").read_text().split("\n")  # not splitlines(): a row holds a U+2028
+    rows = [json.loads(line) for line in lines if line]
+    for subset, split, part in (("harmless-base", "train", rows[:2]), ("helpful-base", "train", rows[2:4]),
+                                ("helpful-base", "test", rows[4:])):
+        (tmp_path / "hh" / subset).mkdir(parents=True, exist_ok=True)
+        with gzip.open(tmp_path / "hh" / subset / f"{split}.jsonl.gz", "wt") as f:
+            f.write("".join(json.dumps(r) + "\n" for r in part))
+    cfg = compose_cfg(["data=hh_rlhf", f"data.path={tmp_path / 'hh'}"])
+    assert compose_cfg(["data=hh_rlhf"]).data.path == "Anthropic/hh-rlhf" and cfg.data.format == "implicit_prompt"
+    train, heldout = load_pairs(cfg.data)
+    explicit = as_triples(read("hh_explicit.jsonl"))
+    assert sorted(as_triples(train)) == sorted(explicit[:4]) and as_triples(heldout) == explicit[4:]

@@ -36,10 +36,21 @@ def pair_batch(data: TokenizedPairs, idx: list[int], pad_id: int) -> dict[str, T
 
 
 def mismatched_batch(data: TokenizedPairs, idx: list[int], pad_id: int) -> dict[str, Tensor]:
-    """(2B, T): prompt of pair i with the chosen and rejected completions of pair i+1 (KTO's KL batch)."""
+    """(2B, T): prompt of pair i with the chosen and rejected completions of another pair (KTO's KL batch).
+
+    The partner of the k-th pair is the next pair of the batch that is a different pair (the batch
+    rotated by one). A batch of one pair (batch_size 1, or a rank's one-pair shard), or of one pair
+    repeated, has no such partner: it takes the next pair of the dataset. Never a pair's own
+    completion, which would turn the KL baseline z0 into the mean reward itself.
+    """
+    if len(data) < 2:
+        raise ValueError(f"KTO's KL batch needs at least 2 pairs to mismatch, the data have {len(data)}")
+    partners = []
+    for k, i in enumerate(idx):
+        others = (idx[(k + step) % len(idx)] for step in range(1, len(idx)))
+        partners.append(next((j for j in others if j != i), (i + 1) % len(data)))
     prompts = [data.prompt_ids[i] for i in idx]
-    shifted = idx[1:] + idx[:1]
-    completions = [data.chosen_ids[j] for j in shifted] + [data.rejected_ids[j] for j in shifted]
+    completions = [data.chosen_ids[j] for j in partners] + [data.rejected_ids[j] for j in partners]
     return pad(prompts + prompts, completions, pad_id)
 
 

@@ -115,6 +115,34 @@ def test_mismatched_batch_pairs_prompt_i_with_completions_of_i_plus_1(pairs):
         assert completion_mask[p : int(mask.sum())].all()
 
 
+def partners(pairs, batch) -> list[int]:
+    """Which pair's chosen completion follows each prompt of a KL batch (completions are unique per pair)."""
+    found = []
+    for row, mask, completion_mask in zip(batch["input_ids"].tolist(), batch["attention_mask"].tolist(),
+                                          batch["completion_mask"].tolist(), strict=True):
+        completion = [t for t, m in zip(row[: sum(mask)], completion_mask, strict=False) if m]
+        found.append(pairs.chosen_ids.index(completion) if completion in pairs.chosen_ids else -1)
+    return found[: len(found) // 2]
+
+
+@pytest.mark.parametrize(("idx", "expected"), [
+    ([3], [4]),  # a batch of one pair: the next pair of the dataset
+    ([4], [0]),  # ... wrapping around
+    ([1, 1, 1], [2, 2, 2]),  # one pair repeated (batch larger than the data): still never its own
+    ([0, 0, 3], [3, 3, 0]),  # a repeat skipped to the next different pair
+])
+def test_kl_batch_never_pairs_a_prompt_with_its_own_completion(pairs, idx, expected):
+    found = partners(pairs, mismatched_batch(pairs, idx, PAD))
+    assert found == expected and all(i != j for i, j in zip(idx, found, strict=True))
+
+
+def test_kl_batch_needs_two_pairs(pairs):
+    one = TokenizedPairs(pairs.pair_ids[:1], pairs.slices[:1], pairs.prompt_ids[:1], pairs.chosen_ids[:1],
+                         pairs.rejected_ids[:1])
+    with pytest.raises(ValueError, match="at least 2 pairs to mismatch"):
+        mismatched_batch(one, [0], PAD)
+
+
 def test_score_pairs_keeps_dataset_order_across_batches(model, pairs):
     model.train()  # score_pairs must score in eval mode and restore the mode afterwards
     scores = score_pairs(model, pairs, batch_size=2, pad_id=PAD, desc="test")  # batches of 2, 2, 1

@@ -14,7 +14,13 @@ from omegaconf import DictConfig, OmegaConf
 
 from ablate.cells import atomic_write_bytes, atomic_write_json, replace_dir
 from ablate.collect.decide import PAIR_COLUMN, arm_stats, decide
-from ablate.collect.diagnostics import chosen_shift, factorial_effects, length_artifacts, overoptimisation
+from ablate.collect.diagnostics import (
+    chosen_shift,
+    data_checks,
+    factorial_effects,
+    length_artifacts,
+    overoptimisation,
+)
 from ablate.collect.load import Sweep, load_sweep
 from ablate.collect.plan import add_seeds_command
 from ablate.paths import CONF_DIR
@@ -105,6 +111,7 @@ def summarise(sweep: Sweep, select: DictConfig) -> dict:
                                                                                              select.slice), []),
             "chosen_logp_shift": _guarded(sweep, "chosen_logp_shift", lambda: chosen_shift(sweep), []),
             "length": _guarded(sweep, "length", lambda: length_artifacts(sweep, select), []),
+            "data_checks": _guarded(sweep, "data_checks", lambda: data_checks(sweep), []),
             "factorial": _guarded(sweep, "factorial", lambda: factorial_effects(sweep, select, select.slice, arms),
                                   {"factors": [], "main_effects": [], "interactions": [], "note": "failed"}),
         },

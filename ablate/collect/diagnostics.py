@@ -84,6 +84,40 @@ def length_artifacts(sweep: Sweep, select) -> list[dict]:
     return findings
 
 
+def data_checks(sweep: Sweep) -> list[dict]:
+    """What planning found in each data source (shared/data-*.json "checks"): one row per finding.
+
+    Rows skipped under data.on_bad_row=skip (per file and reason), rows rewritten on reading,
+    duplicate training pairs, held-out pairs whose prompt is also a training prompt.
+    """
+    findings = []
+    for stats in sweep.data_stats:
+        checks = stats.get("checks")
+        if not isinstance(checks, dict):
+            continue  # the embedded task, or a sweep prepared before the checks existed
+        data = stats.get("data") if isinstance(stats.get("data"), dict) else {}
+        source = data.get("kind")
+        read = checks.get("rows_read") or {}
+        for file, reasons in (checks.get("rows_skipped") or {}).items():
+            for reason, count in reasons.items():
+                findings.append({"data": source, "file": file, "finding": f"skipped: {reason}", "count": count,
+                                 "of": read.get(file), "example": (checks.get("skipped_examples") or {}).get(reason)})
+        for file, rewrites in (checks.get("rows_rewritten") or {}).items():
+            for what, count in rewrites.items():
+                findings.append({"data": source, "file": file, "finding": what, "count": count, "of": read.get(file)})
+        duplicates = checks.get("duplicate_train_pairs") or {}
+        if duplicates.get("count"):
+            findings.append({"data": source, "file": None, "finding": "duplicate training pairs",
+                             "count": duplicates["count"], "example": ", ".join(duplicates.get("examples", []))})
+        overlap = checks.get("heldout_prompts_in_train") or {}
+        if overlap.get("count"):
+            findings.append({"data": source, "file": None,
+                             "finding": "held-out pairs whose prompt is a training prompt",
+                             "count": overlap["count"], "of": overlap.get("of"),
+                             "example": ", ".join(e["pair_id"] for e in overlap.get("examples", []))})
+    return findings
+
+
 def _share(stats: dict, key: str) -> float | None:
     value = stats.get(key)
     ok = isinstance(value, int | float) and not isinstance(value, bool) and 0 <= value <= 1

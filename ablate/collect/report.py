@@ -209,6 +209,16 @@ def _diagnostics(diag: dict, metric: str, level: str) -> list[tuple]:
     else:
         blocks.append(("p", "Not checked: the sweep has no training-data length statistics (shared/data-*.json)."))
 
+    blocks.append(("h3", "Data checks"))
+    if diag.get("data_checks"):
+        rows = [[fmt(f.get("data")), fmt(f.get("file")), f["finding"],
+                 f"{f['count']}" + (f" of {f['of']}" if f.get("of") is not None else ""), fmt(f.get("example"))]
+                for f in diag["data_checks"]]
+        blocks.append(("table", ["data", "file", "finding", "rows or pairs", "example"], rows, []))
+    else:
+        blocks.append(("p", "Nothing found: no row skipped or rewritten, no duplicate training pair, no held-out "
+                            "prompt among the training prompts (shared/data-*.json)."))
+
     fact = diag.get("factorial", {})
     blocks.append(("h3", "Factorial effects"))
     if not fact.get("main_effects"):

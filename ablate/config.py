@@ -17,6 +17,7 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
+from ablate.engine import ATTENTION, AUTOCAST
 from ablate.objectives import OBJECTIVES, register_objective_schemas
 
 
@@ -137,6 +138,10 @@ class EngineConfig:
     """How a cell computes, not what: speed and memory only, so not part of the cell id (ablate/engine.py)."""
 
     head_chunk: int = 1024  # LM-head rows per chunk of the lean log-prob path (memory ~ 4 x chunk x vocab x 4 B)
+    eval_batch_tokens: int = 16384  # padded tokens per no-grad scoring batch (at most trainer.eval_batch_size pairs)
+    autocast: str = "auto"  # auto | bf16 | fp16 | off; auto = bf16 on CUDA for a bfloat16 model, else off
+    gradient_checkpointing: bool = False  # recompute decoder activations in backward (non-reentrant)
+    attn_implementation: str = "sdpa"  # sdpa | eager | flash_attention_2 | flash_attention_3 | flex_attention
 
 
 @dataclass
@@ -248,6 +253,9 @@ RULES = {
     "trainer.eval_batch_size": (lambda x: x >= 1, ">= 1"),
     "trainer.log_every": (lambda x: x >= 1, ">= 1"),
     "engine.head_chunk": (lambda x: x >= 1, ">= 1"),
+    "engine.eval_batch_tokens": (lambda x: x >= 1, ">= 1"),
+    "engine.autocast": (lambda x: x in AUTOCAST, " or ".join(AUTOCAST)),
+    "engine.attn_implementation": (lambda x: x in ATTENTION, " or ".join(ATTENTION)),
     "data.max_length": (lambda x: x >= 2, ">= 2"),
     "data.max_prompt_length": (lambda x: x >= 1, ">= 1"),
     "data.heldout_fraction": (lambda x: 0 < x < 1, "in (0, 1)"),

@@ -40,7 +40,7 @@ def load_tokenizer(model_cfg):
     return tokenizer
 
 
-def load_base_model(model_cfg, device: torch.device):
+def load_base_model(model_cfg, device: torch.device, attn_implementation: str = "sdpa"):
     from transformers import AutoModelForCausalLM
     from transformers.utils import logging as hf_logging
 
@@ -51,6 +51,7 @@ def load_base_model(model_cfg, device: torch.device):
         revision=model_cfg.get("revision"),
         trust_remote_code=model_cfg.get("trust_remote_code", False),
         dtype=DTYPES[model_cfg.dtype],
+        attn_implementation=attn_implementation,  # sdpa; flash_attention_2 when installed
     )
     model.config.use_cache = False  # training and scoring never generate
     return model.to(device)

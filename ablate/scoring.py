@@ -144,23 +144,46 @@ def check_lean_head(model, vocab_size: int | None = None) -> None:
 
 @torch.no_grad()
 def score_pairs(model, data: TokenizedPairs, *, batch_size: int, pad_id: int, desc: str,
-                head_chunk: int = DEFAULT_HEAD_CHUNK) -> dict[str, Tensor]:
-    """Summed completion log-probs of every pair, on CPU: chosen, rejected, chosen_tokens, rejected_tokens."""
+                head_chunk: int = DEFAULT_HEAD_CHUNK, max_tokens: int | None = None,
+                indices: list[int] | None = None) -> dict[str, Tensor]:
+    """Summed completion log-probs of pairs, on CPU: chosen, rejected, chosen_tokens, rejected_tokens.
+
+    Each value is a (len(data),) tensor in dataset order; pairs outside `indices` (default: all)
+    are NaN, so that using one by mistake fails loudly. Batches are sorted by length and sized by
+    padded tokens (`max_tokens`, at most `batch_size` pairs): little padding, and a memory peak set
+    by the budget rather than by the longest pair times the batch size.
+    """
     was_training = model.training
     model.eval()
-    parts = []
-    starts = range(0, len(data), batch_size)
-    for start in track(starts, desc=desc, unit="batch", disable=len(starts) < 20):
-        idx = list(range(start, min(start + batch_size, len(data))))
+    nan = torch.full((len(data),), float("nan"))
+    out = {"chosen": nan.clone(), "rejected": nan.clone(), "chosen_tokens": nan.clone(),
+           "rejected_tokens": nan.clone()}
+    batches = length_sorted_batches(data, range(len(data)) if indices is None else indices,
+                                    max_pairs=batch_size, max_tokens=max_tokens)
+    for idx in track(batches, desc=desc, unit="batch", disable=len(batches) < 20):
         logps, tokens = completion_logps(model, pair_batch(data, idx, pad_id), head_chunk=head_chunk)
-        parts.append((logps.cpu(), tokens.cpu(), len(idx)))
+        logps, tokens, n = logps.float().cpu(), tokens.cpu(), len(idx)
+        where = torch.tensor(idx)
+        out["chosen"][where], out["rejected"][where] = logps[:n], logps[n:]
+        out["chosen_tokens"][where], out["rejected_tokens"][where] = tokens[:n], tokens[n:]
     model.train(was_training)
-    logps = torch.cat([p[0] for p in parts])
-    tokens = torch.cat([p[1] for p in parts])
-    chosen_mask = torch.cat([torch.arange(2 * n) < n for _, _, n in parts])
-    return {
-        "chosen": logps[chosen_mask],
-        "rejected": logps[~chosen_mask],
-        "chosen_tokens": tokens[chosen_mask],
-        "rejected_tokens": tokens[~chosen_mask],
-    }
+    return out
+
+
+def length_sorted_batches(data: TokenizedPairs, indices, *, max_pairs: int, max_tokens: int | None
+                          ) -> list[list[int]]:
+    """Pair indices grouped longest first; a batch's padded size 2 x pairs x longest <= max_tokens
+    (a single pair longer than the budget still gets its own batch)."""
+    def length(i: int) -> int:
+        return len(data.prompt_ids[i]) + max(len(data.chosen_ids[i]), len(data.rejected_ids[i]))
+
+    batches: list[list[int]] = []
+    for i in sorted(set(indices), key=lambda i: (-length(i), i)):
+        current = batches[-1] if batches else None
+        fits = (current is not None and len(current) < max_pairs
+                and (max_tokens is None or 2 * (len(current) + 1) * length(current[0]) <= max_tokens))
+        if fits:
+            current.append(i)
+        else:
+            batches.append([i])
+    return batches

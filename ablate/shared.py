@@ -31,6 +31,7 @@ from ablate.data import (
     tokenize_pairs,
 )
 from ablate.data_checks import check_pairs
+from ablate.engine import compute_context
 from ablate.readers import DataError
 from ablate.scoring import score_pairs
 
@@ -174,16 +175,28 @@ def length_stats(pairs: TokenizedPairs) -> dict:
 
 
 def reference_logps(cfg, split: str, data: TokenizedPairs, base_model, pad_id: int,
-                    shared_dir: Path) -> dict[str, torch.Tensor]:
+                    shared_dir: Path, indices: list[int] | None = None,
+                    autocast: torch.dtype | None = None) -> dict[str, torch.Tensor]:
     """Summed completion log-probs of the base model (= the policy with its adapter disabled).
 
-    Call before the adapter is added, or inside `model.disable_adapter()`.
+    Call before the adapter is added, or inside `model.disable_adapter()`. With `indices`, only
+    those pairs are scored (the rest are NaN): a run visiting a fraction of the training pairs pays
+    for that fraction only. The set of pairs is part of the file's key, so every cell with the same
+    visiting plan (same seed, steps and batch size; or at least one full epoch, whatever the seed)
+    shares one file whose values do not depend on which cell came first. Scores computed under
+    autocast (`autocast`, e.g. bfloat16) get their own file: they differ by more than rounding.
     """
-    key = config_hash([_plain(cfg.model), _plain(cfg.data), split])[:16]
+    everything = indices is None or set(indices) == set(range(len(data)))
+    scope = [] if everything else [config_hash(sorted(set(indices)))[:16]]
+    scope += [f"autocast={autocast}"] if autocast is not None else []
+    key = config_hash([_plain(cfg.model), _plain(cfg.data), split, *scope])[:16]
     path = shared_dir / f"reference-{split}-{key}.pt"
     cached = _load(path)
     if cached is None:
-        cached = score_pairs(base_model, data, batch_size=cfg.trainer.eval_batch_size, pad_id=pad_id,
-                             desc=f"reference log-probs ({split})", head_chunk=cfg.engine.head_chunk)
+        device = next(base_model.parameters()).device
+        with compute_context(device, autocast):
+            cached = score_pairs(base_model, data, batch_size=cfg.trainer.eval_batch_size, pad_id=pad_id,
+                                 desc=f"reference log-probs ({split})", head_chunk=cfg.engine.head_chunk,
+                                 max_tokens=cfg.engine.eval_batch_tokens, indices=None if everything else indices)
         _save(path, cached)
     return cached

@@ -20,6 +20,7 @@ import torch
 
 from ablate.cells import atomic_write_bytes, atomic_write_json, atomic_write_text
 from ablate.distributed import Ranks
+from ablate.engine import adapter_weights_in_float32, autocast_dtype, compute_context, enable_gradient_checkpointing
 from ablate.heldout import PAIR_COLUMNS, heldout_metrics
 from ablate.models import add_lora, load_base_model, load_tokenizer, resolve_device
 from ablate.objectives import ObjectiveOutput, SequenceLogps, get_objective
@@ -62,25 +63,30 @@ def train(cfg, cell_dir: Path, shared_dir: Path, stop_requested: threading.Event
 
     tokenizer = load_tokenizer(cfg.model)
     pad_id = tokenizer.pad_token_id
-    model = load_base_model(cfg.model, device)
+    model = load_base_model(cfg.model, device, attn_implementation=cfg.engine.attn_implementation)
     check_lean_head(model)  # the lean log-prob path reproduces this model's logits, or the cell stops here
+    if cfg.engine.gradient_checkpointing:
+        enable_gradient_checkpointing(model)
+    amp = autocast_dtype(cfg.engine, device, model.dtype)  # None: no autocast (CPU, float32 models)
     head_chunk = cfg.engine.head_chunk
 
     def logps_of(batch):  # summed completion log-probs, LM head on completion positions only
-        return completion_logps(model, batch, head_chunk=head_chunk)
+        with compute_context(device, amp):
+            return completion_logps(model, batch, head_chunk=head_chunk)
 
     with ranks.main_first():
         data = tokenized_pairs(cfg, tokenizer, shared_dir)
         train_data, heldout_data = data["train"], data["heldout"]
         # The base model IS the reference: score with it before the adapter exists. Held-out
         # reference log-probs are always needed (the neutral metrics are relative to the reference).
-        heldout_ref = reference_logps(cfg, "heldout", heldout_data, model, pad_id, shared_dir)
-        train_ref = (reference_logps(cfg, "train", train_data, model, pad_id, shared_dir)
-                     if objective.uses_reference else None)
+        heldout_ref = reference_logps(cfg, "heldout", heldout_data, model, pad_id, shared_dir, autocast=amp)
+        order = DataOrder(len(train_data), tc.batch_size, cfg.seed)  # known in advance: score only what is visited
+        train_ref = (reference_logps(cfg, "train", train_data, model, pad_id, shared_dir, autocast=amp,
+                                     indices=order.visited(tc.max_steps)) if objective.uses_reference else None)
 
     torch.manual_seed(cfg.seed)  # LoRA init and dropout
     model = add_lora(model, cfg.lora)
-    params = [p for p in model.parameters() if p.requires_grad]
+    params = adapter_weights_in_float32(model)  # and so are their gradients and AdamW's state
     optimizer = torch.optim.AdamW(params, lr=tc.lr, weight_decay=tc.weight_decay)
     warmup = int(tc.warmup_ratio * tc.max_steps)
 
@@ -90,7 +96,6 @@ def train(cfg, cell_dir: Path, shared_dir: Path, stop_requested: threading.Event
         return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, tc.max_steps - warmup)))
 
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
-    order = DataOrder(len(train_data), tc.batch_size, cfg.seed)
     micro_size = tc.batch_size // tc.grad_accum
 
     def objective_inputs(logps, tokens, ref, kl_batches) -> dict:
@@ -108,8 +113,9 @@ def train(cfg, cell_dir: Path, shared_dir: Path, stop_requested: threading.Event
     def evaluate(step: int) -> tuple[dict, pd.DataFrame]:
         """TRL-named eval_* metrics and the neutral held-out metrics, from one scoring pass."""
         model.eval()
-        policy = score_pairs(model, heldout_data, batch_size=tc.eval_batch_size, pad_id=pad_id, desc="held-out",
-                             head_chunk=head_chunk)
+        with compute_context(device, amp):
+            policy = score_pairs(model, heldout_data, batch_size=tc.eval_batch_size, pad_id=pad_id,
+                                 desc="held-out", head_chunk=head_chunk, max_tokens=cfg.engine.eval_batch_tokens)
         with torch.no_grad():
             starts = range(0, len(heldout_data), tc.eval_batch_size)
             kl_batches = [mismatched_batch(heldout_data, list(range(s, min(s + tc.eval_batch_size,
@@ -296,3 +302,7 @@ class DataOrder:
     def batch(self, step: int) -> list[int]:
         positions = range((step - 1) * self.batch_size, step * self.batch_size)
         return [self._perm(p // self.n)[p % self.n] for p in positions]
+
+    def visited(self, max_steps: int) -> list[int]:
+        """Every pair steps 1..max_steps use, each once, in first-visit order."""
+        return list(dict.fromkeys(i for step in range(1, max_steps + 1) for i in self.batch(step)))

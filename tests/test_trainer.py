@@ -172,8 +172,22 @@ def test_reference_and_tokens_are_shared_by_every_cell_of_a_sweep(sweep):
     shared = sweep.path / "shared"
     assert len(list(shared.glob("tokens-*.pt"))) == 1
     assert len(list(shared.glob("reference-heldout-*.pt"))) == 1
-    assert len(list(shared.glob("reference-train-*.pt"))) == 1
+    # Training reference log-probs cover the pairs a run visits (less than an epoch here): one file
+    # per visiting plan, i.e. per seed among the cells that use a reference, whatever their objective.
+    statuses = [read_json(d / "status.json") for d in (sweep.path / "cells").iterdir()]
+    plans = {s["seed"] for s in statuses if OBJECTIVES[s["objective"]].uses_reference}
+    assert len(list(shared.glob("reference-train-*.pt"))) == len(plans) >= 1
     assert not [p.name for p in shared.iterdir() if p.name.startswith(".")]
+
+
+def test_training_reference_covers_exactly_the_visited_pairs(sweep):
+    sweep.cell("objective=dpo")
+    visited = set(ablate.trainer.DataOrder(64, 8, seed=0).visited(6))  # TINY: 64 pairs, batch 8, 6 steps
+    assert len(visited) < 64  # less than an epoch: the rest is never scored
+    files = list((sweep.path / "shared").glob("reference-train-*.pt"))
+    scored = [set((~torch.load(f, weights_only=False)["chosen"].isnan()).nonzero().flatten().tolist())
+              for f in files]
+    assert visited in scored
 
 
 def test_reference_free_sweep_never_scores_training_reference(compose_cfg, tmp_path):

@@ -1,7 +1,7 @@
 """The `ablate` console script: follow, repair and review sweeps.
 
     ablate status   <sweep_dir>                         counts per state, one row per cell (status.json + SLURM)
-    ablate resubmit <sweep_dir> [--failed] [--cells ID ...]   submit again what did not finish (SLURM sweeps)
+    ablate resubmit <sweep_dir> [--failed] [--cells ID ...] [--force]   submit again what did not finish (SLURM)
     ablate cancel   <sweep_dir>                         scancel every queued or running job of the sweep
     ablate collect  <sweep_dir> [key=value ...]         decision, statistics and report (conf/select overrides)
     ablate wandb-report <sweep_dir> [--sync] [--new]    publish the W&B Report (after `wandb sync`, or --sync)
@@ -33,6 +33,7 @@ def _resubmit(args) -> int:
     from omegaconf import OmegaConf
 
     from ablate.collect import select_config
+    from ablate.partition import ImpossibleRequest
     from ablate.slurm import submit_cells
     from ablate.status import ALIVE, read_sweep_json, reconcile
 
@@ -62,8 +63,14 @@ def _resubmit(args) -> int:
         return 0
     overrides = {c["cell_id"]: list(c.get("overrides", [])) for c in sweep.get("cells", [])}  # values may hold spaces
     cells = [(OmegaConf.load(sweep_dir / "cells" / cid / "config.yaml"), overrides[cid], cid) for cid in chosen.cell_id]
-    submitted = submit_cells(sweep_dir, cells, OmegaConf.create(sweep["slurm"]),
-                             select_config(base=OmegaConf.create(sweep.get("select", {}))))
+    launcher = OmegaConf.create(sweep["slurm"])
+    launcher.force = args.force
+    try:
+        submitted = submit_cells(sweep_dir, cells, launcher,
+                                 select_config(base=OmegaConf.create(sweep.get("select", {}))))
+    except ImpossibleRequest as error:
+        print(f"ablate resubmit: {error}", file=sys.stderr)
+        return 2
     arrays = ", ".join(a["job_id"] for a in submitted["arrays"])
     print(f"resubmitted {len(cells)} cell(s) as job array(s) {arrays}; collector job {submitted['collector_job']}")
     return 0
@@ -132,6 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("sweep_dir")
     p.add_argument("--failed", action="store_true", help="only cells in state failed")
     p.add_argument("--cells", nargs="+", metavar="CELL_ID", help="exactly these cells")
+    p.add_argument("--force", action="store_true", help="submit even requests the partition can never run")
     p.set_defaults(func=_resubmit)
 
     p = sub.add_parser("cancel", help="scancel every queued or running job of the sweep")

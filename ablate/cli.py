@@ -1,6 +1,6 @@
 """The `ablate` console script: follow, repair and review sweeps.
 
-    ablate status   <sweep_dir>                         counts per state, one row per cell (status.json + SLURM)
+    ablate status   <sweep_dir> [--watch [S]] [--json]  per cell: state, SLURM state + reason, step, s/step, ETA
     ablate resubmit <sweep_dir> [--failed] [--cells ID ...] [--force]   submit again what did not finish (SLURM)
     ablate cancel   <sweep_dir>                         scancel every queued or running job of the sweep
     ablate collect  <sweep_dir> [key=value ...]         decision, statistics and report (conf/select overrides)
@@ -16,17 +16,26 @@ from pathlib import Path
 
 
 def _status(args) -> int:
-    import pandas as pd
+    import json
+    import time
 
-    from ablate.status import reconcile
+    from ablate.status import format_status, reconcile
 
-    table = reconcile(args.sweep_dir)
-    counts = table.state.value_counts()
-    print(f"{args.sweep_dir}: {len(table)} cells — " + ", ".join(f"{n} {state}" for state, n in counts.items()))
-    shown = table.assign(error=table.error.fillna("").str.slice(0, 60))
-    with pd.option_context("display.max_rows", None, "display.width", 200, "display.max_colwidth", 60):
-        print(shown.to_string(index=False))
-    return 0
+    while True:
+        table = reconcile(args.sweep_dir)
+        if args.json:
+            rows = table.astype(object).where(table.notna(), None).to_dict(orient="records")
+            print(json.dumps({"sweep_dir": str(args.sweep_dir), "cells": rows}, indent=2))
+        else:
+            if args.watch and sys.stdout.isatty():
+                print("\033[H\033[J", end="")  # redraw in place
+            print(format_status(table, args.sweep_dir), flush=True)
+        if not args.watch or table.state.isin(["done", "failed"]).all():
+            return 0
+        try:
+            time.sleep(args.watch)
+        except KeyboardInterrupt:
+            return 0
 
 
 def _resubmit(args) -> int:
@@ -133,6 +142,9 @@ def main(argv: list[str] | None = None) -> int:
 
     p = sub.add_parser("status", help="where every cell stands (status.json reconciled with squeue/sacct)")
     p.add_argument("sweep_dir")
+    p.add_argument("--watch", nargs="?", type=float, const=10.0, metavar="SECONDS",
+                   help="refresh every SECONDS (default 10) until every cell has ended; Ctrl-C stops")
+    p.add_argument("--json", action="store_true", help="one JSON document: every cell's row")
     p.set_defaults(func=_status)
 
     p = sub.add_parser("resubmit", help="submit the cells that did not finish again, plus a new collector job")

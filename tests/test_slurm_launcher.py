@@ -492,5 +492,14 @@ def test_a_request_the_partition_can_never_run_is_refused_before_submission(slur
     try:
         assert forced.returncode == 0, output(forced)
         assert len(sweep_jobs(slurm_cluster, sweep_dir)) == 1
+
+        def reason() -> str | None:  # the scheduler names it within a scheduling cycle or two
+            cells = json.loads(cli(slurm_cluster, "status", str(sweep_dir), "--json").stdout)["cells"]
+            (cell,) = [c for c in cells if c["cell_id"] == cells_by(sweep_dir, "lora.r")["8"]]
+            return cell["reason"] == "PartitionConfig" and cell
+
+        cell = wait_for(reason, 60, "squeue's reason PartitionConfig in `ablate status --json`", slurm_cluster, 2)
+        assert (cell["slurm_state"], cell["state"], cell["step"]) == ("PENDING", "pending", 0)
+        assert "PENDING (PartitionConfig)" in cli(slurm_cluster, "status", str(sweep_dir)).stdout
     finally:
         cli(slurm_cluster, "cancel", str(sweep_dir))

@@ -1,7 +1,7 @@
 """The `ablate` console script: follow, repair and review sweeps.
 
-    ablate status   <sweep_dir>                         counts per state, one row per cell (status.json + SLURM)
-    ablate resubmit <sweep_dir> [--failed] [--cells ID ...]   submit again what did not finish (SLURM sweeps)
+    ablate status   <sweep_dir> [--watch [S]] [--json]  per cell: state, SLURM state + reason, step, s/step, ETA
+    ablate resubmit <sweep_dir> [--failed] [--cells ID ...] [--force]   submit again what did not finish (SLURM)
     ablate cancel   <sweep_dir>                         scancel every queued or running job of the sweep
     ablate collect  <sweep_dir> [key=value ...]         decision, statistics and report (conf/select overrides)
     ablate wandb-report <sweep_dir> [--sync] [--new]    publish the W&B Report (after `wandb sync`, or --sync)
@@ -16,23 +16,33 @@ from pathlib import Path
 
 
 def _status(args) -> int:
-    import pandas as pd
+    import json
+    import time
 
-    from ablate.status import reconcile
+    from ablate.status import format_status, reconcile
 
-    table = reconcile(args.sweep_dir)
-    counts = table.state.value_counts()
-    print(f"{args.sweep_dir}: {len(table)} cells — " + ", ".join(f"{n} {state}" for state, n in counts.items()))
-    shown = table.assign(error=table.error.fillna("").str.slice(0, 60))
-    with pd.option_context("display.max_rows", None, "display.width", 200, "display.max_colwidth", 60):
-        print(shown.to_string(index=False))
-    return 0
+    while True:
+        table = reconcile(args.sweep_dir)
+        if args.json:
+            rows = table.astype(object).where(table.notna(), None).to_dict(orient="records")
+            print(json.dumps({"sweep_dir": str(args.sweep_dir), "cells": rows}, indent=2))
+        else:
+            if args.watch and sys.stdout.isatty():
+                print("\033[H\033[J", end="")  # redraw in place
+            print(format_status(table, args.sweep_dir), flush=True)
+        if not args.watch or table.state.isin(["done", "failed"]).all():
+            return 0
+        try:
+            time.sleep(args.watch)
+        except KeyboardInterrupt:
+            return 0
 
 
 def _resubmit(args) -> int:
     from omegaconf import OmegaConf
 
     from ablate.collect import select_config
+    from ablate.partition import ImpossibleRequest
     from ablate.slurm import submit_cells
     from ablate.status import ALIVE, read_sweep_json, reconcile
 
@@ -62,8 +72,14 @@ def _resubmit(args) -> int:
         return 0
     overrides = {c["cell_id"]: list(c.get("overrides", [])) for c in sweep.get("cells", [])}  # values may hold spaces
     cells = [(OmegaConf.load(sweep_dir / "cells" / cid / "config.yaml"), overrides[cid], cid) for cid in chosen.cell_id]
-    submitted = submit_cells(sweep_dir, cells, OmegaConf.create(sweep["slurm"]),
-                             select_config(base=OmegaConf.create(sweep.get("select", {}))))
+    launcher = OmegaConf.create(sweep["slurm"])
+    launcher.force = args.force
+    try:
+        submitted = submit_cells(sweep_dir, cells, launcher,
+                                 select_config(base=OmegaConf.create(sweep.get("select", {}))))
+    except ImpossibleRequest as error:
+        print(f"ablate resubmit: {error}", file=sys.stderr)
+        return 2
     arrays = ", ".join(a["job_id"] for a in submitted["arrays"])
     print(f"resubmitted {len(cells)} cell(s) as job array(s) {arrays}; collector job {submitted['collector_job']}")
     return 0
@@ -126,12 +142,16 @@ def main(argv: list[str] | None = None) -> int:
 
     p = sub.add_parser("status", help="where every cell stands (status.json reconciled with squeue/sacct)")
     p.add_argument("sweep_dir")
+    p.add_argument("--watch", nargs="?", type=float, const=10.0, metavar="SECONDS",
+                   help="refresh every SECONDS (default 10) until every cell has ended; Ctrl-C stops")
+    p.add_argument("--json", action="store_true", help="one JSON document: every cell's row")
     p.set_defaults(func=_status)
 
     p = sub.add_parser("resubmit", help="submit the cells that did not finish again, plus a new collector job")
     p.add_argument("sweep_dir")
     p.add_argument("--failed", action="store_true", help="only cells in state failed")
     p.add_argument("--cells", nargs="+", metavar="CELL_ID", help="exactly these cells")
+    p.add_argument("--force", action="store_true", help="submit even requests the partition can never run")
     p.set_defaults(func=_resubmit)
 
     p = sub.add_parser("cancel", help="scancel every queued or running job of the sweep")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import time
 import traceback
 from pathlib import Path
@@ -42,8 +43,11 @@ def run_cell(cfg: DictConfig, sweep_dir: Path, overrides: list[str] | tuple[str,
     prepare_sweep_data([as_plain(cfg)], Path(sweep_dir) / "shared")
     cell_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(cell_dir / "config.yaml", config_yaml(as_plain(cfg)))
-    attempts = read_status(cell_dir).get("attempts", 0) + 1
+    before = read_status(cell_dir)
+    attempts = before.get("attempts", 0) + 1
+    requeues = before.get("requeues", 0) + (before.get("state") == "preempted")  # resumed from its checkpoint
     update_status(cell_dir, state="running", cell_id=cid, overrides=list(overrides), attempts=attempts,
+                  requeues=requeues, host=socket.gethostname(), pid=os.getpid(),
                   error=None, failed_step=None, traceback=None,  # a retry starts with a clean record
                   job_id=job_id, started_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                   # what the collector groups by, so it never parses config.yaml of every cell

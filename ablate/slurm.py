@@ -8,6 +8,7 @@ one more job, started by SLURM once every cell job has ended (`afterany`), whate
 
 from __future__ import annotations
 
+import logging
 import re
 import subprocess
 import time
@@ -20,8 +21,10 @@ from omegaconf import DictConfig, OmegaConf
 from ablate.cells import atomic_write_json, atomic_write_text, config_yaml, update_status
 from ablate.config import as_plain
 from ablate.jobs import CellJob, CollectJob
+from ablate.partition import check_requests, read_partition
 from ablate.status import ALIVE, read_sweep_json, slurm_states
 
+log = logging.getLogger(__name__)
 RESOURCE_KEYS = ("partition", "account", "qos", "timeout_min", "gpus_per_node", "cpus_per_task", "mem_gb",
                  "nodes", "tasks_per_node", "constraint")
 
@@ -73,6 +76,27 @@ def max_array_size(configured: int | None) -> int:
     return int(match.group(1)) if match else 1001
 
 
+def check_resources(profiled: list[tuple[dict, DictConfig, list[str], str]], launcher: DictConfig) -> None:
+    """Refuse (ImpossibleRequest) cells, or the collector job, that the partition can never run.
+
+    Skipped for submitit's debug/local clusters, and with a warning when scontrol cannot be asked.
+    """
+    if launcher.cluster != "slurm":
+        return
+    groups: dict[str, tuple[dict, list[str]]] = {}
+    for resources, _, _, cid in profiled:
+        groups.setdefault(repr(sorted(resources.items(), key=str)), (resources, []))[1].append(cid)
+    if launcher.collector.enabled:
+        collector = {key: launcher[key] for key in RESOURCE_KEYS} | dict(launcher.collector.resources)
+        groups["collector"] = (collector, ["the collector job (hydra.launcher.collector.resources)"])
+    try:
+        partitions = {name: read_partition(name) for name in {r.get("partition") for r, _ in groups.values()}}
+    except (OSError, subprocess.SubprocessError) as error:
+        log.warning("could not read the partition's limits (%s): resources not checked before submission", error)
+        return
+    check_requests(list(groups.values()), partitions, launcher.max_array_size)
+
+
 def _executor(sweep_dir: Path, launcher: DictConfig) -> submitit.AutoExecutor:
     # one folder per job: logs, pickles and the generated sbatch script stay next to the sweep
     return submitit.AutoExecutor(folder=str(sweep_dir / "slurm" / "%j"), cluster=launcher.cluster)
@@ -85,6 +109,8 @@ def submit_cells(sweep_dir: Path, cells: list[tuple[DictConfig, list[str], str]]
     name = f"ablate-{sweep_dir.name}"
     profiled = sorted(((cell_resources(launcher, cfg), cfg, ov, cid) for cfg, ov, cid in cells),
                       key=lambda c: repr(sorted(c[0].items(), key=str)))
+    if not launcher.get("force", False):  # an older sweep.json (ablate resubmit) has no `force`
+        check_resources(profiled, launcher)
     for _, cfg, ov, cid in profiled:  # before submission: a job that starts at once must not be overwritten
         cell_dir = sweep_dir / "cells" / cid
         atomic_write_text(cell_dir / "config.yaml", config_yaml(as_plain(cfg)))

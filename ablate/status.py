@@ -9,6 +9,7 @@ resubmission all see the truth.
 from __future__ import annotations
 
 import json
+import math
 import re
 import shutil
 import subprocess
@@ -17,11 +18,16 @@ from pathlib import Path
 import pandas as pd
 
 from ablate.cells import read_status, update_status
+from ablate.progress import format_duration
 
 ALIVE = {"PENDING", "RUNNING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "RESIZING", "SUSPENDED",
          "CONFIGURING", "COMPLETING", "STAGE_OUT", "SIGNALING"}
 DEAD = {"FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "BOOT_FAIL", "DEADLINE", "PREEMPTED",
         "REVOKED", "SPECIAL_EXIT"}
+
+
+COLUMNS = ["cell_id", "overrides", "state", "job_id", "slurm_state", "reason", "step", "max_steps", "s_per_step",
+           "eta_s", "attempts", "requeues", "error"]
 
 
 def read_sweep_json(sweep_dir: str | Path) -> dict:
@@ -82,6 +88,33 @@ def slurm_states(job_ids: list[str]) -> dict[str, str]:
     return out
 
 
+def slurm_reasons(job_ids: list[str]) -> dict[str, str]:
+    """squeue's reason (%r: Resources, Priority, PartitionConfig, Dependency, ...) for each queued or running job."""
+    masters = sorted({j.split("_")[0] for j in job_ids if j})
+    if not masters:
+        return {}
+    reasons = {}
+    for line in (_run(["squeue", "-h", "-r", "-o", "%i %r", "-j", ",".join(masters)]) or "").splitlines():
+        job, _, reason = line.strip().partition(" ")
+        for task in _array_tasks(job):
+            reasons[task] = reason.strip()
+    return {j: reasons.get(j, reasons.get(j.split("_")[0], "")) for j in job_ids if j}
+
+
+def cell_progress(cell_dir: Path) -> dict:
+    """step, max_steps, seconds per step and ETA of a cell, from the progress.json its trainer rewrites at every
+    logging step (this attempt's first step and time, the latest step and time)."""
+    try:
+        p = json.loads((cell_dir / "progress.json").read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return {}
+    steps = p["step"] - p["since_step"]
+    per_step = (p["at"] - p["since"]) / steps if steps > 0 else None
+    eta = per_step * (p["max_steps"] - p["step"]) if per_step is not None else None
+    return {"step": p["step"], "max_steps": p["max_steps"], "s_per_step": per_step, "eta_s": eta,
+            "progress_at": p["at"]}
+
+
 def _array_tasks(job: str) -> list[str]:
     """sacct's JobID as job ids: "12", "12_3", or the not-yet-started tasks of an array "12_[4-6,9%2]" -> 12_4 ..."""
     match = re.fullmatch(r"(\d+)_\[([^\]]*)\]", job)
@@ -107,6 +140,7 @@ def reconcile(sweep_dir: str | Path) -> pd.DataFrame:
     # once it has started), or nothing (local runs, cells not yet started)
     job_of = {cid: jobs.get(cid) or status.get("job_id") for cid, status in statuses.items()}
     slurm = slurm_states([j for j in job_of.values() if j])
+    reasons = slurm_reasons([j for j in job_of.values() if j and slurm.get(j) in ALIVE])
     rows = []
     for cell in sweep.get("cells", []):
         cid = cell["cell_id"]
@@ -124,8 +158,49 @@ def reconcile(sweep_dir: str | Path) -> pd.DataFrame:
             status = update_status(sweep_dir / "cells" / cid, state="failed", job_id=job,
                                    error=f"SLURM job {job} completed but the cell wrote no result")
             state = "failed"
+        progress = cell_progress(sweep_dir / "cells" / cid)
+        if state != "running":  # ETA and speed only mean something for a cell that is training now
+            progress = progress | {"eta_s": None} if progress else {}
         rows.append({"cell_id": cid, "overrides": " ".join(cell.get("overrides", [])), "state": state,
-                     "job_id": job, "slurm_state": slurm_state, "attempts": status.get("attempts", 0),
+                     "job_id": job, "slurm_state": slurm_state, "reason": reasons.get(job) or None,
+                     "step": progress.get("step", 0 if state in ("pending", "missing") else None),
+                     "max_steps": progress.get("max_steps", status.get("max_steps")),
+                     "s_per_step": progress.get("s_per_step"), "eta_s": progress.get("eta_s"),
+                     "attempts": status.get("attempts", 0), "requeues": status.get("requeues", 0),
                      "error": status.get("error")})
-    return pd.DataFrame(rows, columns=["cell_id", "overrides", "state", "job_id", "slurm_state", "attempts", "error"])
+    return pd.DataFrame(rows, columns=COLUMNS)
 
+
+
+def _missing(value) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+def _text(value) -> str:
+    return "" if _missing(value) else str(value)
+
+
+def format_status(table: pd.DataFrame, sweep_dir: str | Path) -> str:
+    """`ablate status`: counts per state, then one row per cell. SLURM's reason says why a job waits
+    (Resources, Priority, PartitionConfig: never, Dependency, ...); speed and ETA are the cell's own."""
+    counts = table.state.value_counts()
+    lines = [f"{sweep_dir}: {len(table)} cells — " + ", ".join(f"{n} {state}" for state, n in counts.items())]
+    rows = []
+    for r in table.itertuples(index=False):
+        slurm = _text(r.slurm_state) + (f" ({r.reason})" if _text(r.reason) not in ("", "None") else "")
+        step = "" if _missing(r.step) else f"{int(r.step)}" + ("" if _missing(r.max_steps) else f"/{int(r.max_steps)}")
+        rows.append({"cell_id": r.cell_id, "overrides": _clip(r.overrides, 48), "state": r.state,
+                     "job": _text(r.job_id), "slurm": slurm, "step": step,
+                     "s/step": "" if _missing(r.s_per_step) else f"{r.s_per_step:.2f}",
+                     "eta": "" if _missing(r.eta_s) else format_duration(r.eta_s), "attempts": str(r.attempts),
+                     "requeues": str(r.requeues), "error": _clip(_text(r.error), 60)})
+    if rows:
+        columns = list(rows[0])
+        widths = {c: max(len(c), *(len(row[c]) for row in rows)) for c in columns}
+        lines.append("  ".join(c.ljust(widths[c]) for c in columns).rstrip())
+        lines += ["  ".join(row[c].ljust(widths[c]) for c in columns).rstrip() for row in rows]
+    return "\n".join(lines)
+
+
+def _clip(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: width - 1] + "…"

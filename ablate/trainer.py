@@ -13,6 +13,7 @@ import json
 import math
 import shutil
 import threading
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -185,6 +186,7 @@ def train(cfg, cell_dir: Path, shared_dir: Path, stop_requested: threading.Event
     elif ranks.is_main:
         record(eval_log, cell_dir / "eval_log.jsonl", evaluate(0)[0])  # step 0: the reference itself
     model.train()
+    since, since_step = time.time(), start  # this attempt's speed, for `ablate status` (progress.json)
     # a bar on a terminal; in a file (SLURM logs) one plain line per log_every steps, at most every 30 s
     progress = track(range(start + 1, tc.max_steps + 1), initial=start, total=tc.max_steps, every=tc.log_every,
                      desc=f"{cfg.objective.name} r={cfg.lora.r} seed={cfg.seed}")
@@ -221,6 +223,9 @@ def train(cfg, cell_dir: Path, shared_dir: Path, stop_requested: threading.Event
                      **window.means()}
             record(train_log, cell_dir / "train_log.jsonl", entry)
             progress.set_postfix(loss=f"{entry['loss']:.3f}", acc=f"{entry['rewards/accuracies']:.2f}")
+            if ranks.is_main:
+                atomic_write_json(cell_dir / "progress.json", {"step": step, "max_steps": tc.max_steps,
+                                  "since_step": since_step, "since": since, "at": time.time()})
             window = RunningMeans()
         if step % tc.eval_every == 0 and step != tc.max_steps and ranks.is_main:
             record(eval_log, cell_dir / "eval_log.jsonl", evaluate(step)[0])

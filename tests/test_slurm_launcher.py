@@ -488,3 +488,42 @@ def test_cells_beyond_max_array_size_go_to_another_array_and_resubmission_keeps_
     wait_for(lambda: not cluster.run("squeue", "-h", "-o", "%i", "-n",
                                      f"ablate-{sweep_dir.name},ablate-{sweep_dir.name}-collect").stdout.strip(),
              60, "the held jobs to go", cluster)
+
+
+# ------------------------------------------------------------------------------- pre-submit checks
+def test_a_request_the_partition_can_never_run_is_refused_before_submission(slurm_cluster, tmp_path):
+    """The test node has 8 CPUs, 8000 MB and 2 GPUs: 16 CPUs would wait forever (PartitionConfig), 64 GB and 4 GPUs
+    would make sbatch fail half-way through the submission. All refused together, exit 2, nothing submitted;
+    hydra.launcher.force=true submits anyway (the 16-CPU cell then pends)."""
+    sweep_dir = tmp_path / "toobig"  # also the job name: ablate-toobig
+    too_big = "hydra.launcher.profiles=[{when: {lora.r: 8}, cpus_per_task: 16}, {when: {lora.r: 16}, mem_gb: 64, " \
+              "gpus_per_node: 4}]"
+    proc = run_ablate(slurm_cluster, "-m", "objective=dpo", "lora.r=8,16", "seed=0", *SLURM, too_big,
+                      f"hydra.sweep.dir={sweep_dir}", *TINY)
+    assert proc.returncode == 2, output(proc)
+    node = f"largest: {slurm_cluster.nodename}: 8 CPUs, 8000 MB, 2 GPUs"
+    assert "cpus_per_task=16 x tasks_per_node=1 = 16 CPUs" in proc.stderr and node in proc.stderr, output(proc)
+    assert "mem_gb=64 (65536 MB), gpus_per_node=4" in proc.stderr, output(proc)
+    cells = cells_by(sweep_dir, "lora.r")
+    assert f"[{cells['8']}]" in proc.stderr and f"[{cells['16']}]" in proc.stderr
+    assert "hydra.launcher.force=true" in proc.stderr
+    assert not list((sweep_dir / "cells").glob("*/status.json")) and not (sweep_dir / "slurm").exists()
+    assert not sweep_jobs(slurm_cluster, sweep_dir)
+
+    forced = run_ablate(slurm_cluster, "-m", "objective=dpo", "lora.r=8", "seed=0", *SLURM, too_big,
+                        "hydra.launcher.force=true", "hydra.launcher.collector.enabled=false",
+                        f"hydra.sweep.dir={sweep_dir}", *TINY)
+    try:
+        assert forced.returncode == 0, output(forced)
+        assert len(sweep_jobs(slurm_cluster, sweep_dir)) == 1
+
+        def reason() -> str | None:  # the scheduler names it within a scheduling cycle or two
+            cells = json.loads(cli(slurm_cluster, "status", str(sweep_dir), "--json").stdout)["cells"]
+            (cell,) = [c for c in cells if c["cell_id"] == cells_by(sweep_dir, "lora.r")["8"]]
+            return cell["reason"] == "PartitionConfig" and cell
+
+        cell = wait_for(reason, 60, "squeue's reason PartitionConfig in `ablate status --json`", slurm_cluster, 2)
+        assert (cell["slurm_state"], cell["state"], cell["step"]) == ("PENDING", "pending", 0)
+        assert "PENDING (PartitionConfig)" in cli(slurm_cluster, "status", str(sweep_dir)).stdout
+    finally:
+        cli(slurm_cluster, "cancel", str(sweep_dir))

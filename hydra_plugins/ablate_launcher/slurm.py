@@ -8,6 +8,7 @@ that starts when every cell job has ended. `hydra.launcher.wait=true` follows th
 # No `from __future__ import annotations`: see local.py.
 
 import logging
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -54,6 +55,7 @@ class AblateSlurmLauncherConf:
     wait: bool = False
     poll_s: float = 10.0
     dry_run: bool = False
+    force: bool = False  # submit even the requests the partition can never run (ablate.partition)
 
 
 ConfigStore.instance().store(group="hydra/launcher", name="ablate_slurm", node=AblateSlurmLauncherConf,
@@ -82,6 +84,9 @@ class AblateSlurmLauncher(LauncherSetup, Launcher):
             else:
                 todo.append((cell.task_config, cell.overrides, cell.cell_id))
 
+        if todo and not launcher.force:
+            self._check_resources(launcher, todo)
+
         if launcher.dry_run:
             from ablate.cells import atomic_write_text, config_yaml
             from ablate.slurm import cell_resources
@@ -105,6 +110,18 @@ class AblateSlurmLauncher(LauncherSetup, Launcher):
             failed = {cid: table.loc[cid, "error"] for cid in table.index if table.loc[cid, "state"] == "failed"}
             return [self._ret(c, failed.get(c.cell_id, "")) if c.cell_id in failed else self._ret(c) for c in cells]
         return [self._ret(c) for c in cells]
+
+    @staticmethod
+    def _check_resources(launcher, todo) -> None:
+        """Before anything is submitted: one message naming every request the partition can never run, exit 2."""
+        from ablate.partition import ImpossibleRequest
+        from ablate.slurm import cell_resources, check_resources
+
+        try:
+            check_resources([(cell_resources(launcher, cfg), cfg, ov, cid) for cfg, ov, cid in todo], launcher)
+        except ImpossibleRequest as error:
+            print(f"ablate: {error}", file=sys.stderr, flush=True)
+            raise SystemExit(2) from None
 
     @staticmethod
     def _ret(cell, failure: str | None = None) -> JobReturn:

@@ -169,3 +169,13 @@ def test_hh_rlhf_config_reads_transcripts_from_subset_folders(compose_cfg, tmp_p
     train, heldout = load_pairs(cfg.data)
     explicit = as_triples(read("hh_explicit.jsonl"))
     assert sorted(as_triples(train)) == sorted(explicit[:4]) and as_triples(heldout) == explicit[4:]
+
+
+def test_completions_that_merely_start_with_a_plain_prompt_are_kept_and_counted(tmp_path):
+    path = tmp_path / "train.jsonl"
+    path.write_text('{"prompt": "2 + 2 =", "chosen": "2 + 2 = 4", "rejected": "2 + 2 = 5"}\n')
+    tally = RowTally()
+    [pair] = read_pairs_from_files([str(path)], id_prefix="", tally=tally)
+    assert (pair.chosen, pair.rejected) == ("2 + 2 = 4", "2 + 2 = 5")
+    assert list(tally.rewrites[str(path)]) == ["both completions start with the whole prompt (kept: the prompt does "
+                                               "not end at an assistant marker)"]

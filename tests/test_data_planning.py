@@ -46,12 +46,17 @@ def test_cells_reuse_the_data_prepared_at_planning_without_reading_the_files(com
     assert "3 training / 1 held-out pairs checked and tokenised" in line and "shared by 2 cell(s)" in line
     record = json.loads(next(shared.glob("data-*.json")).read_text())
     assert record["checks"]["rows_read"] == {str(train): 3, str(heldout): 1}
+    from ablate.data import tokenize_pairs
+    from ablate.models import load_tokenizer
+    from ablate.shared import load_pairs
+
+    tokenizer = load_tokenizer(cells[1].model)
+    fresh = [tokenize_pairs(part, tokenizer, max_length=64, max_prompt_length=16) for part in load_pairs(cells[1].data)]
     train.unlink()  # a cell that read the files again would now fail
     heldout.unlink()
-    from ablate.models import load_tokenizer
-
-    tokens = tokenized_pairs(cells[1], load_tokenizer(cells[1].model), shared)
+    tokens = tokenized_pairs(cells[1], tokenizer, shared)
     assert tokens["train"].pair_ids == ["train-0", "train-1", "train-2"]
+    assert [tokens["train"], tokens["heldout"]] == fresh  # stored packed, loaded back exactly
     assert tokens_path(cells[0], shared) == tokens_path(as_plain(cells[1]), shared)
     again = prepare_sweep_data([as_plain(cells[0])], shared)
     assert again == [f"data {train}, {heldout}: prepared already (1 cell(s))"]

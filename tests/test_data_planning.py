@@ -124,3 +124,20 @@ def test_forced_unknown_keys_and_a_renamed_objective_stop_the_sweep_with_exit_2(
     assert "lora.rank: unknown key" in proc.stderr and "objective.name = 'ipo'" in proc.stderr
     assert "Traceback" not in proc.stderr and "KeyError" not in proc.stderr
     assert not (sweep_dir / "cells").exists()
+
+
+def test_the_tokenizer_built_in_code_is_the_one_saved_beside_the_embedded_model(compose_cfg, tmp_path):
+    """Planning tokenises with build_tokenizer() (no model build); cells used to load the saved copy."""
+    from transformers import AutoTokenizer
+
+    from ablate.embedded import build_tokenizer, verbosity_trap_pairs
+    from ablate.models import load_tokenizer
+
+    build_tokenizer().save_pretrained(tmp_path)  # what embedded_model_dir saves
+    saved = AutoTokenizer.from_pretrained(tmp_path)
+    built = load_tokenizer(compose_cfg([]).model)
+    train, heldout = verbosity_trap_pairs(compose_cfg(["data.n_train=64", "data.n_heldout_per_slice=8"]).data)
+    texts = [text for p in train + heldout for text in (p.prompt, p.chosen, p.rejected)]
+    assert built(texts)["input_ids"] == saved(texts)["input_ids"]
+    assert (built.bos_token_id, built.eos_token_id, built.pad_token_id) == \
+        (saved.bos_token_id, saved.eos_token_id, saved.pad_token_id)

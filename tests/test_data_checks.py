@@ -103,3 +103,15 @@ def test_validating_100k_pairs_at_planning_takes_under_10_s(tmp_path):
     check_pairs(pairs[:99_000], pairs[99_000:], {"max_overlap": 0.0}, tally)
     seconds = time.process_time() - started
     assert len(pairs) == 100_000 and seconds < 10, f"{seconds:.1f} s"
+
+
+def test_the_report_shows_the_data_checks_table():
+    from ablate.collect.report import _diagnostics, to_markdown
+
+    finding = {"data": "files", "file": "train.jsonl", "finding": "skipped: null", "count": 2, "of": 9,
+               "example": "train.jsonl line 5: column 'chosen' is null"}
+    markdown = to_markdown(_diagnostics({"data_checks": [finding]}, "avglogp_accuracy", "95%"), Path("."))
+    assert "Data checks" in markdown and "skipped: null" in markdown and "2 of 9" in markdown
+    assert "train.jsonl line 5: column 'chosen' is null" in markdown
+    empty = to_markdown(_diagnostics({}, "avglogp_accuracy", "95%"), Path("."))
+    assert "Nothing found: no row skipped or rewritten" in empty

@@ -179,3 +179,13 @@ def test_completions_that_merely_start_with_a_plain_prompt_are_kept_and_counted(
     assert (pair.chosen, pair.rejected) == ("2 + 2 = 4", "2 + 2 = 5")
     assert list(tally.rewrites[str(path)]) == ["both completions start with the whole prompt (kept: the prompt does "
                                                "not end at an assistant marker)"]
+
+
+def test_data_columns_from_the_command_line_reach_the_reader(compose_cfg):
+    from ablate.shared import load_pairs
+
+    renamed = FIXTURES / "renamed_columns.jsonl"
+    cfg = compose_cfg(["data=files", f"data.train_files=[{renamed}]", f"data.heldout_files=[{renamed}]",
+                       "data.columns={prompt: question, chosen: good, rejected: bad}"])
+    train, _ = load_pairs(cfg.data)
+    assert as_triples(train) == as_triples(read("hh_explicit.jsonl"))

@@ -100,6 +100,7 @@ class RowTally:
 
 
 PROMPT_REPEATED = "prompt repeated at the start of both completions (removed from them)"
+PROMPT_AT_START = "both completions start with the whole prompt (kept: the prompt does not end at an assistant marker)"
 
 
 def read_pairs_from_files(files: list[str], *, id_prefix: str, row_format: RowFormat | None = None,
@@ -200,10 +201,13 @@ def _row_to_pair(row: dict, fmt: RowFormat, default_id: str, rewrite) -> Prefere
         prompt, chosen, rejected = split_conversation(row["prompt"], row["chosen"], row["rejected"], fmt)
         if isinstance(prompt, str) and isinstance(row["chosen"], str) and isinstance(row["rejected"], str) \
                 and chosen.startswith(prompt) and rejected.startswith(prompt):
-            # whole transcripts beside a prompt column: training on them would put the prompt in both answers
-            chosen = _text(chosen[len(prompt):], "chosen", fmt)
-            rejected = _text(rejected[len(prompt):], "rejected", fmt)
-            rewrite(PROMPT_REPEATED)
+            if prompt.rstrip().endswith(fmt.assistant_marker.strip()):
+                # whole transcripts beside a prompt column: training on them would put the prompt in both answers
+                chosen = _text(chosen[len(prompt):], "chosen", fmt)
+                rejected = _text(rejected[len(prompt):], "rejected", fmt)
+                rewrite(PROMPT_REPEATED)
+            else:  # maybe an answer that quotes the question: kept, but counted for the user to judge
+                rewrite(PROMPT_AT_START)
     pair_id = _pair_id(row.get("id"), "id" in row, default_id, fmt)
     tag = row.get("slice")
     if tag is not None and (not isinstance(tag, str) or not tag.strip()):

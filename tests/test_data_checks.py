@@ -84,3 +84,34 @@ def test_duplicate_training_pairs_are_counted(compose_cfg, tmp_path):
     assert record["checks"]["duplicate_train_pairs"] == {"count": 3, "examples": ["train-8", "train-9", "train-10"]}
     [finding] = data_checks(SimpleNamespace(data_stats=[record]))
     assert finding["finding"] == "duplicate training pairs" and finding["count"] == 3
+
+
+def test_validating_100k_pairs_at_planning_takes_under_10_s(tmp_path):
+    """The issue's bar, on the read + validate + checks part of planning (tokenising is measured apart, README).
+    CPU time of this process: single-threaded Python, so other jobs on a shared machine do not count."""
+    import time
+
+    from ablate.data import RowTally, read_pairs_from_files
+    from ablate.data_checks import check_pairs
+
+    path = tmp_path / "train.jsonl"
+    path.write_text("".join(json.dumps({"prompt": f"question {i} about a topic", "chosen": f"a good answer {i}",
+                                        "rejected": f"a worse answer {i}"}) + "\n" for i in range(100_000)))
+    started = time.process_time()
+    tally = RowTally()
+    pairs = read_pairs_from_files([str(path)], id_prefix="t-", tally=tally)
+    check_pairs(pairs[:99_000], pairs[99_000:], {"max_overlap": 0.0}, tally)
+    seconds = time.process_time() - started
+    assert len(pairs) == 100_000 and seconds < 10, f"{seconds:.1f} s"
+
+
+def test_the_report_shows_the_data_checks_table():
+    from ablate.collect.report import _diagnostics, to_markdown
+
+    finding = {"data": "files", "file": "train.jsonl", "finding": "skipped: null", "count": 2, "of": 9,
+               "example": "train.jsonl line 5: column 'chosen' is null"}
+    markdown = to_markdown(_diagnostics({"data_checks": [finding]}, "avglogp_accuracy", "95%"), Path("."))
+    assert "Data checks" in markdown and "skipped: null" in markdown and "2 of 9" in markdown
+    assert "train.jsonl line 5: column 'chosen' is null" in markdown
+    empty = to_markdown(_diagnostics({}, "avglogp_accuracy", "95%"), Path("."))
+    assert "Nothing found: no row skipped or rewritten" in empty

@@ -169,3 +169,23 @@ def test_hh_rlhf_config_reads_transcripts_from_subset_folders(compose_cfg, tmp_p
     train, heldout = load_pairs(cfg.data)
     explicit = as_triples(read("hh_explicit.jsonl"))
     assert sorted(as_triples(train)) == sorted(explicit[:4]) and as_triples(heldout) == explicit[4:]
+
+
+def test_completions_that_merely_start_with_a_plain_prompt_are_kept_and_counted(tmp_path):
+    path = tmp_path / "train.jsonl"
+    path.write_text('{"prompt": "2 + 2 =", "chosen": "2 + 2 = 4", "rejected": "2 + 2 = 5"}\n')
+    tally = RowTally()
+    [pair] = read_pairs_from_files([str(path)], id_prefix="", tally=tally)
+    assert (pair.chosen, pair.rejected) == ("2 + 2 = 4", "2 + 2 = 5")
+    assert list(tally.rewrites[str(path)]) == ["both completions start with the whole prompt (kept: the prompt does "
+                                               "not end at an assistant marker)"]
+
+
+def test_data_columns_from_the_command_line_reach_the_reader(compose_cfg):
+    from ablate.shared import load_pairs
+
+    renamed = FIXTURES / "renamed_columns.jsonl"
+    cfg = compose_cfg(["data=files", f"data.train_files=[{renamed}]", f"data.heldout_files=[{renamed}]",
+                       "data.columns={prompt: question, chosen: good, rejected: bad}"])
+    train, _ = load_pairs(cfg.data)
+    assert as_triples(train) == as_triples(read("hh_explicit.jsonl"))

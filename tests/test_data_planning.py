@@ -46,12 +46,17 @@ def test_cells_reuse_the_data_prepared_at_planning_without_reading_the_files(com
     assert "3 training / 1 held-out pairs checked and tokenised" in line and "shared by 2 cell(s)" in line
     record = json.loads(next(shared.glob("data-*.json")).read_text())
     assert record["checks"]["rows_read"] == {str(train): 3, str(heldout): 1}
+    from ablate.data import tokenize_pairs
+    from ablate.models import load_tokenizer
+    from ablate.shared import load_pairs
+
+    tokenizer = load_tokenizer(cells[1].model)
+    fresh = [tokenize_pairs(part, tokenizer, max_length=64, max_prompt_length=16) for part in load_pairs(cells[1].data)]
     train.unlink()  # a cell that read the files again would now fail
     heldout.unlink()
-    from ablate.models import load_tokenizer
-
-    tokens = tokenized_pairs(cells[1], load_tokenizer(cells[1].model), shared)
+    tokens = tokenized_pairs(cells[1], tokenizer, shared)
     assert tokens["train"].pair_ids == ["train-0", "train-1", "train-2"]
+    assert [tokens["train"], tokens["heldout"]] == fresh  # stored packed, loaded back exactly
     assert tokens_path(cells[0], shared) == tokens_path(as_plain(cells[1]), shared)
     again = prepare_sweep_data([as_plain(cells[0])], shared)
     assert again == [f"data {train}, {heldout}: prepared already (1 cell(s))"]
@@ -119,3 +124,20 @@ def test_forced_unknown_keys_and_a_renamed_objective_stop_the_sweep_with_exit_2(
     assert "lora.rank: unknown key" in proc.stderr and "objective.name = 'ipo'" in proc.stderr
     assert "Traceback" not in proc.stderr and "KeyError" not in proc.stderr
     assert not (sweep_dir / "cells").exists()
+
+
+def test_the_tokenizer_built_in_code_is_the_one_saved_beside_the_embedded_model(compose_cfg, tmp_path):
+    """Planning tokenises with build_tokenizer() (no model build); cells used to load the saved copy."""
+    from transformers import AutoTokenizer
+
+    from ablate.embedded import build_tokenizer, verbosity_trap_pairs
+    from ablate.models import load_tokenizer
+
+    build_tokenizer().save_pretrained(tmp_path)  # what embedded_model_dir saves
+    saved = AutoTokenizer.from_pretrained(tmp_path)
+    built = load_tokenizer(compose_cfg([]).model)
+    train, heldout = verbosity_trap_pairs(compose_cfg(["data.n_train=64", "data.n_heldout_per_slice=8"]).data)
+    texts = [text for p in train + heldout for text in (p.prompt, p.chosen, p.rejected)]
+    assert built(texts)["input_ids"] == saved(texts)["input_ids"]
+    assert (built.bos_token_id, built.eos_token_id, built.pad_token_id) == \
+        (saved.bos_token_id, saved.eos_token_id, saved.pad_token_id)

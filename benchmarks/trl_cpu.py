@@ -166,7 +166,7 @@ def run_trl(out: Path, objective: str, steps: int, work: Path) -> dict:
     result = {"stamps": stamps, "first_loss": losses[0]}
     if objective == "dpo":
         ds = trainer.train_dataset
-        result["ref"] = {"chosen": ds["ref_chosen_logps"], "rejected": ds["ref_rejected_logps"]}
+        result["ref"] = {"chosen": list(ds["ref_chosen_logps"]), "rejected": list(ds["ref_rejected_logps"])}
     return result
 
 
@@ -199,8 +199,7 @@ def token_parity(out: Path) -> dict:
                          train_dataset=load_dataset("json", data_files=str(out / "train.jsonl"), split="train",
                                                     cache_dir=str(out / "hf")), processing_class=tokenizer)
     ds = trainer.train_dataset
-    same = (ds["prompt_ids"] == ours.prompt_ids and ds["chosen_ids"] == ours.chosen_ids
-            and ds["rejected_ids"] == ours.rejected_ids)
+    same = all(list(ds[f"{k}_ids"]) == getattr(ours, f"{k}_ids") for k in ("prompt", "chosen", "rejected"))
     return {"pairs": len(ours), "token_ids_identical": same}
 
 

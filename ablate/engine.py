@@ -36,6 +36,13 @@ def autocast_dtype(engine_cfg, device: torch.device, model_dtype: torch.dtype) -
     return {"bf16": torch.bfloat16, "fp16": torch.float16, "off": None}[choice]
 
 
+def prepare(model, engine_cfg, device: torch.device) -> torch.dtype | None:
+    """Apply the engine settings to a freshly loaded base model; return the autocast dtype (or None)."""
+    if engine_cfg.gradient_checkpointing:
+        enable_gradient_checkpointing(model)
+    return autocast_dtype(engine_cfg, device, model.dtype)
+
+
 def compute_context(device: torch.device, dtype: torch.dtype | None):
     """A fresh autocast context per forward (torch.autocast objects are single-use)."""
     if dtype is None:

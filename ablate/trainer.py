@@ -19,9 +19,9 @@ from pathlib import Path
 import pandas as pd
 import torch
 
+from ablate import engine
 from ablate.cells import atomic_write_bytes, atomic_write_json, atomic_write_text
 from ablate.distributed import Ranks
-from ablate.engine import adapter_weights_in_float32, autocast_dtype, compute_context, enable_gradient_checkpointing
 from ablate.heldout import PAIR_COLUMNS, heldout_metrics
 from ablate.models import add_lora, load_base_model, load_tokenizer, resolve_device
 from ablate.objectives import ObjectiveOutput, SequenceLogps, get_objective
@@ -66,14 +66,11 @@ def train(cfg, cell_dir: Path, shared_dir: Path, stop_requested: threading.Event
     pad_id = tokenizer.pad_token_id
     model = load_base_model(cfg.model, device, attn_implementation=cfg.engine.attn_implementation)
     check_lean_head(model)  # the lean log-prob path reproduces this model's logits, or the cell stops here
-    if cfg.engine.gradient_checkpointing:
-        enable_gradient_checkpointing(model)
-    amp = autocast_dtype(cfg.engine, device, model.dtype)  # None: no autocast (CPU, float32 models)
-    head_chunk = cfg.engine.head_chunk
+    amp = engine.prepare(model, cfg.engine, device)  # checkpointing if asked; autocast dtype, None on CPU
 
     def logps_of(batch):  # summed completion log-probs, LM head on completion positions only
-        with compute_context(device, amp):
-            return completion_logps(model, batch, head_chunk=head_chunk)
+        with engine.compute_context(device, amp):
+            return completion_logps(model, batch, head_chunk=cfg.engine.head_chunk)
 
     with ranks.main_first():
         data = tokenized_pairs(cfg, tokenizer, shared_dir)
@@ -87,7 +84,7 @@ def train(cfg, cell_dir: Path, shared_dir: Path, stop_requested: threading.Event
 
     torch.manual_seed(cfg.seed)  # LoRA init and dropout
     model = add_lora(model, cfg.lora)
-    params = adapter_weights_in_float32(model)  # and so are their gradients and AdamW's state
+    params = engine.adapter_weights_in_float32(model)  # and so are their gradients and AdamW's state
     optimizer = torch.optim.AdamW(params, lr=tc.lr, weight_decay=tc.weight_decay)
     warmup = int(tc.warmup_ratio * tc.max_steps)
 
@@ -114,9 +111,9 @@ def train(cfg, cell_dir: Path, shared_dir: Path, stop_requested: threading.Event
     def evaluate(step: int) -> tuple[dict, pd.DataFrame]:
         """TRL-named eval_* metrics and the neutral held-out metrics, from one scoring pass."""
         model.eval()
-        with compute_context(device, amp):
-            policy = score_pairs(model, heldout_data, batch_size=tc.eval_batch_size, pad_id=pad_id,
-                                 desc="held-out", head_chunk=head_chunk, max_tokens=cfg.engine.eval_batch_tokens)
+        with engine.compute_context(device, amp):
+            policy = score_pairs(model, heldout_data, batch_size=tc.eval_batch_size, pad_id=pad_id, desc="held-out",
+                                 head_chunk=cfg.engine.head_chunk, max_tokens=cfg.engine.eval_batch_tokens)
         with torch.no_grad():
             starts = range(0, len(heldout_data), tc.eval_batch_size)
             kl_batches = [mismatched_batch(heldout_data, list(range(s, min(s + tc.eval_batch_size,

@@ -35,6 +35,9 @@ def test_cell_id_changes_with_semantic_config(compose_cfg, override):
         ["threads=2"],
         ["logger.kind=wandb"],
         ["select.alpha=0.01"],  # the collector's decision rule: changing it must not retrain anything
+        # how a cell computes (speed, memory), not what: a memory setting must not retrain a sweep
+        ["engine.head_chunk=64", "engine.eval_batch_tokens=512", "engine.gradient_checkpointing=true",
+         "engine.autocast=bf16", "engine.attn_implementation=eager"],
         ["hydra.run.dir=/somewhere/else", "hydra.sweep.dir=/another/sweep", "hydra.sweep.subdir=cells/x"],
     ],
 )

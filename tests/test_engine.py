@@ -90,3 +90,16 @@ def test_accumulation_and_checkpointing_change_no_metric(compose_cfg, tmp_path):
         for key in ("loss", "rewards/margins", "logps/chosen", "grad_norm"):
             assert b[key] == pytest.approx(a[key], rel=1e-4, abs=1e-5), key
             assert c[key] == pytest.approx(a[key], rel=1e-5, abs=1e-6), key
+
+
+@pytest.mark.parametrize("override, message", [
+    ("engine.autocast=fp8", "engine.autocast = fp8: must be auto or bf16 or fp16 or off"),
+    ("engine.attn_implementation=fast", "engine.attn_implementation = fast: must be sdpa or eager"),
+    ("engine.head_chunk=0", "engine.head_chunk = 0: must be >= 1"),
+    ("engine.eval_batch_tokens=0", "engine.eval_batch_tokens = 0: must be >= 1"),
+])
+def test_bad_engine_settings_are_refused_before_anything_runs(compose_cfg, override, message):
+    from ablate.config import ConfigError, validate_cell
+
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(")):
+        validate_cell(compose_cfg([override]), [override])

@@ -70,17 +70,19 @@ def tokenized_pairs(cfg, tokenizer, shared_dir: Path) -> dict[str, TokenizedPair
     """{"train": ..., "heldout": ...}, tokenised once per sweep."""
     model_identity = {k: v for k, v in _container(cfg.model).items() if k != "dtype"}
     path = shared_dir / f"tokens-{config_hash([model_identity, _container(cfg.data)])[:16]}.pt"
+    record = path.with_name(path.stem.replace("tokens-", "data-") + ".json")  # the collector's length diagnostic
     cached = _load(path)
     if cached is not None:
-        return {split: TokenizedPairs(**fields) for split, fields in cached.items()}
+        tokens = {split: TokenizedPairs(**fields) for split, fields in cached.items()}
+        if not record.exists():  # killed between the two writes: rebuilt from the tokens, not lost for good
+            atomic_write_json(record, {"data": _container(cfg.data), **{s: length_stats(t) for s, t in tokens.items()}})
+        return tokens
     train, heldout = load_pairs(cfg.data)
     limits = {"max_length": cfg.data.max_length, "max_prompt_length": cfg.data.max_prompt_length}
     tokens = {"train": tokenize_pairs(train, tokenizer, **limits),
               "heldout": tokenize_pairs(heldout, tokenizer, **limits)}
     _save(path, {split: asdict(t) for split, t in tokens.items()})
-    stats = {split: length_stats(t) for split, t in tokens.items()}
-    atomic_write_json(path.with_name(path.stem.replace("tokens-", "data-") + ".json"),
-                      {"data": _container(cfg.data), **stats})
+    atomic_write_json(record, {"data": _container(cfg.data), **{s: length_stats(t) for s, t in tokens.items()}})
     return tokens
 
 

@@ -503,3 +503,30 @@ def test_a_request_the_partition_can_never_run_is_refused_before_submission(slur
         assert "PENDING (PartitionConfig)" in cli(slurm_cluster, "status", str(sweep_dir)).stdout
     finally:
         cli(slurm_cluster, "cancel", str(sweep_dir))
+
+
+# ------------------------------------------------------------------------------- multi-task cell
+def test_a_two_task_cell_in_a_slurm_job_matches_one_process(slurm_cluster, embedded_model, compose_cfg, tmp_path):
+    """tasks_per_node=2: srun starts two tasks in one job; submitit's JobEnvironment gives them the
+    torch.distributed environment (gloo on CPU) and they train one cell data-parallel. Its held-out metrics equal
+    the same cell trained in one process here, up to float summation order."""
+    from ablate.run import run_cell
+
+    overrides = ["objective=dpo", "seed=0", *TINY]
+    sweep_dir = tmp_path / "twotasks"
+    proc = run_ablate(slurm_cluster, "-m", *overrides, *SLURM, "hydra.launcher.gpus_per_node=0",
+                      "hydra.launcher.tasks_per_node=2", "hydra.launcher.collector.enabled=false",
+                      f"hydra.sweep.dir={sweep_dir}")
+    assert proc.returncode == 0, output(proc)
+    (cell,) = read_json(sweep_dir / "sweep.json")["cells"]
+    job = read_json(sweep_dir / "sweep.json")["jobs"][cell["cell_id"]]
+    single = run_cell(compose_cfg(overrides), tmp_path / "single")  # meanwhile, the one-process reference
+    assert sacct_of(slurm_cluster, job) == "COMPLETED", slurm_cluster.diagnostics()
+    steps = slurm_cluster.run("sacct", "-n", "-P", "-o", "JobID,NTasks", "-j", job.split("_")[0]).stdout
+    assert any(line.endswith("|2") for line in steps.splitlines()), steps  # the job step ran two tasks
+
+    status = status_of(sweep_dir, cell["cell_id"])
+    assert status["state"] == "done" and status["attempts"] == 1, status
+    spread = read_json(sweep_dir / "cells" / cell["cell_id"] / "metrics.json")
+    for key, value in single.items():
+        assert spread[key] == pytest.approx(value, rel=1e-4, abs=1e-5), key

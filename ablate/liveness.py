@@ -10,6 +10,7 @@ sweep finds the claim alive and leaves the cell alone; a dead claim is taken ove
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -117,3 +118,22 @@ def local_cell_dead(cell_dir: Path, status: dict) -> str | None:
         return None
     return (f"process {holder.get('pid')} on {holder.get('host')} is gone: the cell died while running "
             "(killed?); re-running the sweep resumes it")
+
+
+@contextlib.contextmanager
+def sweep_lock(sweep_dir: Path):
+    """One launcher at a time reads and updates the sweep's books (sweep.json, which cells are submitted).
+
+    Two SLURM launchers started on the same sweep would otherwise both see a cell unsubmitted and both
+    submit it. flock: released by the kernel when the holder dies, so a killed launcher never leaves it held
+    (on network filesystems flock may be local to a node; cells' claims do not depend on it).
+    """
+    import fcntl
+
+    Path(sweep_dir).mkdir(parents=True, exist_ok=True)
+    with open(Path(sweep_dir) / ".lock", "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)

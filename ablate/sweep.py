@@ -20,6 +20,7 @@ from omegaconf import DictConfig, open_dict
 
 from ablate.cells import atomic_write_json, cell_id, clean_stale_temp_files
 from ablate.config import ConfigError, as_plain, cell_problems
+from ablate.liveness import sweep_lock
 from ablate.redact import redact
 
 log = logging.getLogger(__name__)
@@ -120,7 +121,8 @@ def start_sweep(launcher, job_overrides, initial_job_idx: int, name: str) -> tup
     removed = clean_stale_temp_files(sweep_dir)
     if removed:
         log.info(f"ablate: removed {len(removed)} temporary file(s) left by killed writers, e.g. {removed[0]}")
-    write_sweep_json(sweep_dir, cells, launcher=name)
+    with sweep_lock(sweep_dir):
+        write_sweep_json(sweep_dir, cells, launcher=name)
     return sweep_dir, cells
 
 

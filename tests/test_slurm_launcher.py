@@ -530,3 +530,23 @@ def test_a_two_task_cell_in_a_slurm_job_matches_one_process(slurm_cluster, embed
     spread = read_json(sweep_dir / "cells" / cell["cell_id"] / "metrics.json")
     for key, value in single.items():
         assert spread[key] == pytest.approx(value, rel=1e-4, abs=1e-5), key
+
+
+def test_two_launchers_started_together_submit_each_cell_once(slurm_cluster, tmp_path):
+    """The same sweep command twice at once into one sweep dir (jobs held, so nothing runs): the sweep's lock
+    makes the second wait for the first's job ids, then skip those cells as queued."""
+    sweep_dir = tmp_path / "twice"  # also the job name: ablate-twice
+    command = [sys.executable, "-m", "ablate", "-m", "seed=0,1,2", *SLURM, "hydra.launcher.gpus_per_node=0",
+               "+hydra.launcher.additional_parameters.hold=true", f"hydra.sweep.dir={sweep_dir}", *TINY]
+    launchers = [subprocess.Popen(command, cwd=REPO_ROOT, env=slurm_cluster.client_env(), stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    try:
+        outs = [p.communicate(timeout=180) for p in launchers]
+        assert [p.returncode for p in launchers] == [0, 0], outs
+        submitted = sorted(re.search(r"submitted (\d+);", out).group(1) for out, _ in outs)
+        assert submitted == ["0", "3"], outs
+        queued = slurm_cluster.run("squeue", "-h", "-r", "-o", "%i", "-n", f"ablate-{sweep_dir.name}").stdout
+        assert len(queued.split()) == 3, queued
+        assert len(set(read_json(sweep_dir / "sweep.json")["jobs"].values())) == 3
+    finally:
+        cli(slurm_cluster, "cancel", str(sweep_dir))

@@ -317,7 +317,7 @@ def test_an_interrupted_job_requeues_and_resumes_from_its_checkpoint(slurm_activ
     done = wait_for(lambda: (s := status_of(sweep_dir, cid)).get("state") in ("done", "failed") and s, ENDED,
                     "the requeued cell to end", cluster)
     assert done["state"] == "done", done
-    assert done["attempts"] == 2, done  # requeued once ...
+    assert done["attempts"] == 2 and done["requeues"] == 1, done  # requeued once ...
     assert done["checkpoint_step"] == preempted["checkpoint_step"]
     assert sacct_of(cluster, job) == "COMPLETED"
     assert not (cell_dir / "checkpoint").exists()  # removed once finished

@@ -6,6 +6,7 @@ import ctypes
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -111,5 +112,48 @@ def update_status(cell_dir: Path, **fields) -> dict:
 
 
 def is_done(cell_dir: Path) -> bool:
-    """Finished = metrics.json present (written last) and state done (DESIGN §3)."""
-    return (cell_dir / "metrics.json").exists() and read_status(cell_dir).get("state") == "done"
+    """Finished = metrics.json present (written last) and state done (DESIGN §3), and its results readable."""
+    return (cell_dir / "metrics.json").exists() and read_status(cell_dir).get("state") == "done" \
+        and done_problem(cell_dir) is None
+
+
+def done_problem(cell_dir: Path) -> str | None:
+    """Why a cell whose status.json says done cannot be trusted (a result file truncated or unreadable since), else
+    None. A re-run trains such a cell again instead of skipping it for ever."""
+    cell_dir = Path(cell_dir)
+    if read_status(cell_dir).get("state") != "done":
+        return None
+    try:
+        json.loads((cell_dir / "metrics.json").read_text())
+    except (OSError, ValueError) as error:
+        return f"metrics.json is unreadable ({type(error).__name__}: {error})"
+    try:
+        import pyarrow.parquet as pq
+
+        pq.read_metadata(cell_dir / "heldout_pairs.parquet")
+    except Exception as error:  # missing, truncated, not parquet: pyarrow raises several kinds
+        return f"heldout_pairs.parquet is unreadable ({type(error).__name__}: {error})"
+    return None
+
+
+# what a killed writer leaves: atomic_write_bytes' mkstemp files (8 random characters), replace_dir's old folders,
+# the embedded model cache's mkdtemp staging folders (ablate.embedded)
+_LEFTOVERS = (re.compile(r"\..+\.[a-z0-9_]{8}"), re.compile(r"\..+\.old-\d+"), re.compile(r"\.[0-9a-f]+-[a-z0-9_]{8}"))
+
+
+def clean_stale_temp_files(root: Path, older_than_s: float = 900.0) -> list[Path]:
+    """Remove the leftovers of killed writers under `root` once older than `older_than_s` (a live writer's are
+    milliseconds old). Returns what was removed."""
+    removed = []
+    now = time.time()
+    for path in Path(root).rglob(".*"):
+        if "wandb" in path.parts or not any(p.fullmatch(path.name) for p in _LEFTOVERS):
+            continue
+        try:
+            if now - path.lstat().st_mtime < older_than_s:
+                continue
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+        except FileNotFoundError:  # another launcher cleaned it first
+            continue
+        removed.append(path)
+    return removed

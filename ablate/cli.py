@@ -39,6 +39,16 @@ def _status(args) -> int:
 
 
 def _resubmit(args) -> int:
+    from ablate.liveness import sweep_lock
+
+    if not (Path(args.sweep_dir) / "sweep.json").exists():
+        raise FileNotFoundError(f"{Path(args.sweep_dir) / 'sweep.json'} not found: is {args.sweep_dir} an ablate sweep "
+                                "directory?")
+    with sweep_lock(args.sweep_dir):  # a launcher submitting into this sweep right now finishes first
+        return _resubmit_locked(args)
+
+
+def _resubmit_locked(args) -> int:
     from omegaconf import OmegaConf
 
     from ablate.collect import select_config

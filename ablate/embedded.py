@@ -27,6 +27,7 @@ from pathlib import Path
 
 import torch
 
+from ablate.cells import clean_stale_temp_files
 from ablate.data import PreferencePair
 
 # Bump when the vocabulary, task or warm-up recipe changes: it is part of the cache key.
@@ -133,6 +134,8 @@ def embedded_model_dir(model_cfg) -> Path:
     if (target / "config.json").exists():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
+    # builds killed before their rename leave staging folders; a live build's is younger than this (minutes)
+    clean_stale_temp_files(target.parent, older_than_s=6 * 3600)
     staging = Path(tempfile.mkdtemp(prefix=f".{digest}-", dir=target.parent))
     try:
         tokenizer = build_tokenizer()

@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
+import sys
 import time
 import traceback
 from pathlib import Path
 
 from omegaconf import DictConfig
 
-from ablate.cells import atomic_write_text, cell_id, config_yaml, is_done, read_status, update_status
+from ablate.cells import atomic_write_text, cell_id, config_yaml, done_problem, is_done, read_status, update_status
 from ablate.config import as_plain, validate_cell
+from ablate.liveness import Claim
 from ablate.tracking import make_tracker
 
 
@@ -30,8 +33,11 @@ def run_cell(cfg: DictConfig, sweep_dir: Path, overrides: list[str] | tuple[str,
     cell_dir = Path(sweep_dir) / "cells" / cid
     if is_done(cell_dir):
         return json.loads((cell_dir / "metrics.json").read_text())
+    problem = done_problem(cell_dir)
+    if problem:  # said done, but its results are gone or damaged since: trained again, and the reason kept
+        print(f"ablate: cell {cid} was done but its {problem}: training it again", file=sys.stderr, flush=True)
 
-    from ablate.trainer import Interrupted, train  # heavy imports (torch, transformers) only when training
+    from ablate.trainer import train  # heavy imports (torch, transformers) only when training
 
     if int(os.environ.get("RANK", "0")) != 0:  # other tasks of a multi-task cell: rank 0 keeps the books
         return train(cfg, cell_dir, Path(sweep_dir) / "shared", stop_requested=stop_requested)
@@ -42,12 +48,20 @@ def run_cell(cfg: DictConfig, sweep_dir: Path, overrides: list[str] | tuple[str,
 
     prepare_sweep_data([as_plain(cfg)], Path(sweep_dir) / "shared")
     cell_dir.mkdir(parents=True, exist_ok=True)
+    # A local cell is claimed (CellBusy if another live launcher trains it); a SLURM job has SLURM's word instead.
+    with Claim(cell_dir) if job_id is None else contextlib.nullcontext():
+        return _train_cell(cfg, cell_dir, Path(sweep_dir), cid, overrides, stop_requested, job_id, problem)
+
+
+def _train_cell(cfg, cell_dir: Path, sweep_dir: Path, cid: str, overrides, stop_requested, job_id, problem) -> dict:
+    from ablate.trainer import Interrupted, train
+
     atomic_write_text(cell_dir / "config.yaml", config_yaml(as_plain(cfg)))
     before = read_status(cell_dir)
     attempts = before.get("attempts", 0) + 1
     requeues = before.get("requeues", 0) + (before.get("state") == "preempted")  # resumed from its checkpoint
     update_status(cell_dir, state="running", cell_id=cid, overrides=list(overrides), attempts=attempts,
-                  requeues=requeues, host=socket.gethostname(), pid=os.getpid(),
+                  requeues=requeues, host=socket.gethostname(), pid=os.getpid(), retrained_because=problem,
                   error=None, failed_step=None, traceback=None,  # a retry starts with a clean record
                   job_id=job_id, started_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                   # what the collector groups by, so it never parses config.yaml of every cell

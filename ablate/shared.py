@@ -94,9 +94,15 @@ def tokens_path(cfg, shared_dir: Path) -> Path:
 def tokenized_pairs(cfg, tokenizer, shared_dir: Path) -> dict[str, TokenizedPairs]:
     """{"train": ..., "heldout": ...}, read, checked and tokenised once per sweep (normally at planning)."""
     path = tokens_path(cfg, shared_dir)
+    record = path.with_name(path.stem.replace("tokens-", "data-") + ".json")  # the collector's data diagnostics
     cached = _load(path)
     if cached is not None:
-        return {split: _unpack(fields) for split, fields in cached.items()}
+        tokens = {split: _unpack(fields) for split, fields in cached.items()}
+        if not record.exists():  # killed between the two writes: lengths rebuilt from the tokens, not lost
+            # for good; the planning checks need the data files, which a cell does not read again
+            atomic_write_json(record, {"data": _plain(cfg["data"]), **{s: length_stats(t) for s, t in tokens.items()},
+                                       "checks": None})
+        return tokens
     data_cfg = cfg["data"] if isinstance(cfg["data"], DictConfig) else OmegaConf.create(cfg["data"])
     tally = RowTally()
     train, heldout = load_pairs(data_cfg, tally)
@@ -106,8 +112,7 @@ def tokenized_pairs(cfg, tokenizer, shared_dir: Path) -> dict[str, TokenizedPair
               "heldout": tokenize_pairs(heldout, tokenizer, **limits)}
     _save(path, {split: _pack(t) for split, t in tokens.items()})
     stats = {split: length_stats(t) for split, t in tokens.items()}
-    atomic_write_json(path.with_name(path.stem.replace("tokens-", "data-") + ".json"),
-                      {"data": _plain(cfg["data"]), **stats, "checks": checks})
+    atomic_write_json(record, {"data": _plain(cfg["data"]), **stats, "checks": checks})
     return tokens
 
 

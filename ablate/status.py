@@ -18,6 +18,7 @@ from pathlib import Path
 import pandas as pd
 
 from ablate.cells import read_status, update_status
+from ablate.liveness import local_cell_dead
 from ablate.progress import format_duration
 
 ALIVE = {"PENDING", "RUNNING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "RESIZING", "SUSPENDED",
@@ -153,6 +154,9 @@ def reconcile(sweep_dir: str | Path) -> pd.DataFrame:
             # the job died without a word (OOM, node failure, scancel): SLURM is the only witness
             status = update_status(sweep_dir / "cells" / cid, state="failed", job_id=job,
                                    error=f"SLURM job {job} ended {slurm_state}")
+            state = "failed"
+        elif not job and (dead := local_cell_dead(sweep_dir / "cells" / cid, status)):
+            status = update_status(sweep_dir / "cells" / cid, state="failed", error=dead)
             state = "failed"
         elif not done and state == "pending" and slurm_state == "COMPLETED":
             status = update_status(sweep_dir / "cells" / cid, state="failed", job_id=job,

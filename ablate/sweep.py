@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 import subprocess
 import sys
 import time
@@ -17,9 +18,12 @@ from pathlib import Path
 
 from omegaconf import DictConfig, open_dict
 
-from ablate.cells import atomic_write_json, cell_id
+from ablate.cells import atomic_write_json, cell_id, clean_stale_temp_files
 from ablate.config import ConfigError, as_plain, cell_problems
+from ablate.liveness import sweep_lock
 from ablate.redact import redact
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -124,7 +128,11 @@ def start_sweep(launcher, job_overrides, initial_job_idx: int, name: str) -> tup
         print(f"DataError: {error}", file=sys.stderr, flush=True)
         raise SystemExit(2) from None
     sweep_dir.mkdir(parents=True, exist_ok=True)
-    write_sweep_json(sweep_dir, cells, launcher=name)
+    removed = clean_stale_temp_files(sweep_dir)
+    if removed:
+        log.info(f"ablate: removed {len(removed)} temporary file(s) left by killed writers, e.g. {removed[0]}")
+    with sweep_lock(sweep_dir):
+        write_sweep_json(sweep_dir, cells, launcher=name)
     return sweep_dir, cells
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 
+import pandas as pd
 import pytest
 from omegaconf import OmegaConf, open_dict
 
@@ -100,6 +101,8 @@ def test_is_done_needs_metrics_and_state_done(tmp_path):
     update_status(tmp_path, state="done")
     assert not is_done(tmp_path)  # state done but no metrics.json
     atomic_write_json(tmp_path / "metrics.json", {"heldout/logratio_accuracy": 1.0})
+    assert not is_done(tmp_path)  # and its held-out table, readable (tests/test_liveness.py: damaged results)
+    pd.DataFrame({"pair_id": ["p0"]}).to_parquet(tmp_path / "heldout_pairs.parquet")
     assert is_done(tmp_path)
     update_status(tmp_path, state="running")  # e.g. a rerun started
     assert not is_done(tmp_path)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -119,6 +120,40 @@ def test_rerunning_a_sweep_skips_finished_cells(tiny_sweep, repo_root):
 
 
 # ------------------------------------------------------------------------------------ validation
+def test_a_rerun_heals_the_sweep_dir_and_leaves_a_claimed_cell_alone(tiny_sweep, repo_root):
+    """After the other tests of tiny_sweep: one done cell's metrics.json truncated (retrained, saying why), one
+    cell held by a live claim of another launcher (left alone), a stale temporary file (removed)."""
+    sweep_dir, args, first = tiny_sweep
+    assert first.returncode == 0, output(first)
+    damaged, claimed = sorted(p.name for p in (sweep_dir / "cells").iterdir())[:2]
+    metrics = sweep_dir / "cells" / damaged / "metrics.json"
+    intact = metrics.read_text()
+    metrics.write_text(intact[: len(intact) // 2])
+    other = subprocess.Popen(["sleep", "120"])  # stands for a launcher training `claimed` right now
+    leftover = sweep_dir / "cells" / claimed / ".status.json.ab12cd34"
+    try:
+        status = read_json(sweep_dir / "cells" / claimed / "status.json")
+        (sweep_dir / "cells" / claimed / "status.json").write_text(json.dumps(status | {"state": "running"}))
+        (sweep_dir / "cells" / claimed / "claim.json").write_text(
+            json.dumps({"host": socket.gethostname(), "pid": other.pid}))
+        leftover.write_text("half a status")
+        os.utime(leftover, (time.time() - 3600, time.time() - 3600))
+
+        proc = ablate(repo_root, *args)
+    finally:
+        other.kill()
+    assert proc.returncode == 0, output(proc)
+    log = proc.stdout + proc.stderr
+    assert f"cell {damaged} was done but its metrics.json is unreadable (JSONDecodeError" in log, output(proc)
+    assert f"trained by pid {other.pid} on {socket.gethostname()} (another launcher), skipped" in log, output(proc)
+    assert log.count("done already, skipped") == 2, output(proc)
+    assert metrics.read_text() == intact  # retrained: deterministic on CPU
+    retrained = read_json(sweep_dir / "cells" / damaged / "status.json")
+    assert retrained["attempts"] == 2 and "metrics.json is unreadable" in retrained["retrained_because"]
+    assert read_json(sweep_dir / "cells" / claimed / "status.json")["state"] == "running"  # not touched
+    assert not leftover.exists()
+
+
 def test_an_invalid_cell_stops_the_sweep_before_anything_trains(repo_root, tmp_path):
     sweep_dir = tmp_path / "sweep"
     proc = ablate(repo_root, "-m", "objective.beta=0.1,-1", f"hydra.sweep.dir={sweep_dir}", *TINY)

@@ -317,7 +317,7 @@ def test_an_interrupted_job_requeues_and_resumes_from_its_checkpoint(slurm_activ
     done = wait_for(lambda: (s := status_of(sweep_dir, cid)).get("state") in ("done", "failed") and s, ENDED,
                     "the requeued cell to end", cluster)
     assert done["state"] == "done", done
-    assert done["attempts"] == 2, done  # requeued once ...
+    assert done["attempts"] == 2 and done["requeues"] == 1, done  # requeued once ...
     assert done["checkpoint_step"] == preempted["checkpoint_step"]
     assert sacct_of(cluster, job) == "COMPLETED"
     assert not (cell_dir / "checkpoint").exists()  # removed once finished
@@ -525,5 +525,52 @@ def test_a_request_the_partition_can_never_run_is_refused_before_submission(slur
         cell = wait_for(reason, 60, "squeue's reason PartitionConfig in `ablate status --json`", slurm_cluster, 2)
         assert (cell["slurm_state"], cell["state"], cell["step"]) == ("PENDING", "pending", 0)
         assert "PENDING (PartitionConfig)" in cli(slurm_cluster, "status", str(sweep_dir)).stdout
+    finally:
+        cli(slurm_cluster, "cancel", str(sweep_dir))
+
+
+# ------------------------------------------------------------------------------- multi-task cell
+def test_a_two_task_cell_in_a_slurm_job_matches_one_process(slurm_cluster, embedded_model, compose_cfg, tmp_path):
+    """tasks_per_node=2: srun starts two tasks in one job; submitit's JobEnvironment gives them the
+    torch.distributed environment (gloo on CPU) and they train one cell data-parallel. Its held-out metrics equal
+    the same cell trained in one process here, up to float summation order."""
+    from ablate.run import run_cell
+
+    overrides = ["objective=dpo", "seed=0", *TINY]
+    sweep_dir = tmp_path / "twotasks"
+    proc = run_ablate(slurm_cluster, "-m", *overrides, *SLURM, "hydra.launcher.gpus_per_node=0",
+                      "hydra.launcher.tasks_per_node=2", "hydra.launcher.collector.enabled=false",
+                      f"hydra.sweep.dir={sweep_dir}")
+    assert proc.returncode == 0, output(proc)
+    (cell,) = read_json(sweep_dir / "sweep.json")["cells"]
+    job = read_json(sweep_dir / "sweep.json")["jobs"][cell["cell_id"]]
+    single = run_cell(compose_cfg(overrides), tmp_path / "single")  # meanwhile, the one-process reference
+    assert sacct_of(slurm_cluster, job) == "COMPLETED", slurm_cluster.diagnostics()
+    steps = slurm_cluster.run("sacct", "-n", "-P", "-o", "JobID,NTasks", "-j", job.split("_")[0]).stdout
+    assert any(line.endswith("|2") for line in steps.splitlines()), steps  # the job step ran two tasks
+
+    status = status_of(sweep_dir, cell["cell_id"])
+    assert status["state"] == "done" and status["attempts"] == 1, status
+    spread = read_json(sweep_dir / "cells" / cell["cell_id"] / "metrics.json")
+    for key, value in single.items():
+        assert spread[key] == pytest.approx(value, rel=1e-4, abs=1e-5), key
+
+
+def test_two_launchers_started_together_submit_each_cell_once(slurm_cluster, tmp_path):
+    """The same sweep command twice at once into one sweep dir (jobs held, so nothing runs): the sweep's lock
+    makes the second wait for the first's job ids, then skip those cells as queued."""
+    sweep_dir = tmp_path / "twice"  # also the job name: ablate-twice
+    command = [sys.executable, "-m", "ablate", "-m", "seed=0,1,2", *SLURM, "hydra.launcher.gpus_per_node=0",
+               "+hydra.launcher.additional_parameters.hold=true", f"hydra.sweep.dir={sweep_dir}", *TINY]
+    launchers = [subprocess.Popen(command, cwd=REPO_ROOT, env=slurm_cluster.client_env(), stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    try:
+        outs = [p.communicate(timeout=180) for p in launchers]
+        assert [p.returncode for p in launchers] == [0, 0], outs
+        submitted = sorted(re.search(r"submitted (\d+);", out).group(1) for out, _ in outs)
+        assert submitted == ["0", "3"], outs
+        queued = slurm_cluster.run("squeue", "-h", "-r", "-o", "%i", "-n", f"ablate-{sweep_dir.name}").stdout
+        assert len(queued.split()) == 3, queued
+        assert len(set(read_json(sweep_dir / "sweep.json")["jobs"].values())) == 3
     finally:
         cli(slurm_cluster, "cancel", str(sweep_dir))

@@ -18,6 +18,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 
 from ablate.heldout import PAIR_COLUMNS, outcome_arrays
+from ablate.liveness import local_cell_dead
 
 NOT_AXES = ("seed", "+sweeps", "sweeps", "hydra.sweep.dir", "hydra.run.dir")
 BASE_COLUMNS = ["cell_id", "overrides", "state", "error", "attempts", "elapsed_s", "objective", "lora_r", "seed",
@@ -127,6 +128,10 @@ def load_sweep(sweep_dir: str | Path) -> Sweep:
             row["state"] = str(status.get("state") or "unknown")
             if row["seed"] is None:
                 row["seed"] = _overrides_dict(overrides).get("seed")
+        dead = local_cell_dead(cell_dir, status) if status is not None else None
+        if dead:  # a killed local run shows `running` for ever otherwise
+            problems.append({"cell_id": cid, "file": str(cell_dir / "status.json"), "problem": dead})
+            row["state"] = "failed"
         if row["state"] == "done":
             metrics = _read_object(cell_dir / "metrics.json", problems, cid)
             why = ("state is done but metrics.json is missing" if metrics is None else _metrics_problem(metrics))

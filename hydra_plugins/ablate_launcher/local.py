@@ -55,14 +55,19 @@ class AblateLocalLauncher(LauncherSetup, Launcher):
 
     def _run_in_process(self, sweep_dir: Path, cells) -> list[JobReturn]:
         from ablate.cells import is_done
+        from ablate.liveness import claim_holder
 
         returns = []
         for i, cell in enumerate(cells, start=1):
             label = " ".join(cell.overrides) or "(defaults)"
-            if is_done(sweep_dir / "cells" / cell.cell_id):
-                log.info(f"[{i}/{len(cells)}] {cell.cell_id} {label}: done already, skipped")
+            cell_dir = sweep_dir / "cells" / cell.cell_id
+            holder = None if is_done(cell_dir) else claim_holder(cell_dir)
+            if is_done(cell_dir) or holder:
+                why = "done already" if holder is None else \
+                    f"trained by pid {holder.get('pid')} on {holder.get('host')} (another launcher)"
+                log.info(f"[{i}/{len(cells)}] {cell.cell_id} {label}: {why}, skipped")
                 returns.append(JobReturn(overrides=cell.overrides, cfg=cell.task_config, status=JobStatus.COMPLETED,
-                                         _return_value=None, working_dir=str(sweep_dir / "cells" / cell.cell_id)))
+                                         _return_value=None, working_dir=str(cell_dir)))
                 continue
             log.info(f"[{i}/{len(cells)}] {cell.cell_id} {label}")
             ret = run_job(hydra_context=self.hydra_context, task_function=self.task_function, config=cell.full_config(),

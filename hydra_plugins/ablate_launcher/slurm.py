@@ -65,14 +65,32 @@ ConfigStore.instance().store(group="hydra/launcher", name="ablate_slurm", node=A
 class AblateSlurmLauncher(LauncherSetup, Launcher):
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
-        from ablate.cells import is_done
-        from ablate.slurm import submit_cells
-        from ablate.status import ALIVE, reconcile
+        from ablate.liveness import sweep_lock
         from ablate.sweep import start_sweep
 
         launcher = self.config.hydra.launcher
         started = time.monotonic()
         sweep_dir, cells = start_sweep(self, job_overrides, initial_job_idx, "slurm")
+        # another launcher on this sweep waits here until these jobs are in sweep.json, then skips them
+        with sweep_lock(sweep_dir):
+            submitted = self._submit(launcher, started, sweep_dir, cells)
+        if submitted is None:  # dry run
+            return [self._ret(c) for c in cells]
+        if launcher.wait and submitted["jobs"]:
+            from ablate.status import reconcile
+
+            self._follow(sweep_dir, submitted, launcher.poll_s)
+            # Followed to the end: failed cells fail the command, as with the local launcher.
+            table = reconcile(sweep_dir).set_index("cell_id")
+            failed = {cid: table.loc[cid, "error"] for cid in table.index if table.loc[cid, "state"] == "failed"}
+            return [self._ret(c, failed.get(c.cell_id, "")) if c.cell_id in failed else self._ret(c) for c in cells]
+        return [self._ret(c) for c in cells]
+
+    def _submit(self, launcher, started, sweep_dir, cells) -> dict | None:
+        """Decide what to submit and submit it (None for a dry run); called with the sweep's lock held."""
+        from ablate.cells import is_done
+        from ablate.slurm import submit_cells
+        from ablate.status import ALIVE, reconcile
 
         state = reconcile(sweep_dir).set_index("cell_id")
         todo, skipped = [], {"done": 0, "queued or running": 0}
@@ -99,17 +117,11 @@ class AblateSlurmLauncher(LauncherSetup, Launcher):
                   f"profile(s), {skipped['done']} done, {skipped['queued or running']} queued/running; "
                   f"sweep.json written to {sweep_dir} in {time.monotonic() - started:.2f} s; nothing submitted",
                   flush=True)
-            return [self._ret(c) for c in cells]
+            return None
 
         submitted = submit_cells(sweep_dir, todo, launcher, self.config.select) if todo else {"jobs": {}}
         self._print_submission(sweep_dir, cells, todo, skipped, submitted)
-        if launcher.wait and todo:
-            self._follow(sweep_dir, submitted, launcher.poll_s)
-            # Followed to the end: failed cells fail the command, as with the local launcher.
-            table = reconcile(sweep_dir).set_index("cell_id")
-            failed = {cid: table.loc[cid, "error"] for cid in table.index if table.loc[cid, "state"] == "failed"}
-            return [self._ret(c, failed.get(c.cell_id, "")) if c.cell_id in failed else self._ret(c) for c in cells]
-        return [self._ret(c) for c in cells]
+        return submitted
 
     @staticmethod
     def _check_resources(launcher, todo) -> None:

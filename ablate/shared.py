@@ -96,13 +96,23 @@ def tokenized_pairs(cfg, tokenizer, shared_dir: Path) -> dict[str, TokenizedPair
     path = tokens_path(cfg, shared_dir)
     record = path.with_name(path.stem.replace("tokens-", "data-") + ".json")  # the collector's data diagnostics
     cached = _load(path)
-    if cached is not None:
-        tokens = {split: _unpack(fields) for split, fields in cached.items()}
-        if not record.exists():  # killed between the two writes: lengths rebuilt from the tokens, not lost
-            # for good; the planning checks need the data files, which a cell does not read again
-            atomic_write_json(record, {"data": _plain(cfg["data"]), **{s: length_stats(t) for s, t in tokens.items()},
-                                       "checks": None})
-        return tokens
+    if cached is not None and record.exists():
+        return {split: _unpack(fields) for split, fields in cached.items()}
+    # No tokens, or tokens without their record (deleted, or a sweep from before the record was written
+    # first): read and check the data again, so the record is whole, never rebuilt from the tokens alone
+    data_cfg = cfg["data"] if isinstance(cfg["data"], DictConfig) else OmegaConf.create(cfg["data"])
+    tally = RowTally()
+    train, heldout = load_pairs(data_cfg, tally)
+    checks = check_pairs(train, heldout, data_cfg, tally)
+    limits = {"max_length": data_cfg.max_length, "max_prompt_length": data_cfg.max_prompt_length}
+    tokens = {"train": tokenize_pairs(train, tokenizer, **limits),
+              "heldout": tokenize_pairs(heldout, tokenizer, **limits)}
+    stats = {split: length_stats(t) for split, t in tokens.items()}
+    # the record first: a kill between the two writes leaves no tokens, so the next call redoes both
+    atomic_write_json(record, {"data": _plain(cfg["data"]), **stats, "checks": checks})
+    if cached is None:
+        _save(path, {split: _pack(t) for split, t in tokens.items()})
+    return tokens
     data_cfg = cfg["data"] if isinstance(cfg["data"], DictConfig) else OmegaConf.create(cfg["data"])
     tally = RowTally()
     train, heldout = load_pairs(data_cfg, tally)

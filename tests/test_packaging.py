@@ -12,6 +12,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tarfile
 import zipfile
 from pathlib import Path
 
@@ -46,11 +47,15 @@ def installed(repo_root, tmp_path_factory) -> dict:
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
                     "-w", str(work / "dist"), str(source)], check=True, capture_output=True, timeout=120)
     (wheel,) = (work / "dist").glob("ablate-*.whl")
+    # the sdist too, with setuptools' own PEP 517 backend (what `python -m build --sdist` would call)
+    build_sdist = f"from setuptools import build_meta; build_meta.build_sdist({str(work / 'dist')!r})"
+    subprocess.run([sys.executable, "-c", build_sdist], cwd=source, check=True, capture_output=True, timeout=120)
+    (sdist,) = (work / "dist").glob("ablate-*.tar.gz")
     site = work / "site"
     subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "--no-index", "-q", "--target", str(site),
                     str(wheel)], check=True, capture_output=True, timeout=120)
     env = {**os.environ, "PYTHONPATH": str(site)}
-    return {"wheel": wheel, "site": site, "env": env, "cwd": tmp_path_factory.mktemp("elsewhere")}
+    return {"wheel": wheel, "sdist": sdist, "site": site, "env": env, "cwd": tmp_path_factory.mktemp("elsewhere")}
 
 
 def run(installed: dict, *args: str) -> subprocess.CompletedProcess:
@@ -71,6 +76,15 @@ def test_the_wheel_ships_conf_sweeps_and_every_module(installed, repo_root):
     for package in ("ablate", "hydra_plugins"):
         modules = {p.relative_to(repo_root).as_posix() for p in (repo_root / package).rglob("*.py")}
         assert modules and modules <= names, sorted(modules - names)
+
+
+def test_the_sdist_carries_conf_sweeps_and_the_sources(installed, repo_root):
+    with tarfile.open(installed["sdist"]) as sdist:
+        names = {n.split("/", 1)[1] for n in sdist.getnames() if "/" in n}
+    for folder in ("conf", "sweeps", "ablate", "hydra_plugins"):
+        expected = {p.relative_to(repo_root).as_posix() for p in (repo_root / folder).rglob("*")
+                    if p.suffix in (".yaml", ".py") and "__pycache__" not in p.parts}
+        assert expected and expected <= names, sorted(expected - names)[:10]
 
 
 def test_installed_ablate_runs_a_cell_and_a_saved_sweep_from_another_directory(installed):
@@ -104,3 +118,24 @@ def test_installed_ablate_runs_a_cell_and_a_saved_sweep_from_another_directory(i
     (cell,) = sweep["cells"]
     status = json.loads((installed["cwd"] / "saved_sweep" / "cells" / cell["cell_id"] / "status.json").read_text())
     assert status["state"] == "done"
+
+
+def test_the_review_notebook_runs_on_the_installed_package(installed, repo_root, monkeypatch):
+    """The notebook from another directory, its kernel importing ablate from the wheel's install."""
+    import nbclient
+    import nbformat
+    sweep_dir = installed["cwd"] / "saved_sweep"
+    if not (sweep_dir / "report" / "summary.json").exists():  # run alone: make the sweep first
+        run(installed, sys.executable, "-m", "ablate", "-m", "+sweeps=verbosity_trap_2x2x3", "objective=dpo",
+            "lora.r=8", "seed=0", *TWO_STEPS, "data.n_train=48", "data.n_heldout_per_slice=8",
+            "hydra.sweep.dir=saved_sweep")
+    monkeypatch.setenv("PYTHONPATH", installed["env"]["PYTHONPATH"])  # the kernel inherits os.environ
+    monkeypatch.setenv("ABLATE_SWEEP_DIR", str(sweep_dir))
+    notebook = nbformat.read(repo_root / "notebooks" / "review_sweep.ipynb", as_version=4)
+    notebook.cells.append(nbformat.v4.new_code_cell("import ablate; print(ablate.__file__)"))
+    nbclient.NotebookClient(notebook, timeout=180, kernel_name="python3",
+                            resources={"metadata": {"path": str(installed["cwd"])}}).execute()
+    outputs = [o for c in notebook.cells if c.cell_type == "code" for o in c.outputs]
+    assert not [o for o in outputs if o.output_type == "error"]
+    where = Path(notebook.cells[-1].outputs[0]["text"].strip())
+    assert where.is_relative_to(installed["site"]), where

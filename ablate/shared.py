@@ -22,6 +22,7 @@ from ablate.data import (
     read_pairs_from_files,
     read_pairs_from_hub,
     split_heldout,
+    split_validation_test,
     tokenize_pairs,
 )
 from ablate.scoring import score_pairs
@@ -49,7 +50,11 @@ def load_pairs(data_cfg) -> tuple[list[PreferencePair], list[PreferencePair]]:
             train, heldout = split_heldout(train, data_cfg.heldout_fraction, data_cfg.split_seed)
     else:
         raise ValueError(f"data.kind = {data_cfg.kind!r}: must be verbosity_trap, files or hub")
-    return train[: data_cfg.max_train_pairs], heldout[: data_cfg.max_heldout_pairs]
+    heldout = heldout[: data_cfg.max_heldout_pairs]
+    if data_cfg.get("validation_pairs"):  # tuned sweeps: select on validation, decide on test
+        heldout = split_validation_test(heldout, data_cfg.validation_pairs, data_cfg.get("test_pairs"),
+                                        data_cfg.split_seed)
+    return train[: data_cfg.max_train_pairs], heldout
 
 
 def _container(node) -> dict:

@@ -174,6 +174,7 @@ class CellPairs:
     slices: np.ndarray
     outcomes: dict[str, np.ndarray]  # logratio_margin, logratio_correct, avglogp_margin, avglogp_correct, ...
     nonfinite: int = 0  # pairs with a NaN/inf log-prob or token count: never scored (see ablate.collect.decide)
+    splits: np.ndarray | None = None  # validation | test per pair (data.validation_pairs); None: not split
 
 
 def read_pairs(sweep: Sweep, cell_id: str) -> CellPairs | None:
@@ -184,12 +185,13 @@ def read_pairs(sweep: Sweep, cell_id: str) -> CellPairs | None:
     try:
         # one thread: a few hundred rows gain nothing from arrow's pool, and on a busy node its
         # threads turned 1,000 small reads from 1 s into 8 s
-        table = pq.read_table(path, columns=PAIR_COLUMNS, use_threads=False, pre_buffer=False)
-        columns = {name: table.column(name).to_numpy(zero_copy_only=False) for name in PAIR_COLUMNS}
-        numeric = {k: v.astype(float) for k, v in columns.items() if k not in ("pair_id", "slice")}
+        names = PAIR_COLUMNS + (["split"] if "split" in pq.read_schema(path).names else [])
+        table = pq.read_table(path, columns=names, use_threads=False, pre_buffer=False)
+        columns = {name: table.column(name).to_numpy(zero_copy_only=False) for name in names}
+        numeric = {k: v.astype(float) for k, v in columns.items() if k not in ("pair_id", "slice", "split")}
         finite = np.logical_and.reduce([np.isfinite(v) for v in numeric.values()])
         pairs = CellPairs(columns["pair_id"].astype(str), columns["slice"], outcome_arrays(numeric),
-                          int((~finite).sum()))
+                          int((~finite).sum()), columns.get("split"))
         if pairs.nonfinite:
             sweep.problem(cell_id, path, f"{pairs.nonfinite} held-out pair(s) with non-finite values (not scored)")
     except Exception as error:  # truncated/corrupt parquet raises several arrow error types

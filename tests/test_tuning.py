@@ -3,11 +3,15 @@ selection on validation pairs and the decision on test pairs (ablate/collect/tun
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
+import pyarrow as pa
 import pytest
 
 from ablate.search_space import TuningError, check_spaces, expand, settings
@@ -76,3 +80,135 @@ def test_saved_fair_sweeps_have_equal_budgets_and_state_their_command(repo_root,
     assert config["data"]["validation_pairs"] >= 1
     _, budget = expand(check_spaces(config["hydra"]["sweeper"]["tune"]), {"seed": ["seed=0", "seed=1", "seed=2"]})
     assert len({b["cells"] for b in budget.values()}) == 1
+
+
+# ------------------------------------------------------------------- selection and decision
+# A synthetic tuned sweep, 100 held-out pairs (50 clean, 50 verbose_rejected): every 5th pair and the
+# next one are validation (40 pairs), the other 60 are test. A setting is correct on the first v
+# validation pairs and the first t test pairs (+ seed 1, - seed 2: the ordering holds in every seed).
+SEEDS = (0, 1, 2)
+NOISE = {0: 0, 1: 1, 2: -1}
+TUNE = {"dpo": {"objective.beta": ["0.05", "0.1", "0.3"]}, "simpo": {"objective.beta": ["2", "5", "10"]}}
+DEFAULTS = {"dpo": {"objective.beta": "0.1"}, "simpo": {"objective.beta": "2.0"}}  # 2.0 is the space's "2"
+# (validation correct of 40, test correct of 60) per setting: DPO is best at 0.3, SimPO at 5 (validation);
+# on test the tuned DPO beats the tuned SimPO, while at the defaults (0.1 vs 2) SimPO wins.
+KNOWN = {("dpo", "0.05"): (20, 25), ("dpo", "0.1"): (26, 20), ("dpo", "0.3"): (32, 50),
+         ("simpo", "2"): (24, 45), ("simpo", "5"): (30, 30), ("simpo", "10"): (28, 35)}
+
+
+def split_layout(n: int = 100) -> list[str]:
+    return ["validation" if i % 5 < 2 else "test" for i in range(n)]
+
+
+def tuned_pairs(validation_correct: int, test_correct: int) -> pd.DataFrame:
+    from sweep_fixtures import SLICES, correctness_table
+
+    splits = split_layout()
+    slices = [SLICES[i // 50] for i in range(100)]
+    rank = {"validation": 0, "test": 0}
+    correct = []
+    for split in splits:
+        limit = validation_correct if split == "validation" else test_correct
+        correct.append(rank[split] < limit)
+        rank[split] += 1
+    table = correctness_table(correct, slices)
+    table["split"] = splits
+    return table
+
+
+def tuned_sweep(sweep_dir: Path, known=KNOWN, skip=()) -> Path:
+    from sweep_fixtures import Cell, write_sweep
+
+    cells = []
+    for (objective, beta), (v, t) in known.items():
+        for seed in SEEDS:
+            overrides = [f"objective={objective}", f"objective.beta={beta}", f"seed={seed}"]
+            done = (objective, beta) not in skip
+            cells.append(Cell(overrides, tuned_pairs(v + NOISE[seed], t + NOISE[seed]) if done else None,
+                              state="done" if done else "pending"))
+    write_sweep(sweep_dir, cells)
+    (sweep_dir / "tuning.json").write_text(json.dumps({"spaces": TUNE, "defaults": DEFAULTS}))
+    return sweep_dir
+
+
+def collect_tuning(sweep_dir: Path) -> dict:
+    from ablate.collect.collector import collect
+
+    return collect(sweep_dir, plots=False)["tuning"]
+
+
+def test_selection_finds_the_known_best_setting_and_decides_on_test_pairs(tmp_path):
+    tuning = collect_tuning(tuned_sweep(tmp_path / "s"))
+    assert tuning["split"]["validation"]["pairs"] == 40 and tuning["split"]["test"]["pairs"] == 60
+    (group,) = tuning["groups"]
+    selection = group["selection"]
+    assert selection["dpo"]["selected"] == {"objective.beta": "0.3"}
+    assert selection["simpo"]["selected"] == {"objective.beta": "5"}
+    assert selection["simpo"]["default_in_space"]  # "2.0" from the config is the space's "2"
+    means = {r["setting"]["objective.beta"]: r["mean"] for r in selection["dpo"]["table"]}
+    assert means == pytest.approx({"0.05": 20 / 40, "0.1": 26 / 40, "0.3": 32 / 40})  # validation pairs only
+    tuned, defaults = group["tuned"]["all"], group["at_defaults"]["all"]
+    assert tuned["verdict"] == "decisive" and tuned["winner"] == "dpo"
+    assert tuned["point"]["objective=dpo objective.beta=0.3"] == pytest.approx(50 / 60)  # test pairs only
+    assert defaults["verdict"] == "decisive" and defaults["winner"] == "simpo"
+    assert defaults["point"]["objective=simpo objective.beta=2"] == pytest.approx(45 / 60)
+    # 0.3 is the largest beta searched for DPO: the optimum may lie above it; SimPO's 5 is inside its space
+    assert tuning["warnings"] == ["dpo: objective.beta = 0.3 is the largest value searched (0.05, 0.1, 0.3); "
+                                  "its optimum may lie above it"]
+
+
+def test_selection_never_reads_test_pairs(tmp_path):
+    """Garbage on the test pairs (the worst validation setting of each objective made perfect there, the
+    others all wrong) moves the test decision but not a single selection number."""
+    import pyarrow.parquet as pq
+
+    sweep_dir = tuned_sweep(tmp_path / "s")
+    before = collect_tuning(sweep_dir)["groups"][0]
+    worst = {"objective.beta=0.05", "objective.beta=2"}
+    for cell_dir in (sweep_dir / "cells").iterdir():
+        overrides = set(json.loads((cell_dir / "status.json").read_text())["overrides"])
+        table = pq.read_table(cell_dir / "heldout_pairs.parquet").to_pandas()
+        test = table.split == "test"
+        sign = 1.0 if overrides & worst else -1.0
+        table.loc[test, "chosen_logp"] = table.loc[test, "chosen_tokens"] * (-2.0 + sign * 37.5)
+        table.loc[test, "rejected_logp"] = table.loc[test, "rejected_tokens"] * (-2.0 - sign * 37.5)
+        pq.write_table(pa.Table.from_pandas(table, preserve_index=False), cell_dir / "heldout_pairs.parquet")
+    after = collect_tuning(sweep_dir)["groups"][0]
+    assert after["selection"] == before["selection"]
+    # the decisions did read the garbage: the selected arms are wrong on every test pair, SimPO's default right
+    assert set(after["tuned"]["all"]["point"].values()) == {0.0}
+    assert after["at_defaults"]["all"]["point"]["objective=simpo objective.beta=2"] == pytest.approx(1.0)
+    assert after["tuned"]["all"]["verdict"] != "decisive"
+
+
+def test_ties_go_to_the_default_then_to_the_simpler_then_to_the_first_setting():
+    from ablate.collect.tuning import select_setting
+
+    order = [("0.05", "1"), ("0.1", "1"), ("0.1", "2"), ("0.3", "2")]
+    x = {s: ([0, 1], np.array([[1.0, 0.0], [1.0, 0.0]])) for s in order}
+    w = np.array([0.5, 0.5])
+    assert select_setting(x, w, order, default=("0.1", "1"))["selected"] == ("0.1", "1")
+    assert select_setting(x, w, order, default=("0.3", "3"))["selected"] == ("0.3", "2")  # the only one key off
+    assert select_setting(x, w, order, default=None)["selected"] == ("0.05", "1")
+    x[("0.1", "2")] = ([0, 1], np.array([[1.0, 1.0], [1.0, 0.0]]))  # strictly best: no tie to break
+    result = select_setting(x, w, order, default=("0.1", "1"))
+    assert result["selected"] == ("0.1", "2") and result["tied"] == []
+
+
+def test_a_setting_without_finished_seeds_leaves_the_tuned_verdict_undetermined(tmp_path):
+    tuning = collect_tuning(tuned_sweep(tmp_path / "s", skip={("simpo", "10")}))
+    group = tuning["groups"][0]
+    assert group["tuned"]["all"]["verdict"] == "undetermined"
+    assert any("simpo: no usable finished seeds in 1 of 3 settings" in r for r in group["tuned"]["all"]["reasons"])
+    assert group["at_defaults"]["all"]["winner"] == "simpo"  # the default arms are all there
+
+
+def test_a_sweep_without_a_split_says_so(tmp_path):
+    from sweep_fixtures import GOLDEN_SIZES, golden_sweep
+
+    sweep_dir = tmp_path / "s"
+    golden_sweep(sweep_dir)
+    assert GOLDEN_SIZES
+    (sweep_dir / "tuning.json").write_text(json.dumps({"spaces": {"dpo": {"lora.r": ["8", "16"]}}, "defaults": {}}))
+    tuning = collect_tuning(sweep_dir)
+    assert tuning["groups"] == [] and "no validation/test split" in tuning["reasons"][0]

@@ -212,3 +212,50 @@ def test_a_sweep_without_a_split_says_so(tmp_path):
     (sweep_dir / "tuning.json").write_text(json.dumps({"spaces": {"dpo": {"lora.r": ["8", "16"]}}, "defaults": {}}))
     tuning = collect_tuning(sweep_dir)
     assert tuning["groups"] == [] and "no validation/test split" in tuning["reasons"][0]
+
+
+def test_report_shows_selection_both_decisions_split_sizes_edges_and_sensitivity(tmp_path):
+    from ablate.collect.collector import collect
+
+    sweep_dir = tuned_sweep(tmp_path / "s")
+    collect(sweep_dir)
+    report = (sweep_dir / "report" / "report.md").read_text()
+    section = report[report.index("## Tuned comparison"):report.index("## Decision")]
+    assert "40 validation pairs (clean 20, verbose_rejected 20) and 60 test pairs (clean 30, verbose_rejected 30)" \
+        in section
+    assert "The test pairs played no part in selection" in section
+    assert "| dpo | objective.beta=0.3 | objective.beta=0.1 | 0.800 ± 0.025 (3 seeds) |" in section
+    assert "Tuned, on test pairs: decisive: dpo" in section
+    assert "| all pairs | decisive: dpo;" in section and "| decisive: simpo;" in section
+    assert "objective.beta = 0.3 is the largest value searched" in section
+    assert (sweep_dir / "report" / "plots" / "sensitivity.png").stat().st_size > 10_000
+    assert "Sensitivity: validation avglogp_accuracy" in (sweep_dir / "report" / "report.html").read_text()
+
+
+@pytest.mark.parametrize("damage", ["garbled tuning.json", "wrong shape", "truncated parquet", "no split column"])
+def test_a_damaged_tuned_sweep_is_reported_never_a_crash(tmp_path, damage):
+    import pyarrow.parquet as pq
+
+    from ablate.collect.collector import collect
+
+    sweep_dir = tuned_sweep(tmp_path / "s")
+    cell = sorted((sweep_dir / "cells").iterdir())[0]
+    if damage == "garbled tuning.json":
+        (sweep_dir / "tuning.json").write_bytes(b'{"spaces": {"dpo": [\xff')
+    elif damage == "wrong shape":
+        (sweep_dir / "tuning.json").write_text(json.dumps({"spaces": {"dpo": {"objective.beta": [0.1]}}}))
+    elif damage == "truncated parquet":
+        data = (cell / "heldout_pairs.parquet").read_bytes()
+        (cell / "heldout_pairs.parquet").write_bytes(data[: len(data) // 2])
+    else:
+        table = pq.read_table(cell / "heldout_pairs.parquet").drop(["split"])
+        pq.write_table(table, cell / "heldout_pairs.parquet")
+    summary = collect(sweep_dir)
+    assert not any("internal error" in p["problem"] for p in summary["problems"]), summary["problems"]
+    assert (sweep_dir / "report" / "report.md").exists()
+    if damage in ("garbled tuning.json", "wrong shape"):
+        assert "tuning" not in summary and any("tuning.json" in p["file"] for p in summary["problems"])
+    elif damage == "truncated parquet":  # a setting of one objective lacks evidence: its best is not known
+        assert summary["tuning"]["groups"][0]["tuned"]["all"]["verdict"] == "undetermined"
+    else:  # the split is the sweep's: the other cells record it, this cell's pairs are the same pairs
+        assert summary["tuning"]["groups"][0]["tuned"]["all"]["winner"] == "dpo"

@@ -134,8 +134,7 @@ def evidence(sweep: Sweep, metric: str) -> dict:
             values[arm] = (seeds, np.vstack(rows))
     result = {"values": values, "missing": missing,
               "pair_ids": None if reference is None else reference.pair_ids,
-              "slices": None if reference is None else reference.slices,
-              "splits": None if reference is None else reference.splits}  # tuned sweeps (ablate.collect.tuning)
+              "slices": None if reference is None else reference.slices}
     sweep.cache[key] = result
     return result
 

@@ -26,7 +26,7 @@ from itertools import product
 import numpy as np
 
 from ablate.collect.decide import ACCURACY_METRICS, compare_arms, evidence, scope_strata
-from ablate.collect.load import Sweep, _overrides_dict, _read_object
+from ablate.collect.load import Sweep, _overrides_dict, _read_object, read_pairs
 from ablate.collect.stats import pair_weights
 from ablate.search_space import TUNING_FILE
 
@@ -125,14 +125,13 @@ def tuned_comparison(sweep: Sweep, select, arms: list[dict], tuning: dict) -> di
     result = {"spaces": spaces, "defaults": defaults, "budget": tuning.get("budget"), "groups": [],
               "reasons": [], "split": None}
     ev = evidence(sweep, select.metric)
-    splits = ev.get("splits")
     if ev["pair_ids"] is None:
         result["reasons"].append("no finished cell with readable held-out pairs")
         return result
+    splits, why = _reference_splits(sweep, ev["pair_ids"])
     if splits is None:
-        result["reasons"].append("the cells' held-out pairs carry no validation/test split: set data.validation_pairs")
+        result["reasons"].append(why)
         return result
-    splits = np.asarray(splits).astype(str)
     slices = ev["slices"]
     result["split"] = _split_sizes(splits, slices)
     parts = {name: splits == name for name in ("validation", "test")}
@@ -159,6 +158,21 @@ def tuned_comparison(sweep: Sweep, select, arms: list[dict], tuning: dict) -> di
                                        by_objective, scopes))
     result["warnings"] = [w for g in result["groups"] for w in g["warnings"]]
     return result
+
+
+def _reference_splits(sweep: Sweep, pair_ids: np.ndarray) -> tuple[np.ndarray | None, str | None]:
+    """The sweep's validation/test tag per reference pair, from every finished cell that records one
+    (read already by `evidence`); (None, why) when none does or they disagree."""
+    seen = set()
+    for cid in sweep.done.cell_id:
+        pairs = read_pairs(sweep, cid)
+        if pairs is not None and pairs.splits is not None and np.array_equal(pairs.pair_ids, pair_ids):
+            seen.add(tuple(np.asarray(pairs.splits).astype(str)))
+    if not seen:
+        return None, "the cells' held-out pairs carry no validation/test split: set data.validation_pairs"
+    if len(seen) > 1:
+        return None, "the cells disagree on which held-out pairs are validation and which test (data.split_seed?)"
+    return np.array(seen.pop()), None
 
 
 def _split_sizes(splits: np.ndarray, slices) -> dict:

@@ -294,4 +294,5 @@ def test_a_shrunken_fair_sweep_end_to_end(repo_root, tmp_path):
     assert group["at_defaults"]["all"]["arms"] == {"dpo": "objective=dpo objective.beta=0.1",
                                                    "simpo": "objective=simpo objective.beta=2.0"}
     assert "tuned (all test pairs)" in proc.stdout + proc.stderr
+    assert not [p for p in summary["problems"] if "internal error" in p["problem"]], summary["problems"]
     assert "## Tuned comparison" in (sweep_dir / "report" / "report.md").read_text()

@@ -15,14 +15,23 @@ CAPTION = ("Sensitivity: validation {metric} (mean over seeds, bars: seed std) a
            "setting of the objective's other keys; the star marks the selected setting. Validation pairs only.")
 
 
+def _finite(x) -> bool:
+    """summary.json writes NaN as null: a value read back may be None."""
+    return isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def _fmt(x, spec: str = ".3f") -> str:
+    return format(x, spec) if _finite(x) else "n/a"
+
+
 def _verdict(d: dict | None, level: str) -> str:
     if not d or d.get("verdict") == "not run":
         return "not run: " + "; ".join((d or {}).get("reasons", [])) if d else "not run"
     best = d.get("best_objective")
     rivals = [c for c in d.get("comparisons", []) if c["arm"] in d.get("rivals", [])]
-    detail = "; ".join(f"vs {c['arm']}: {c['difference']:+.3f}" + (
-        f", {level} CI [{c['ci_low']:+.3f}, {c['ci_high']:+.3f}]" if math.isfinite(c["ci_low"]) else ", no CI")
-        for c in rivals)
+    detail = "; ".join(f"vs {c['arm']}: {_fmt(c['difference'], '+.3f')}" + (
+        f", {level} CI [{c['ci_low']:+.3f}, {c['ci_high']:+.3f}]" if _finite(c["ci_low"]) and _finite(c["ci_high"])
+        else ", no CI") for c in rivals)
     head = {"decisive": f"decisive: {d.get('winner')}", "not decisive": f"no decisive winner (best {best})"}.get(
         d["verdict"], f"undetermined (best {best})" if best else "undetermined")
     why = f" — {'; '.join(d['reasons'])}" if d["verdict"] == "undetermined" and d.get("reasons") else ""
@@ -70,7 +79,7 @@ def tuning_blocks(summary: dict, plots: dict[str, Path]) -> list[tuple]:
             rows.append([o, " ".join(f"{k}={v}" for k, v in (e["selected"] or {}).items()) or "none",
                          " ".join(f"{k}={v}" for k, v in e["default"].items())
                          + ("" if e["default_in_space"] else " (not in the space)"),
-                         f"{picked['mean']:.3f} ± {picked['std']:.3f} ({len(picked['seeds'])} seeds)" if picked
+                         f"{_fmt(picked['mean'])} ± {_fmt(picked['std'])} ({len(picked['seeds'])} seeds)" if picked
                          else "-", ", ".join(e["tied"]) or "-", ", ".join(e["missing"]) or "-"])
         blocks.append(("table", ["objective", "selected setting", "default setting", f"validation {select['metric']}",
                                  "tied settings", "settings without evidence"], rows, []))
@@ -128,8 +137,8 @@ def sensitivity_plot(summary: dict, plots_dir: Path) -> Path | None:
             for label, rows in lines.items():
                 rows = sorted(rows, key=lambda r: values.index(r["setting"][key]))
                 xs = [x_of[r["setting"][key]] for r in rows]
-                ys = [r["mean"] for r in rows]
-                err = [0.0 if not math.isfinite(r["std"]) else r["std"] for r in rows]
+                ys = [r["mean"] if _finite(r["mean"]) else math.nan for r in rows]
+                err = [r["std"] if _finite(r["std"]) else 0.0 for r in rows]
                 name = " ".join(f"{k}={v}" for k, v in zip(others, label, strict=True)) or objective
                 ax.errorbar(xs, ys, yerr=err, marker="o", capsize=3, label=name)
             picked = next((r for r in entry["table"] if r["setting"] == entry["selected"]), None)

@@ -185,8 +185,13 @@ def read_pairs(sweep: Sweep, cell_id: str) -> CellPairs | None:
     try:
         # one thread: a few hundred rows gain nothing from arrow's pool, and on a busy node its
         # threads turned 1,000 small reads from 1 s into 8 s
-        names = PAIR_COLUMNS + (["split"] if "split" in pq.read_schema(path).names else [])
-        table = pq.read_table(path, columns=names, use_threads=False, pre_buffer=False)
+        # every column in one read (ablate writes only these, plus `split` in tuned sweeps): a separate
+        # schema read to pick them would open each file twice
+        table = pq.read_table(path, use_threads=False, pre_buffer=False)
+        absent = [name for name in PAIR_COLUMNS if name not in table.column_names]
+        if absent:
+            raise ValueError(f"no column(s) {', '.join(absent)}")
+        names = PAIR_COLUMNS + (["split"] if "split" in table.column_names else [])
         columns = {name: table.column(name).to_numpy(zero_copy_only=False) for name in names}
         numeric = {k: v.astype(float) for k, v in columns.items() if k not in ("pair_id", "slice", "split")}
         finite = np.logical_and.reduce([np.isfinite(v) for v in numeric.values()])

@@ -22,9 +22,20 @@ _UMASK = os.umask(0)
 os.umask(_UMASK)
 
 
+# The validation/test split keys came after sweeps were already on disk: while the split is off they
+# change nothing a cell computes, so they are left out of its id and those sweeps keep their cells.
+_SPLIT_KEYS_OFF = ("validation_pairs", "test_pairs", "split_seed")
+
+
 def semantic_config(cfg: DictConfig | dict) -> dict:
     plain = cfg if isinstance(cfg, dict) else OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False)
-    return {key: plain[key] for key in SEMANTIC_KEYS}
+    semantic = {key: plain[key] for key in SEMANTIC_KEYS}
+    data = semantic.get("data")
+    if isinstance(data, dict) and data.get("validation_pairs") is None:
+        # split_seed stays where it predates the split (files, hub: the train/held-out split)
+        dropped = _SPLIT_KEYS_OFF if data.get("kind") == "verbosity_trap" else _SPLIT_KEYS_OFF[:2]
+        semantic["data"] = {k: v for k, v in data.items() if k not in dropped}
+    return semantic
 
 
 def config_hash(obj) -> str:

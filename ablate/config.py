@@ -63,6 +63,10 @@ class DataLimits:
     max_prompt_length: int = 256  # prompts longer than this are cut from the left
     max_train_pairs: int | None = None
     max_heldout_pairs: int | None = None
+    # Tuned sweeps (README "Tuned comparisons"): split the held-out pairs once, by split_seed, into
+    # this many validation pairs and test_pairs test pairs (null: the rest). null: no split (default).
+    validation_pairs: int | None = None
+    test_pairs: int | None = None
 
 
 @dataclass
@@ -78,6 +82,7 @@ class VerbosityTrapDataConfig(DataLimits):
     min_filler: int = 2
     max_filler: int = 5
     seed: int = 1234  # the data, including the held-out pairs, never depend on the cell's seed
+    split_seed: int = 0  # validation/test split of the held-out pairs (used only with validation_pairs)
 
 
 @dataclass
@@ -271,6 +276,8 @@ RULES = {
     "data.on_bad_row": (lambda x: x in ("error", "skip"), "error or skip"),
     "data.format": (lambda x: x in ("auto", "explicit", "implicit_prompt"), "auto, explicit or implicit_prompt"),
     "data.assistant_marker": (lambda x: bool(x.strip()), "a non-empty marker"),
+    "data.validation_pairs": (lambda x: x >= 1, ">= 1 (or null: no validation/test split)"),
+    "data.test_pairs": (lambda x: x >= 1, ">= 1 (or null: every held-out pair not used for validation)"),
     "model.hidden_size": (lambda x: x >= 1, ">= 1"),
     "model.num_layers": (lambda x: x >= 1, ">= 1"),
     "model.num_heads": (lambda x: x >= 1, ">= 1"),
@@ -395,6 +402,7 @@ def cell_problems(cfg: DictConfig | dict) -> list[str]:
     targets = cfg["lora"]["target_modules"]
     if not (targets == "all-linear" or (isinstance(targets, list) and len(targets) > 0)):
         problems.append(f"lora.target_modules = {targets}: must be a non-empty list or 'all-linear'")
+    problems += _split_problems(data)
     if data["kind"] == "files" and not data["train_files"]:
         problems.append("data.train_files: empty; give one or more .jsonl/.parquet files")
     if not (isinstance(cfg["device"], str) and DEVICE.fullmatch(cfg["device"])):
@@ -430,6 +438,24 @@ def _data_problems(data: dict) -> list[str]:
                 elif not isinstance(value, str) or not value.strip():
                     problems.append(f"data.columns.{key} = {value!r}: must be a column name")
     return problems
+
+
+def _split_problems(data: dict) -> list[str]:
+    """The validation/test sizes, checked before anything runs where the held-out count is known."""
+    validation, test = data.get("validation_pairs"), data.get("test_pairs")
+    if validation is None:
+        return ["data.test_pairs: set data.validation_pairs too (the test pairs are what validation leaves)"] \
+            if test is not None else []
+    if data["kind"] != "verbosity_trap":  # files and hub: counted when the data is read (a clear error then)
+        return []
+    available = 2 * data["n_heldout_per_slice"]  # two slices: clean, verbose_rejected
+    if data.get("max_heldout_pairs") is not None:
+        available = min(available, data["max_heldout_pairs"])
+    wanted = validation + (test if test is not None else 1)
+    if wanted > available:
+        return [f"data.validation_pairs = {validation}, data.test_pairs = {test}: more than the {available} "
+                f"held-out pairs (leave at least one for test)"]
+    return []
 
 
 def validate_cell(cfg: DictConfig, overrides: list[str] | tuple[str, ...] = ()) -> None:

@@ -22,7 +22,7 @@ import json
 import random
 import warnings
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from ablate.progress import track
@@ -43,6 +43,7 @@ class PreferencePair:
     chosen: str | list[dict]  # completion text, or messages whose LAST (assistant) one is the completion
     rejected: str | list[dict]
     slice: str | None = None  # optional tag for held-out slices
+    split: str | None = None  # held-out pairs only, when data.validation_pairs is set: validation | test
 
 
 @dataclass(frozen=True)
@@ -356,10 +357,34 @@ def split_heldout(
     )
 
 
+def split_validation_test(
+    heldout: list[PreferencePair], validation_pairs: int, test_pairs: int | None, seed: int
+) -> list[PreferencePair]:
+    """Tag held-out pairs `validation` or `test` (disjoint), drawn once by `seed`; input order kept.
+
+    Tuned sweeps pick each objective's setting on validation pairs and decide on test pairs only
+    (ablate.collect.tuning). test_pairs None: every pair not drawn for validation. Pairs in neither
+    part are dropped, so every cell scores exactly the same two sets.
+    """
+    n = len(heldout)
+    n_test = n - validation_pairs if test_pairs is None else test_pairs
+    if validation_pairs < 1 or n_test < 1 or validation_pairs + n_test > n:
+        raise ValueError(
+            f"data.validation_pairs = {validation_pairs}, data.test_pairs = {test_pairs}: need at least one pair "
+            f"in each and at most the {n} held-out pairs in all"
+        )
+    order = list(range(n))
+    random.Random(seed).shuffle(order)  # a private RNG, as in split_heldout: nothing else can move it
+    split_of = {i: "validation" for i in order[:validation_pairs]}
+    split_of |= {i: "test" for i in order[validation_pairs : validation_pairs + n_test]}
+    return [replace(p, split=split_of[i]) for i, p in enumerate(heldout) if i in split_of]
+
+
 @dataclass(frozen=True)
 class TokenizedPairs:
     pair_ids: list[str] = field(default_factory=list)
     slices: list[str | None] = field(default_factory=list)
+    splits: list[str | None] = field(default_factory=list)  # validation | test; empty when not split
     prompt_ids: list[list[int]] = field(default_factory=list)  # incl. BOS / chat generation prompt
     chosen_ids: list[list[int]] = field(default_factory=list)  # completion only, EOS appended
     rejected_ids: list[list[int]] = field(default_factory=list)
@@ -396,6 +421,7 @@ def tokenize_pairs(
                 identical.append(pair.pair_id)
             out.pair_ids.append(pair.pair_id)
             out.slices.append(pair.slice)
+            out.splits.append(pair.split)
             out.prompt_ids.append(p)
             out.chosen_ids.append(c)
             out.rejected_ids.append(r)

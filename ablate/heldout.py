@@ -51,11 +51,27 @@ def _summarise(outcomes: pd.DataFrame, prefix: str) -> dict[str, float]:
     }
 
 
+SPLITS = ("validation", "test")  # the `split` column, present only when data.validation_pairs is set
+
+
 def heldout_metrics(pairs: pd.DataFrame) -> dict[str, float]:
-    """`heldout/<metric>` over all pairs, plus `heldout/<slice>/<metric>` for each tagged slice."""
+    """`heldout/<metric>` over all pairs, plus `heldout/<slice>/<metric>` for each tagged slice.
+
+    With a validation/test split, also `validation/...` and `test/...` (each with its slices): a
+    prefix of its own, so the collector never mistakes a split for a slice.
+    """
     outcomes = pair_outcomes(pairs)
-    metrics = _summarise(outcomes, "heldout")
+    metrics = _with_slices(outcomes, pairs, "heldout")
+    if "split" in pairs:
+        for split in SPLITS:
+            part = (pairs["split"] == split).to_numpy()
+            metrics |= _with_slices(outcomes[part], pairs[part], split)
+    return metrics
+
+
+def _with_slices(outcomes: pd.DataFrame, pairs: pd.DataFrame, prefix: str) -> dict[str, float]:
+    metrics = _summarise(outcomes, prefix)
     slices = pairs["slice"].dropna()
     for name in sorted(slices.unique()):
-        metrics |= _summarise(outcomes[pairs["slice"] == name], f"heldout/{name}")
+        metrics |= _summarise(outcomes[(pairs["slice"] == name).to_numpy()], f"{prefix}/{name}")
     return metrics

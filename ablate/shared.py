@@ -28,6 +28,7 @@ from ablate.data import (
     read_pairs_from_files,
     read_pairs_from_hub,
     split_heldout,
+    split_validation_test,
     tokenize_pairs,
 )
 from ablate.data_checks import check_pairs
@@ -60,7 +61,11 @@ def load_pairs(data_cfg, tally: RowTally | None = None) -> tuple[list[Preference
             train, heldout = _split(train, data_cfg, f"{data_cfg.path} split {data_cfg.train_split!r}")
     else:
         raise ValueError(f"data.kind = {data_cfg.kind!r}: must be verbosity_trap, files or hub")
-    return train[: data_cfg.max_train_pairs], heldout[: data_cfg.max_heldout_pairs]
+    heldout = heldout[: data_cfg.max_heldout_pairs]
+    if data_cfg.get("validation_pairs"):  # tuned sweeps: select on validation, decide on test
+        heldout = split_validation_test(heldout, data_cfg.validation_pairs, data_cfg.get("test_pairs"),
+                                        data_cfg.split_seed)
+    return train[: data_cfg.max_train_pairs], heldout
 
 
 def _split(train, data_cfg, source: str):
@@ -132,7 +137,7 @@ TOKEN_FIELDS = ("prompt_ids", "chosen_ids", "rejected_ids")
 def _pack(tokens: TokenizedPairs) -> dict:
     """Token lists as one flat tensor + lengths each: pickling 10^7 Python ints one by one took ~25 s
     for 100k pairs (torch.save calls a hook per object); a tensor is one buffer."""
-    packed = {"pair_ids": tokens.pair_ids, "slices": tokens.slices}
+    packed = {"pair_ids": tokens.pair_ids, "slices": tokens.slices, "splits": tokens.splits}
     for name in TOKEN_FIELDS:
         lists = getattr(tokens, name)
         packed[name] = (torch.tensor([t for ids in lists for t in ids], dtype=torch.int64),
@@ -141,7 +146,7 @@ def _pack(tokens: TokenizedPairs) -> dict:
 
 
 def _unpack(packed: dict) -> TokenizedPairs:
-    fields = {"pair_ids": packed["pair_ids"], "slices": packed["slices"]}
+    fields = {"pair_ids": packed["pair_ids"], "slices": packed["slices"], "splits": packed.get("splits", [])}
     for name in TOKEN_FIELDS:
         flat, lengths = packed[name][0].tolist(), packed[name][1].tolist()
         ends = list(itertools.accumulate(lengths))

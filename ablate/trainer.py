@@ -131,6 +131,8 @@ def train(cfg, cell_dir: Path, shared_dir: Path, stop_requested: threading.Event
             "ref_chosen_logp": heldout_ref["chosen"].double().numpy(),
             "ref_rejected_logp": heldout_ref["rejected"].double().numpy(),
         })[PAIR_COLUMNS]  # fmt: skip
+        if any(heldout_data.splits):  # data.validation_pairs: the collector selects on one, decides on the other
+            pairs["split"] = heldout_data.splits
         metrics = {"step": step, **{f"eval_{k}": v for k, v in eval_metrics.items()}, **heldout_metrics(pairs)}
         broken = sorted(k for k, v in metrics.items() if isinstance(v, float) and not math.isfinite(v))
         if broken:  # a NaN reached the held-out scores: no metrics.json may claim this cell is fine

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 from omegaconf import OmegaConf, open_dict
 
-from ablate.cells import atomic_write_json, cell_id, is_done, read_status, update_status
+from ablate.cells import atomic_write_json, cell_id, is_done, read_status, semantic_config, update_status
 
 
 # ----------------------------------------------------------------------------------- cell id
@@ -108,3 +108,13 @@ def test_is_done_needs_metrics_and_state_done(tmp_path):
     assert not is_done(tmp_path)
     (tmp_path / "status.json").unlink()
     assert not is_done(tmp_path)  # metrics.json alone is not enough
+
+
+def test_split_keys_change_the_cell_id_only_when_the_split_is_on(compose_cfg):
+    """Sweeps on disk from before the validation/test split keep their cell ids."""
+    plain = OmegaConf.to_container(compose_cfg([]), resolve=True)
+    assert "validation_pairs" not in json.dumps(semantic_config(plain))
+    assert cell_id(compose_cfg(["data.split_seed=5"])) == cell_id(compose_cfg([]))
+    on = cell_id(compose_cfg(["data.validation_pairs=100"]))
+    assert on != cell_id(compose_cfg([]))
+    assert cell_id(compose_cfg(["data.validation_pairs=100", "data.split_seed=5"])) != on

@@ -77,6 +77,10 @@ def test_compose_time_rejection(compose_cfg, override, cause, key):
         (["objective=simpo", "objective.gamma=-0.5"], "objective.gamma"),
         (["objective=ipo", "objective.tau=0"], "objective.tau"),
         (["+objective.gamma=1"], "objective.gamma"),  # forced past the schema: not a dpo parameter
+        (["data.validation_pairs=0"], "data.validation_pairs"),
+        (["data.test_pairs=10"], "data.test_pairs"),  # a test split needs a validation split
+        (["data.validation_pairs=600"], "data.validation_pairs"),  # 2 x 300 held-out pairs: none left for test
+        (["data.validation_pairs=300", "data.test_pairs=301"], "data.validation_pairs"),
     ],
 )
 def test_validate_cell_rejects_out_of_range(compose_cfg, overrides, key):

@@ -24,6 +24,7 @@ from ablate.data import (
     read_pairs_from_hub,
     rows_to_pairs,
     split_heldout,
+    split_validation_test,
     tokenize_pairs,
 )
 
@@ -401,3 +402,21 @@ def test_split_heldout_keeps_pairs_of_one_prompt_on_one_side():
         assert {p.prompt for p in train}.isdisjoint(p.prompt for p in heldout)
     with pytest.raises(ValueError, match="every pair has the same prompt"):
         split_heldout([PreferencePair(str(i), "w1", "yes", "no") for i in range(5)], 0.2, seed=0)
+# --- validation / test split (tuned sweeps) ----------------------------------------------------------
+
+
+def test_validation_test_split_is_disjoint_seeded_and_sized():
+    pairs = [PreferencePair(str(i), "w1", "yes", "no", slice="a" if i % 2 else "b") for i in range(50)]
+    tagged = split_validation_test(pairs, 20, None, seed=7)
+    assert [p.pair_id for p in tagged] == [p.pair_id for p in pairs]  # the rest is test; order kept
+    validation = {p.pair_id for p in tagged if p.split == "validation"}
+    test = {p.pair_id for p in tagged if p.split == "test"}
+    assert len(validation) == 20 and len(test) == 30 and validation.isdisjoint(test)
+    assert all(p.slice == q.slice for p, q in zip(tagged, pairs, strict=True))
+    assert split_validation_test(pairs, 20, None, seed=7) == tagged
+    assert {p.pair_id for p in split_validation_test(pairs, 20, None, seed=8) if p.split == "validation"} != validation
+    sized = split_validation_test(pairs, 10, 15, seed=7)
+    assert [sum(p.split == s for p in sized) for s in ("validation", "test")] == [10, 15]
+    for validation_pairs, test_pairs in ((50, None), (0, 5), (30, 21), (10, 0)):
+        with pytest.raises(ValueError, match="data.validation_pairs"):
+            split_validation_test(pairs, validation_pairs, test_pairs, seed=0)

@@ -135,6 +135,22 @@ def test_heldout_pairs_are_the_tasks_heldout_pairs(sweep, compose_cfg):
     assert list(pairs.slice) == [p.slice for p in expected]
 
 
+def test_validation_test_split_is_scored_and_recorded_per_pair(sweep, compose_cfg):
+    """data.validation_pairs tags every held-out pair validation or test; both are scored and summarised."""
+    metrics, cell_dir = sweep.cell("objective=dpo", "data.validation_pairs=12", "data.split_seed=3")
+    pairs = pd.read_parquet(cell_dir / "heldout_pairs.parquet")
+    assert list(pairs.columns) == [*PAIR_COLUMNS, "split"]
+    assert pairs.split.value_counts().to_dict() == {"test": N_HELDOUT - 12, "validation": 12}
+    assert metrics == pytest.approx(metrics | heldout_metrics(pairs))
+    for split in ("validation", "test"):
+        part = pairs[pairs.split == split]
+        assert metrics[f"{split}/pairs"] == len(part)
+        assert metrics[f"{split}/avglogp_accuracy"] == pytest.approx(heldout_metrics(part)["heldout/avglogp_accuracy"])
+    unsplit, _ = sweep.cell("objective=dpo")
+    assert not any(k.startswith(("validation/", "test/")) for k in unsplit)  # off by default: nothing changes
+    assert unsplit["heldout/avglogp_accuracy"] != metrics["validation/avglogp_accuracy"]
+
+
 # --------------------------------------------------------------------------------- determinism
 def test_same_cell_twice_gives_identical_files_and_another_seed_does_not(sweep, compose_cfg, tmp_path):
     _, first = sweep.cell("objective=dpo")

@@ -23,6 +23,7 @@ from ablate.collect.diagnostics import (
 )
 from ablate.collect.load import Sweep, load_sweep
 from ablate.collect.plan import add_seeds_command
+from ablate.collect.tuning import read_tuning, tuned_comparison, tuned_line
 from ablate.paths import CONF_DIR
 
 # report/ is replaced whole at every collection, but the published W&B Report's id must survive it,
@@ -92,6 +93,7 @@ def summarise(sweep: Sweep, select: DictConfig) -> dict:
     if plan and plan.get("seeds"):
         plan["command"] = add_seeds_command(sweep, plan["seeds"])
     counts = sweep.cells.state.value_counts().to_dict()
+    tuning = read_tuning(sweep)  # a tuned sweep: selection on validation pairs, decision on test pairs
     return {
         "sweep_dir": str(sweep.sweep_dir),
         "collected_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -106,6 +108,8 @@ def summarise(sweep: Sweep, select: DictConfig) -> dict:
         "decision": headline,
         "slices": per_slice,
         "arms": arms,
+        **({"tuning": _guarded(sweep, "tuning", lambda: tuned_comparison(sweep, select, arms, tuning),
+                               {"groups": [], "reasons": ["failed"], "warnings": []})} if tuning else {}),
         "diagnostics": {
             "overoptimisation": _guarded(sweep, "overoptimisation", lambda: overoptimisation(sweep, select,
                                                                                              select.slice), []),
@@ -182,6 +186,8 @@ def collect(sweep_dir: str | Path, select: DictConfig | None = None, *, plots: b
 def describe(summary: dict) -> str:
     """The decision in a few lines for a terminal: headline, each slice, flags, what to run, where the report is."""
     lines = [summary["explanation"]]
+    for group in (summary.get("tuning") or {}).get("groups", []):
+        lines.append(tuned_line(group, summary["decision"]["scope"]))
     for scope, decision in summary["slices"].items():
         verdict = {"decisive": f"decisive winner {decision['winner']}", "not decisive": "no decisive winner"}.get(
             decision["verdict"], "undetermined")

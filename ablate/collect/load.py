@@ -179,6 +179,7 @@ class CellPairs:
     slices: np.ndarray
     outcomes: dict[str, np.ndarray]  # logratio_margin, logratio_correct, avglogp_margin, avglogp_correct, ...
     nonfinite: int = 0  # pairs with a NaN/inf log-prob or token count: never scored (see ablate.collect.decide)
+    splits: np.ndarray | None = None  # validation | test per pair (data.validation_pairs); None: not split
 
 
 def read_pairs(sweep: Sweep, cell_id: str) -> CellPairs | None:
@@ -189,12 +190,18 @@ def read_pairs(sweep: Sweep, cell_id: str) -> CellPairs | None:
     try:
         # one thread: a few hundred rows gain nothing from arrow's pool, and on a busy node its
         # threads turned 1,000 small reads from 1 s into 8 s
-        table = pq.read_table(path, columns=PAIR_COLUMNS, use_threads=False, pre_buffer=False)
-        columns = {name: table.column(name).to_numpy(zero_copy_only=False) for name in PAIR_COLUMNS}
-        numeric = {k: v.astype(float) for k, v in columns.items() if k not in ("pair_id", "slice")}
+        # every column in one read (ablate writes only these, plus `split` in tuned sweeps): a separate
+        # schema read to pick them would open each file twice
+        table = pq.read_table(path, use_threads=False, pre_buffer=False)
+        absent = [name for name in PAIR_COLUMNS if name not in table.column_names]
+        if absent:
+            raise ValueError(f"no column(s) {', '.join(absent)}")
+        names = PAIR_COLUMNS + (["split"] if "split" in table.column_names else [])
+        columns = {name: table.column(name).to_numpy(zero_copy_only=False) for name in names}
+        numeric = {k: v.astype(float) for k, v in columns.items() if k not in ("pair_id", "slice", "split")}
         finite = np.logical_and.reduce([np.isfinite(v) for v in numeric.values()])
         pairs = CellPairs(columns["pair_id"].astype(str), columns["slice"], outcome_arrays(numeric),
-                          int((~finite).sum()))
+                          int((~finite).sum()), columns.get("split"))
         if pairs.nonfinite:
             sweep.problem(cell_id, path, f"{pairs.nonfinite} held-out pair(s) with non-finite values (not scored)")
     except Exception as error:  # truncated/corrupt parquet raises several arrow error types

@@ -332,5 +332,11 @@ def write_report(sweep: Sweep, summary: dict, report_dir: Path) -> None:
     report_dir = Path(report_dir)
     plots = all_plots(sweep, summary, report_dir / "plots")
     blocks = build_blocks(sweep, summary, plots)
+    if summary.get("tuning"):  # a tuned sweep: its answer comes first (README "Tuned comparisons")
+        from ablate.collect.tuning_report import sensitivity_plot, tuning_blocks
+
+        drawn = sensitivity_plot(summary, report_dir / "plots")
+        at = next((i for i, b in enumerate(blocks) if b[:2] == ("h2", "Decision")), len(blocks))
+        blocks[at:at] = tuning_blocks(summary, {"sensitivity": drawn} if drawn else {})
     atomic_write_text(report_dir / "report.md", to_markdown(blocks, report_dir))
     atomic_write_text(report_dir / "report.html", to_html(blocks, blocks[0][1]))

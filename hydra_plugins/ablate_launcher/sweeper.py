@@ -1,13 +1,21 @@
-"""Hydra's basic sweeper without its up-front validation pass.
+"""Hydra's basic sweeper without its up-front validation pass, plus per-objective search spaces.
 
 BasicSweeper composes every cell once to validate the batch, then ablate's launchers compose and
 validate every cell again (with range checks and cell ids): at ~0.15 s a composition, a 1,000-cell
 sweep paid minutes twice. The launchers' validation is a superset, so this sweeper skips the first.
+
+`hydra.sweeper.tune` ({objective: {key: [values]}}, README "Tuned comparisons") replaces the plain
+grid by each objective's own search space times the other swept keys (ablate.search_space); the
+spaces, each tuned key's default and the budget go to <sweep_dir>/tuning.json for the collector.
 """
 
 # No `from __future__ import annotations`: see local.py.
 
+import logging
+import sys
+from collections import OrderedDict
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
@@ -19,11 +27,88 @@ class AblateSweeperConf:
     _target_: str = "hydra_plugins.ablate_launcher.sweeper.AblateSweeper"
     max_batch_size: Any = None
     params: Any = field(default_factory=dict)
+    tune: Any = field(default_factory=dict)  # {objective: {key: [values]}}: a tuned comparison (empty: off)
 
 
 ConfigStore.instance().store(group="hydra/sweeper", name="ablate", node=AblateSweeperConf, provider="ablate")
 
 
+log = logging.getLogger(__name__)
+
+
 class AblateSweeper(BasicSweeper):
+    def __init__(self, max_batch_size=None, params=None, tune=None) -> None:
+        super().__init__(max_batch_size=max_batch_size, params=params)
+        self.tune = tune
+
+    def sweep(self, arguments):
+        if not self.tune:
+            return super().sweep(arguments)
+        from hydra.core.override_parser.overrides_parser import OverridesParser
+        from omegaconf import OmegaConf
+
+        from ablate.cells import atomic_write_json
+        from ablate.search_space import TUNING_FILE, TuningError, check_spaces, expand
+
+        parser = OverridesParser.create(config_loader=self.hydra_context.config_loader)
+        overrides = parser.parse_overrides([*self._parse_config(), *arguments])
+        swept = OrderedDict(zip(_keys(overrides), _lists(overrides), strict=True))  # a repeated key: the last wins
+        try:
+            spaces = check_spaces(OmegaConf.to_container(self.tune, resolve=True))
+            jobs, budget = expand(spaces, swept)
+        except TuningError as error:  # before anything is composed, written or run
+            print(f"TuningError: {error}", file=sys.stderr, flush=True)
+            raise SystemExit(2) from None
+        sweep_dir = Path(self.config.hydra.sweep.dir)
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
+        atomic_write_json(sweep_dir / TUNING_FILE, {"spaces": spaces, "defaults": self._defaults(spaces, swept),
+                                                    "budget": budget})
+        log.info("tuned comparison: %s", ", ".join(f"{o} {b['settings']} settings" for o, b in budget.items()))
+        batches = list(self.split_overrides_to_chunks(jobs, self.max_batch_size))
+        returns, initial_job_idx = [], 0
+        for batch in batches:
+            results = self.launcher.launch(batch, initial_job_idx=initial_job_idx)
+            for r in results:
+                _ = r.return_value  # as BasicSweeper: a failed job raises here
+            initial_job_idx += len(batch)
+            returns.append(results)
+        return returns
+
+    def _defaults(self, spaces: dict, swept: dict) -> dict:
+        """Each tuned key's value without the search space: the objective's own config (paper defaults,
+        conf/objective_tuning/) under the sweep's other overrides (the first value of a swept one).
+        The collector decides at these "shared defaults" too when every space contains them."""
+        from omegaconf import OmegaConf
+
+        from ablate.search_space import override_value
+
+        base = [values[0] for values in swept.values()]
+        defaults = {}
+        for objective, space in spaces.items():
+            try:
+                cfg = self.hydra_context.config_loader.load_sweep_config(self.config, [*base, f"objective={objective}"])
+                defaults[objective] = {key: override_value(OmegaConf.select(cfg, key, default=None)) for key in space}
+            except Exception as error:  # noqa: BLE001 - the launcher reports a bad config, for every cell
+                log.warning("defaults of %s not composed (%s): no decision at defaults", objective, error)
+                defaults[objective] = {key: None for key in space}
+        return defaults
+
     def validate_batch_is_legal(self, batch) -> None:
         """ablate's launchers validate every cell before anything runs (ablate.sweep.plan_cells)."""
+
+
+def _keys(overrides) -> list[str]:
+    return [o.get_key_element() for o in overrides]
+
+
+def _lists(overrides) -> list[list[str]]:
+    """Each override as BasicSweeper expands it: its `key=value` strings (one for a fixed override)."""
+    lists = []
+    for o in overrides:
+        key = o.get_key_element()
+        if o.is_sweep_override():
+            lists.append([f"{key}={v}" for v in o.sweep_string_iterator()])
+        else:
+            lists.append([f"{key}={o.get_value_element_as_str()}"])
+    return lists

@@ -79,7 +79,6 @@ def _plain(node) -> dict:
     return node if isinstance(node, dict) else OmegaConf.to_container(node, resolve=True)
 
 
-
 def _load(path: Path):
     return torch.load(path, weights_only=False) if path.exists() else None
 
@@ -96,10 +95,15 @@ def tokens_path(cfg, shared_dir: Path) -> Path:
     return Path(shared_dir) / f"tokens-{config_hash([model_identity, _plain(cfg['data'])])[:16]}.pt"
 
 
+def record_path(tokens: Path) -> Path:
+    """The data record beside a tokens file: lengths and planning checks, read by the collector."""
+    return tokens.with_name(tokens.stem.replace("tokens-", "data-") + ".json")
+
+
 def tokenized_pairs(cfg, tokenizer, shared_dir: Path) -> dict[str, TokenizedPairs]:
     """{"train": ..., "heldout": ...}, read, checked and tokenised once per sweep (normally at planning)."""
     path = tokens_path(cfg, shared_dir)
-    record = path.with_name(path.stem.replace("tokens-", "data-") + ".json")  # the collector's data diagnostics
+    record = record_path(path)
     cached = _load(path)
     if cached is not None and record.exists():
         return {split: _unpack(fields) for split, fields in cached.items()}
@@ -117,17 +121,6 @@ def tokenized_pairs(cfg, tokenizer, shared_dir: Path) -> dict[str, TokenizedPair
     atomic_write_json(record, {"data": _plain(cfg["data"]), **stats, "checks": checks})
     if cached is None:
         _save(path, {split: _pack(t) for split, t in tokens.items()})
-    return tokens
-    data_cfg = cfg["data"] if isinstance(cfg["data"], DictConfig) else OmegaConf.create(cfg["data"])
-    tally = RowTally()
-    train, heldout = load_pairs(data_cfg, tally)
-    checks = check_pairs(train, heldout, data_cfg, tally)
-    limits = {"max_length": data_cfg.max_length, "max_prompt_length": data_cfg.max_prompt_length}
-    tokens = {"train": tokenize_pairs(train, tokenizer, **limits),
-              "heldout": tokenize_pairs(heldout, tokenizer, **limits)}
-    _save(path, {split: _pack(t) for split, t in tokens.items()})
-    stats = {split: length_stats(t) for split, t in tokens.items()}
-    atomic_write_json(record, {"data": _plain(cfg["data"]), **stats, "checks": checks})
     return tokens
 
 
@@ -169,7 +162,7 @@ def prepare_sweep_data(cells: list[dict], shared_dir: Path) -> list[str]:
     for path, users in by_path.items():
         cfg = users[0]
         label = _source_label(cfg["data"])
-        if path.exists():  # prepared by an earlier run of this sweep: validated then
+        if path.exists() and record_path(path).exists():  # prepared by an earlier run of this sweep: validated then
             lines.append(f"{label}: prepared already ({len(users)} cell(s))")
             continue
         started = time.monotonic()

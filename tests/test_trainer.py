@@ -135,9 +135,12 @@ def test_heldout_pairs_are_the_tasks_heldout_pairs(sweep, compose_cfg):
     assert list(pairs.slice) == [p.slice for p in expected]
 
 
-def test_validation_test_split_is_scored_and_recorded_per_pair(sweep, compose_cfg):
+def test_validation_test_split_is_scored_and_recorded_per_pair(sweep, compose_cfg, tmp_path):
     """data.validation_pairs tags every held-out pair validation or test; both are scored and summarised."""
-    metrics, cell_dir = sweep.cell("objective=dpo", "data.validation_pairs=12", "data.split_seed=3")
+    # its own sweep dir: other data means other shared files, which the module's sweep counts
+    split = ["objective=dpo", "data.validation_pairs=12", "data.split_seed=3"]
+    metrics = run_cell(compose_cfg([*TINY, *split]), tmp_path, split)
+    (cell_dir,) = (tmp_path / "cells").iterdir()
     pairs = pd.read_parquet(cell_dir / "heldout_pairs.parquet")
     assert list(pairs.columns) == [*PAIR_COLUMNS, "split"]
     assert pairs.split.value_counts().to_dict() == {"test": N_HELDOUT - 12, "validation": 12}

@@ -166,16 +166,25 @@ class AblateSlurmLauncher(LauncherSetup, Launcher):
     def _follow(sweep_dir: Path, submitted: dict, poll_s: float) -> None:
         from tqdm.auto import tqdm
 
+        from ablate.progress import is_terminal
         from ablate.status import ALIVE, reconcile, slurm_states
 
         total = len(reconcile(sweep_dir))
-        with tqdm(total=total, desc="cells ended", unit="cell") as bar:
+        # on a terminal a bar; in a log file (nohup, CI) one plain line whenever the counts change
+        terminal, last = is_terminal(sys.stderr), None
+        with tqdm(total=total, desc="cells ended", unit="cell", disable=not terminal) as bar:
             while True:
                 table = reconcile(sweep_dir)
                 ended = int(table.state.isin(["done", "failed"]).sum())
-                bar.n = ended
-                bar.set_postfix(done=int((table.state == "done").sum()), failed=int((table.state == "failed").sum()))
-                bar.refresh()
+                counts = {"done": int((table.state == "done").sum()), "failed": int((table.state == "failed").sum())}
+                if terminal:
+                    bar.n = ended
+                    bar.set_postfix(**counts)
+                    bar.refresh()
+                elif (ended, counts) != last:
+                    print(f"cells ended {ended}/{total}: done={counts['done']} failed={counts['failed']}",
+                          file=sys.stderr, flush=True)
+                last = (ended, counts)
                 collector = submitted.get("collector_job")
                 collector_state = slurm_states([collector]).get(collector) if collector else "COMPLETED"
                 if ended == total and collector_state not in ALIVE:

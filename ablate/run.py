@@ -40,7 +40,10 @@ def run_cell(cfg: DictConfig, sweep_dir: Path, overrides: list[str] | tuple[str,
     from ablate.trainer import train  # heavy imports (torch, transformers) only when training
 
     if int(os.environ.get("RANK", "0")) != 0:  # other tasks of a multi-task cell: rank 0 keeps the books
-        return train(cfg, cell_dir, Path(sweep_dir) / "shared", stop_requested=stop_requested)
+        try:
+            return train(cfg, cell_dir, Path(sweep_dir) / "shared", stop_requested=stop_requested)
+        finally:
+            _leave_process_group()
 
     # A sweep's launcher prepared the data at planning (then this only sees the stored file); a single
     # run does it here, so bad data stop it before the cell is marked running.
@@ -49,8 +52,19 @@ def run_cell(cfg: DictConfig, sweep_dir: Path, overrides: list[str] | tuple[str,
     prepare_sweep_data([as_plain(cfg)], Path(sweep_dir) / "shared")
     cell_dir.mkdir(parents=True, exist_ok=True)
     # A local cell is claimed (CellBusy if another live launcher trains it); a SLURM job has SLURM's word instead.
-    with Claim(cell_dir) if job_id is None else contextlib.nullcontext():
-        return _train_cell(cfg, cell_dir, Path(sweep_dir), cid, overrides, stop_requested, job_id, problem)
+    try:
+        with Claim(cell_dir) if job_id is None else contextlib.nullcontext():
+            return _train_cell(cfg, cell_dir, Path(sweep_dir), cid, overrides, stop_requested, job_id, problem)
+    finally:
+        _leave_process_group()
+
+
+def _leave_process_group() -> None:
+    """A multi-task cell's ranks leave their process group once the cell has ended (a no-op otherwise)."""
+    if "torch.distributed" in sys.modules:  # never imports torch for a cell that did not
+        from ablate.distributed import shutdown
+
+        shutdown()
 
 
 def _train_cell(cfg, cell_dir: Path, sweep_dir: Path, cid: str, overrides, stop_requested, job_id, problem) -> dict:

@@ -55,15 +55,23 @@ def test_bad_search_spaces_name_the_key(tune, swept, message):
         expand(check_spaces(tune), swept)
 
 
-def test_the_cli_refuses_an_unequal_budget_before_anything_runs(repo_root, tmp_path):
+def run_tuned_sweep(repo_root, tmp_path, spaces: str, *overrides: str, timeout: int = 300):
+    """`python -m ablate -m` on a sweep file holding `spaces` (YAML under hydra.sweeper.tune), from a
+    --config-dir of its own; (process, sweep dir)."""
     (tmp_path / "conf" / "tsweeps").mkdir(parents=True)
-    (tmp_path / "conf" / "tsweeps" / "unequal.yaml").write_text(
-        "# @package _global_\nhydra:\n  sweeper:\n    tune:\n      dpo:\n        objective.beta: [0.05, 0.1]\n"
-        "      simpo:\n        objective.beta: [2.0, 5.0]\n        objective.gamma: [1.0, 2.0]\n")
+    (tmp_path / "conf" / "tsweeps" / "sweep.yaml").write_text(
+        "# @package _global_\nhydra:\n  sweeper:\n    tune:\n" + spaces)
     sweep_dir = tmp_path / "sweep"
     proc = subprocess.run([sys.executable, "-m", "ablate", "-m", "--config-dir", str(tmp_path / "conf"),
-                           "+tsweeps=unequal", "seed=0,1", f"hydra.sweep.dir={sweep_dir}"],
-                          cwd=repo_root, env=os.environ.copy(), capture_output=True, text=True, timeout=300)
+                           "+tsweeps=sweep", *overrides, f"hydra.sweep.dir={sweep_dir}"],
+                          cwd=repo_root, env=os.environ.copy(), capture_output=True, text=True, timeout=timeout)
+    return proc, sweep_dir
+
+
+def test_the_cli_refuses_an_unequal_budget_before_anything_runs(repo_root, tmp_path):
+    proc, sweep_dir = run_tuned_sweep(
+        repo_root, tmp_path, "      dpo:\n        objective.beta: [0.05, 0.1]\n"
+        "      simpo:\n        objective.beta: [2.0, 5.0]\n        objective.gamma: [1.0, 2.0]\n", "seed=0,1")
     assert proc.returncode == 2, proc.stderr
     assert "dpo 2 settings x 2 seeds = 4 runs, simpo 4 settings x 2 seeds = 8 runs" in proc.stderr
     assert not sweep_dir.exists()
@@ -268,15 +276,9 @@ def test_a_shrunken_fair_sweep_end_to_end(repo_root, tmp_path):
     tuning.json, the split column in every cell, and the tuned section in the report."""
     from conftest import TINY
 
-    (tmp_path / "conf" / "tsweeps").mkdir(parents=True)
-    (tmp_path / "conf" / "tsweeps" / "small.yaml").write_text(
-        "# @package _global_\nhydra:\n  sweeper:\n    tune:\n      dpo:\n        objective.beta: [0.1, 0.3]\n"
-        "      simpo:\n        objective.beta: [2.0, 5.0]\n")
-    sweep_dir = tmp_path / "sweep"
-    proc = subprocess.run([sys.executable, "-m", "ablate", "-m", "--config-dir", str(tmp_path / "conf"),
-                           "+tsweeps=small", "data.validation_pairs=12", "seed=0", *TINY,
-                           f"hydra.sweep.dir={sweep_dir}"],
-                          cwd=repo_root, env=os.environ.copy(), capture_output=True, text=True, timeout=600)
+    proc, sweep_dir = run_tuned_sweep(
+        repo_root, tmp_path, "      dpo:\n        objective.beta: [0.1, 0.3]\n"
+        "      simpo:\n        objective.beta: [2.0, 5.0]\n", "data.validation_pairs=12", "seed=0", *TINY, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     tuning = json.loads((sweep_dir / "tuning.json").read_text())
     assert tuning["defaults"] == {"dpo": {"objective.beta": "0.1"}, "simpo": {"objective.beta": "2.0"}}

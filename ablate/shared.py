@@ -20,6 +20,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from ablate.cells import atomic_write_bytes, atomic_write_json, config_hash
+from ablate.config import as_plain
 from ablate.data import (
     PreferencePair,
     RowFormat,
@@ -75,10 +76,6 @@ def _split(train, data_cfg, source: str):
         raise DataError(f"{source}: {error}") from None
 
 
-def _plain(node) -> dict:
-    return node if isinstance(node, dict) else OmegaConf.to_container(node, resolve=True)
-
-
 def _load(path: Path):
     return torch.load(path, weights_only=False) if path.exists() else None
 
@@ -91,8 +88,8 @@ def _save(path: Path, obj) -> None:
 
 def tokens_path(cfg, shared_dir: Path) -> Path:
     """Where a cell's tokenised data live: keyed by model identity (not dtype) and the data config."""
-    model_identity = {k: v for k, v in _plain(cfg["model"]).items() if k != "dtype"}
-    return Path(shared_dir) / f"tokens-{config_hash([model_identity, _plain(cfg['data'])])[:16]}.pt"
+    model_identity = {k: v for k, v in as_plain(cfg["model"]).items() if k != "dtype"}
+    return Path(shared_dir) / f"tokens-{config_hash([model_identity, as_plain(cfg['data'])])[:16]}.pt"
 
 
 def record_path(tokens: Path) -> Path:
@@ -118,7 +115,7 @@ def tokenized_pairs(cfg, tokenizer, shared_dir: Path) -> dict[str, TokenizedPair
               "heldout": tokenize_pairs(heldout, tokenizer, **limits)}
     stats = {split: length_stats(t) for split, t in tokens.items()}
     # the record first: a kill between the two writes leaves no tokens, so the next call redoes both
-    atomic_write_json(record, {"data": _plain(cfg["data"]), **stats, "checks": checks})
+    atomic_write_json(record, {"data": as_plain(cfg["data"]), **stats, "checks": checks})
     if cached is None:
         _save(path, {split: _pack(t) for split, t in tokens.items()})
     return tokens
@@ -225,7 +222,7 @@ def reference_logps(cfg, split: str, data: TokenizedPairs, base_model, pad_id: i
     everything = indices is None or set(indices) == set(range(len(data)))
     scope = [] if everything else [config_hash(sorted(set(indices)))[:16]]
     scope += [f"autocast={autocast}"] if autocast is not None else []
-    key = config_hash([_plain(cfg.model), _plain(cfg.data), split, *scope])[:16]
+    key = config_hash([as_plain(cfg.model), as_plain(cfg.data), split, *scope])[:16]
     path = shared_dir / f"reference-{split}-{key}.pt"
     cached = _load(path)
     if cached is None:

@@ -89,7 +89,8 @@ class VerbosityTrapDataConfig(DataLimits):
 class RowOptions(DataLimits):
     """How rows of files or hub splits become pairs, and what bad or leaking data may pass (ablate/data.py)."""
 
-    format: str = "auto"  # auto | explicit | implicit_prompt (HH-RLHF transcripts without a prompt column)
+    # auto | explicit | implicit_prompt (HH-RLHF transcripts without a prompt column) | unpaired (KTO rows)
+    format: str = "auto"
     # canonical name -> this source's column, e.g. {prompt: question, chosen: good, rejected: bad}; an open
     # mapping by design (its keys are checked against the canonical names, not a schema)
     columns: Any = None
@@ -274,7 +275,8 @@ RULES = {
     "data.max_bad_fraction": (lambda x: 0 <= x < 1, "in [0, 1)"),
     "data.max_overlap": (lambda x: 0 <= x <= 1, "in [0, 1]"),
     "data.on_bad_row": (lambda x: x in ("error", "skip"), "error or skip"),
-    "data.format": (lambda x: x in ("auto", "explicit", "implicit_prompt"), "auto, explicit or implicit_prompt"),
+    "data.format": (lambda x: x in ("auto", "explicit", "implicit_prompt", "unpaired"),
+                    "auto, explicit, implicit_prompt or unpaired"),
     "data.assistant_marker": (lambda x: bool(x.strip()), "a non-empty marker"),
     "data.validation_pairs": (lambda x: x >= 1, ">= 1 (or null: no validation/test split)"),
     "data.test_pairs": (lambda x: x >= 1, ">= 1 (or null: every held-out pair not used for validation)"),

@@ -11,7 +11,10 @@ Row formats (`data.format`, default `auto` picks per row):
   prompt is the messages before it (HuggingFaceH4/ultrafeedback_binarized) or, when there are none,
   the `prompt` column (a string or a message list, TRL's "conversational" format);
 - implicit prompt (Anthropic/hh-rlhf): no prompt column, `chosen`/`rejected` are whole transcripts;
-  their longest common prefix ending at the last assistant marker ("\n\nAssistant:") is the prompt.
+  their longest common prefix ending at the last assistant marker ("\n\nAssistant:") is the prompt;
+- unpaired (trl-lib/kto-mix-14k, KTO's own format): `prompt`, `completion`, `label` (true: desirable).
+  Such rows train `kto` only; as held-out data they are paired up by prompt (`pair_by_prompt`),
+  because every held-out metric compares a chosen with a rejected completion of one prompt.
 `data.columns` maps these names onto a file's own (`{prompt: question, chosen: good, ...}`).
 Optional columns: `id` (else f"{id_prefix}{row}") and `slice` (held-out slice tag, DESIGN §5).
 """
@@ -28,7 +31,7 @@ from pathlib import Path
 from ablate.progress import track
 from ablate.readers import BadRow, DataError, RawRow, read_file, read_hub_split
 
-FORMATS = ("auto", "explicit", "implicit_prompt")
+FORMATS = ("auto", "explicit", "implicit_prompt", "unpaired")
 BAD_ROW_POLICIES = ("error", "skip")
 HH_ASSISTANT_MARKER = "\n\nAssistant:"
 # Names a row format knows; data.columns may map exactly these.
@@ -44,6 +47,21 @@ class PreferencePair:
     rejected: str | list[dict]
     slice: str | None = None  # optional tag for held-out slices
     split: str | None = None  # held-out pairs only, when data.validation_pairs is set: validation | test
+
+
+@dataclass(frozen=True)
+class UnpairedExample:
+    """One prompt with one completion labelled desirable (True) or undesirable (False): KTO's data."""
+
+    example_id: str
+    prompt: str | list[dict]
+    completion: str
+    label: bool
+    slice: str | None = None
+
+    @property
+    def pair_id(self) -> str:  # the readers key every row by its id, whatever its kind
+        return self.example_id
 
 
 @dataclass(frozen=True)
@@ -87,9 +105,9 @@ class RowTally:
         per_source[reason] = per_source.get(reason, 0) + 1
         self.examples.setdefault(reason, example)
 
-    def rewrite(self, source: str, what: str) -> None:
+    def rewrite(self, source: str, what: str, count: int = 1) -> None:
         per_source = self.rewrites.setdefault(source, {})
-        per_source[what] = per_source.get(what, 0) + 1
+        per_source[what] = per_source.get(what, 0) + count
 
     @property
     def total_rows(self) -> int:
@@ -145,8 +163,9 @@ def rows_to_pairs(rows: Iterable[RawRow | dict], *, source: str, id_prefix: str,
     row_format = row_format or RowFormat()
     tally = tally if tally is not None else RowTally()
     tally.rows.setdefault(source, 0)
-    pairs: list[PreferencePair] = []
+    pairs: list[PreferencePair | UnpairedExample] = []
     where_of_id: dict[str, str] = {}
+    first_kind: tuple[type, str] | None = None  # (kind, where) of the first good row: a source holds one kind
     for index, raw in enumerate(rows):
         if not isinstance(raw, RawRow):
             raw = RawRow(f"{source} row index {index}", raw)
@@ -158,6 +177,9 @@ def rows_to_pairs(rows: Iterable[RawRow | dict], *, source: str, id_prefix: str,
                                 lambda what: tally.rewrite(source, what))
             if pair.pair_id in where_of_id:
                 raise BadRow("duplicate id", f"id {pair.pair_id!r} is already used at {where_of_id[pair.pair_id]}")
+            if first_kind is not None and type(pair) is not first_kind[0]:
+                raise BadRow("mixed formats", f"{_KIND_NAMES[type(pair)]} among {_KIND_NAMES[first_kind[0]]} "
+                             f"(the first at {first_kind[1]}): a source holds one kind of row")
         except BadRow as bad:
             if on_bad_row == "error" or (bad.reason == "missing column" and index == 0 and not pairs):
                 # a column missing from the first row is the file's layout, not one bad row
@@ -165,6 +187,7 @@ def rows_to_pairs(rows: Iterable[RawRow | dict], *, source: str, id_prefix: str,
             tally.skip(source, bad.reason, f"{raw.where}: {bad.detail}")
             continue
         where_of_id[pair.pair_id] = raw.where
+        first_kind = first_kind or (type(pair), raw.where)
         pairs.append(pair)
     if not pairs:
         skipped = tally.skipped.get(source)
@@ -177,12 +200,12 @@ def _counts(counts: dict[str, int]) -> str:
     return ", ".join(f"{n} {reason}" for reason, n in sorted(counts.items(), key=lambda kv: -kv[1]))
 
 
-def _row_to_pair(row: dict, fmt: RowFormat, default_id: str, rewrite) -> PreferencePair:
+def _row_to_pair(row: dict, fmt: RowFormat, default_id: str, rewrite) -> PreferencePair | UnpairedExample:
     if fmt.format not in FORMATS:
         raise ValueError(f"data.format must be one of {FORMATS}, got {fmt.format!r}")
-    if "chosen" not in row and "rejected" not in row and "completion" in row and "label" in row:
-        raise BadRow("unpaired row", "an unpaired prompt/completion/label row (KTO style); ablate trains on "
-                     "pairs, give prompt/chosen/rejected rows (or map them with data.columns)")
+    if fmt.format == "unpaired" or (fmt.format == "auto" and "chosen" not in row and "rejected" not in row
+                                    and "completion" in row and "label" in row):
+        return _row_to_example(row, fmt, default_id)
     needed = ("prompt", "chosen", "rejected") if fmt.format == "explicit" else ("chosen", "rejected")
     for column in needed:
         if column not in row:
@@ -214,6 +237,55 @@ def _row_to_pair(row: dict, fmt: RowFormat, default_id: str, rewrite) -> Prefere
     if tag is not None and (not isinstance(tag, str) or not tag.strip()):
         raise BadRow("bad slice", f"column {fmt.name('slice')} must be a non-empty string or null, got {tag!r}")
     return PreferencePair(pair_id, prompt, chosen, rejected, tag)
+
+
+_KIND_NAMES = {PreferencePair: "a preference pair (chosen/rejected)",
+               UnpairedExample: "an unpaired prompt/completion/label row"}
+
+
+def _row_to_example(row: dict, fmt: RowFormat, default_id: str) -> UnpairedExample:
+    """KTO's unpaired format: prompt (text or messages), completion (text, or messages ending with the
+    assistant's answer, whose earlier messages are then the prompt, as for pairs) and a boolean label."""
+    for column in ("prompt", "completion", "label"):
+        if column not in row and not (column == "prompt" and isinstance(row.get("completion"), list)):
+            raise BadRow("missing column", f"missing column {fmt.name(column)} (columns: {', '.join(row)}; "
+                         "unpaired rows need prompt, completion, label)")
+    completion, context = _completion(row["completion"], "completion", fmt)
+    if context:
+        prompt = context
+    elif "prompt" not in row:
+        raise BadRow("missing column", f"missing column {fmt.name('prompt')} (the completion is a single "
+                     f"assistant message; columns: {', '.join(row)})")
+    elif isinstance(row["prompt"], str) or row["prompt"] is None:
+        prompt = _text(row["prompt"], "prompt", fmt)
+    else:
+        prompt = _messages(row["prompt"], "prompt", fmt)
+    label = row["label"]
+    if isinstance(label, int) and not isinstance(label, bool) and label in (0, 1):
+        label = bool(label)
+    if not isinstance(label, bool):
+        raise BadRow("bad label", f"column {fmt.name('label')} must be true (desirable) or false (undesirable), "
+                     f"got {label!r:.80}")
+    tag = row.get("slice")
+    if tag is not None and (not isinstance(tag, str) or not tag.strip()):
+        raise BadRow("bad slice", f"column {fmt.name('slice')} must be a non-empty string or null, got {tag!r}")
+    return UnpairedExample(_pair_id(row.get("id"), "id" in row, default_id, fmt), prompt, completion, label, tag)
+
+
+def pair_by_prompt(examples: list[UnpairedExample]) -> tuple[list[PreferencePair], int]:
+    """Held-out pairs from unpaired rows: the k-th desirable and the k-th undesirable completion of a
+    prompt, in row order (kto-mix-14k unrolls one pair per prompt into exactly such two rows). Returns
+    the pairs, in the order of their prompts' first rows, and how many rows found no partner."""
+    groups: dict[str, tuple[list[UnpairedExample], list[UnpairedExample]]] = {}
+    for example in examples:
+        groups.setdefault(prompt_key(example.prompt), ([], []))[0 if example.label else 1].append(example)
+    pairs = []
+    for desirable, undesirable in groups.values():
+        for good, bad in zip(desirable, undesirable, strict=False):
+            tag = good.slice if good.slice == bad.slice else None
+            pairs.append(PreferencePair(f"{good.example_id}+{bad.example_id}", good.prompt, good.completion,
+                                        bad.completion, tag))
+    return pairs, len(examples) - 2 * len(pairs)
 
 
 def implicit_prompt(chosen, rejected, fmt: RowFormat = RowFormat()) -> tuple[str, str, str]:
@@ -432,6 +504,44 @@ def tokenize_pairs(
             f"(e.g. {', '.join(identical[:3])})",
             stacklevel=2,
         )
+    return out
+
+
+@dataclass(frozen=True)
+class TokenizedExamples:
+    """Unpaired training examples (KTO): one completion per prompt, labelled desirable or not."""
+
+    example_ids: list[str] = field(default_factory=list)
+    prompt_ids: list[list[int]] = field(default_factory=list)  # incl. BOS / chat generation prompt
+    completion_ids: list[list[int]] = field(default_factory=list)  # EOS appended
+    labels: list[bool] = field(default_factory=list)  # True: desirable
+
+    def __len__(self) -> int:
+        return len(self.example_ids)
+
+
+def tokenize_examples(
+    examples: list[UnpairedExample], tokenizer, *, max_length: int, max_prompt_length: int
+) -> TokenizedExamples:
+    """As tokenize_pairs, for unpaired rows: the same prompt template, EOS and truncation rules."""
+    if not 0 < max_prompt_length < max_length:
+        raise ValueError(f"need 0 < max_prompt_length < max_length, got {max_prompt_length}, {max_length}")
+    eos = tokenizer.eos_token_id
+    if eos is None:
+        raise ValueError("the tokenizer has no EOS token; completions must end with one")
+    bos = getattr(tokenizer, "bos_token_id", None)
+    out = TokenizedExamples()
+    for start in track(range(0, len(examples), _BATCH), desc="tokenising examples", unit="batch",
+                       disable=len(examples) < 5000):
+        batch = examples[start : start + _BATCH]
+        prompts = _prompt_ids([e.prompt for e in batch], tokenizer)
+        completions = _ids([e.completion for e in batch], tokenizer, add_special_tokens=False)
+        for example, p, c in zip(batch, prompts, completions, strict=True):
+            p, c, _ = _truncate(p, c + [eos], c + [eos], max_length, max_prompt_length, bos)
+            out.example_ids.append(example.example_id)
+            out.prompt_ids.append(p)
+            out.completion_ids.append(c)
+            out.labels.append(example.label)
     return out
 
 

@@ -4,17 +4,19 @@ Run once per sweep at planning time (ablate/shared.py); what they find goes into
 record (shared/data-*.json) and the report, and the two hard limits stop the sweep with a DataError:
 more skipped rows than `data.max_bad_fraction`, more held-out pairs whose prompt is also a training
 prompt than `data.max_overlap` (a share of the held-out pairs; default 0: held out means unseen).
+Unpaired training rows (KTO data) count as duplicates when prompt, completion and label repeat.
 """
 
 from __future__ import annotations
 
-from ablate.data import PreferencePair, RowTally, prompt_key
+from ablate.data import PreferencePair, RowTally, UnpairedExample, prompt_key
 from ablate.readers import DataError
 
 EXAMPLES = 3  # how many offending rows or pairs a message and the record quote
 
 
-def check_pairs(train: list[PreferencePair], heldout: list[PreferencePair], data_cfg, tally: RowTally) -> dict:
+def check_pairs(train: list[PreferencePair | UnpairedExample], heldout: list[PreferencePair], data_cfg,
+                tally: RowTally) -> dict:
     """The record of what reading and checking found; raises DataError past a limit."""
     record = {
         "rows_read": dict(tally.rows),
@@ -33,7 +35,10 @@ def check_pairs(train: list[PreferencePair], heldout: list[PreferencePair], data
 
     seen, duplicates, duplicate_ids = set(), 0, []
     for pair in train:
-        key = (prompt_key(pair.prompt), prompt_key(pair.chosen), prompt_key(pair.rejected))
+        if isinstance(pair, UnpairedExample):
+            key = (prompt_key(pair.prompt), pair.completion, pair.label)
+        else:
+            key = (prompt_key(pair.prompt), prompt_key(pair.chosen), prompt_key(pair.rejected))
         if key in seen:
             duplicates += 1
             if len(duplicate_ids) < EXAMPLES:

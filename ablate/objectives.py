@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class SequenceLogps:
-    """Summed completion log-probs of one batch of B preference pairs.
+    """Summed completion log-probs of one batch of B preference pairs (or of unpaired examples).
 
     `chosen`/`rejected` are sums over completion tokens only, `*_tokens` the completion lengths
     (for length normalisation). Reference log-probs come from the same model with the LoRA adapter
@@ -42,15 +42,18 @@ class SequenceLogps:
     ref_rejected: Tensor | None = None  # (B,)
     kl_policy: Tensor | None = None  # (K,)
     kl_reference: Tensor | None = None  # (K,)
+    # False: unpaired examples (KTO data); `chosen` holds the B_D desirable and `rejected` the B_U
+    # undesirable completions of different prompts, B_D and B_U unrelated (either may be 0)
+    paired: bool = True
 
 
 @dataclass(frozen=True)
 class ObjectiveOutput:
     """Per-example losses plus the rewards the objective logs (TRL's rewards/chosen, rewards/rejected)."""
 
-    losses: Tensor  # (B,)
-    chosen_rewards: Tensor  # (B,) detached
-    rejected_rewards: Tensor  # (B,) detached
+    losses: Tensor  # (B,); unpaired examples: (B_D + B_U,)
+    chosen_rewards: Tensor  # (B,) detached; unpaired: (B_D,)
+    rejected_rewards: Tensor  # (B,) detached; unpaired: (B_U,)
 
 
 @dataclass(frozen=True)
@@ -60,21 +63,26 @@ class Objective:
     schema: type  # dataclass: `name` + the objective's keyword-only hyper-parameters
     uses_reference: bool  # False: reference-free, the trainer skips the reference forward
     needs_kl_batch: bool = False  # True: the trainer adds mismatched prompt/completion pairs
+    unpaired: bool = False  # True: also learns from unpaired labelled completions (SequenceLogps.paired False)
 
     @property
     def hyperparameters(self) -> tuple[str, ...]:
         return tuple(f.name for f in dataclasses.fields(self.schema) if f.name != "name")
 
     def __call__(self, logps: SequenceLogps, **hyperparameters) -> ObjectiveOutput:
+        if not logps.paired and not self.unpaired:
+            raise ValueError(f"{self.name} compares the chosen and the rejected completion of a pair; it cannot "
+                             "learn from unpaired examples")
         return self.loss(logps, **hyperparameters)
 
 
 OBJECTIVES: dict[str, Objective] = {}
 
 
-def register(name: str, schema: type, *, uses_reference: bool, needs_kl_batch: bool = False):
+def register(name: str, schema: type, *, uses_reference: bool, needs_kl_batch: bool = False,
+             unpaired: bool = False):
     def wrap(loss: Callable[..., ObjectiveOutput]) -> Callable[..., ObjectiveOutput]:
-        OBJECTIVES[name] = Objective(name, loss, schema, uses_reference, needs_kl_batch)
+        OBJECTIVES[name] = Objective(name, loss, schema, uses_reference, needs_kl_batch, unpaired)
         return loss
 
     return wrap
@@ -285,7 +293,7 @@ class KTOConfig:
     undesirable_weight: float = 1.0
 
 
-@register("kto", KTOConfig, uses_reference=True, needs_kl_batch=True)
+@register("kto", KTOConfig, uses_reference=True, needs_kl_batch=True, unpaired=True)
 def kto(
     logps: SequenceLogps, *, beta: float, desirable_weight: float = 1.0, undesirable_weight: float = 1.0
 ) -> ObjectiveOutput:
@@ -295,13 +303,13 @@ def kto(
         r   = S − S^ref
         L   = λ_D·(1 − σ(β(r_w − z0))) + λ_U·(1 − σ(β(z0 − r_l)))
 
-    KTO learns from unpaired examples; each pair is split into a desirable (chosen) and an
-    undesirable (rejected) example. The KL baseline z0 comes from mismatched (prompt_i,
-    completion_j) sequences and is detached, as in the paper and TRL. λ_D = `desirable_weight`,
-    λ_U = `undesirable_weight`.
-    Deviation: we sum the desirable and the undesirable term of a pair into one per-pair loss; TRL
-    averages over the 2B unpaired examples, so our batch mean is 2× TRL's (same gradient direction).
-    Rewards: β·r, as TRL logs them.
+    KTO learns from unpaired examples. On unpaired data (`paired` False) the losses are one per
+    example, desirable ones first, exactly as TRL's KTOTrainer computes them. On pairs, each pair is
+    split into a desirable (chosen) and an undesirable (rejected) example and the two terms are summed
+    into one per-pair loss (deviation: TRL averages over the 2B examples, so our batch mean is 2×
+    TRL's, same gradient direction; the sum over the batch is the same). The KL baseline z0 comes
+    from mismatched (prompt_i, completion_j) sequences and is detached, as in the paper and TRL.
+    λ_D = `desirable_weight`, λ_U = `undesirable_weight`. Rewards: β·r, as TRL logs them.
     """
     if logps.kl_policy is None or logps.kl_reference is None:
         raise ValueError("kto needs the KL batch (kl_policy/kl_reference), got None")
@@ -309,7 +317,10 @@ def kto(
     z0 = (logps.kl_policy - logps.kl_reference).mean().clamp(min=0).detach()  # scalar
     desirable = 1 - torch.sigmoid(beta * (chosen_logratio - z0))
     undesirable = 1 - torch.sigmoid(beta * (z0 - rejected_logratio))
-    losses = desirable_weight * desirable + undesirable_weight * undesirable
+    if logps.paired:
+        losses = desirable_weight * desirable + undesirable_weight * undesirable
+    else:
+        losses = torch.cat([desirable_weight * desirable, undesirable_weight * undesirable])
     return ObjectiveOutput(losses, (beta * chosen_logratio).detach(), (beta * rejected_logratio).detach())
 
 

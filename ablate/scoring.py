@@ -1,17 +1,19 @@
 """Batches of tokenised pairs and their summed completion log-probs (DESIGN §4).
 
 Chosen and rejected go through ONE forward: a batch of B pairs becomes 2B right-padded
-sequences, chosen first. Log-probs are summed over completion tokens only; the token counts come
-along for the length-normalised objectives and metrics.
+sequences, chosen first (B unpaired KTO examples: B sequences). Log-probs are summed over
+completion tokens only; the token counts come along for the length-normalised objectives and metrics.
 """
 
 from __future__ import annotations
+
+import itertools
 
 import torch
 from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
-from ablate.data import TokenizedPairs
+from ablate.data import TokenizedExamples, TokenizedPairs
 from ablate.progress import track
 
 
@@ -35,23 +37,58 @@ def pair_batch(data: TokenizedPairs, idx: list[int], pad_id: int) -> dict[str, T
     return pad(prompts + prompts, completions, pad_id)
 
 
-def mismatched_batch(data: TokenizedPairs, idx: list[int], pad_id: int) -> dict[str, Tensor]:
-    """(2B, T): prompt of pair i with the chosen and rejected completions of another pair (KTO's KL batch).
+def example_batch(data: TokenizedExamples, idx: list[int], pad_id: int) -> dict[str, Tensor]:
+    """(B, T): the B unpaired examples' prompt + completion sequences."""
+    return pad([data.prompt_ids[i] for i in idx], [data.completion_ids[i] for i in idx], pad_id)
 
-    The partner of the k-th pair is the next pair of the batch that is a different pair (the batch
-    rotated by one). A batch of one pair (batch_size 1, or a rank's one-pair shard), or of one pair
-    repeated, has no such partner: it takes the next pair of the dataset. Never a pair's own
-    completion, which would turn the KL baseline z0 into the mean reward itself.
+
+def training_batch(data: TokenizedPairs | TokenizedExamples, idx: list[int], pad_id: int
+                   ) -> tuple[dict[str, Tensor], Tensor, Tensor]:
+    """The sequences of a training micro-batch, and the positions of its chosen (desirable) and its
+    rejected (undesirable) sequences: pairs give chosen first, then rejected; unpaired examples are
+    split by their labels."""
+    if isinstance(data, TokenizedExamples):
+        labels = torch.tensor([data.labels[i] for i in idx], dtype=torch.bool)
+        positions = torch.arange(len(idx))
+        return example_batch(data, idx, pad_id), positions[labels], positions[~labels]
+    return pair_batch(data, idx, pad_id), torch.arange(len(idx)), torch.arange(len(idx), 2 * len(idx))
+
+
+def sequence_values(values: dict[str, Tensor], idx: list[int]) -> Tensor:
+    """Per-sequence values (e.g. reference log-probs) of a training batch in `training_batch` order."""
+    if "logps" in values:  # unpaired examples
+        return values["logps"][idx]
+    return torch.cat([values["chosen"][idx], values["rejected"][idx]])
+
+
+def mismatched_batch(data: TokenizedPairs | TokenizedExamples, idx: list[int], pad_id: int) -> dict[str, Tensor]:
+    """KTO's KL batch: the prompt of item i with the completion(s) of an item with another prompt.
+
+    Pairs give (2B, T): prompt i with the chosen, then the rejected completion of its partner;
+    unpaired examples give (B, T). The partner of the k-th item is the next item of the batch whose
+    prompt differs (the batch rotated); with none in the batch (batch_size 1, a rank's one-item
+    shard, a batch of one prompt's completions), the next such item of the dataset. Never a
+    completion of the same prompt, which would turn the KL baseline z0 into a mean reward.
     """
-    if len(data) < 2:
-        raise ValueError(f"KTO's KL batch needs at least 2 pairs to mismatch, the data have {len(data)}")
-    partners = []
-    for k, i in enumerate(idx):
-        others = (idx[(k + step) % len(idx)] for step in range(1, len(idx)))
-        partners.append(next((j for j in others if j != i), (i + 1) % len(data)))
+    partners = mismatch_partners(data.prompt_ids, idx)
     prompts = [data.prompt_ids[i] for i in idx]
+    if isinstance(data, TokenizedExamples):
+        return pad(prompts, [data.completion_ids[j] for j in partners], pad_id)
     completions = [data.chosen_ids[j] for j in partners] + [data.rejected_ids[j] for j in partners]
     return pad(prompts + prompts, completions, pad_id)
+
+
+def mismatch_partners(prompt_ids: list[list[int]], idx: list[int]) -> list[int]:
+    partners = []
+    for k, i in enumerate(idx):
+        in_batch = (idx[(k + step) % len(idx)] for step in range(1, len(idx)))
+        in_data = ((i + step) % len(prompt_ids) for step in range(1, len(prompt_ids)))
+        partner = next((j for j in itertools.chain(in_batch, in_data) if prompt_ids[j] != prompt_ids[i]), None)
+        if partner is None:
+            raise ValueError("KTO's KL batch needs completions of at least two different prompts; every "
+                             f"training item has the same prompt ({len(prompt_ids)} items)")
+        partners.append(partner)
+    return partners
 
 
 # Rows of hidden states sent through the LM head at once. The head's transient memory is about
@@ -170,18 +207,44 @@ def score_pairs(model, data: TokenizedPairs, *, batch_size: int, pad_id: int, de
     return out
 
 
-def length_sorted_batches(data: TokenizedPairs, indices, *, max_pairs: int, max_tokens: int | None
-                          ) -> list[list[int]]:
-    """Pair indices grouped longest first; a batch's padded size 2 x pairs x longest <= max_tokens
-    (a single pair longer than the budget still gets its own batch)."""
-    def length(i: int) -> int:
-        return len(data.prompt_ids[i]) + max(len(data.chosen_ids[i]), len(data.rejected_ids[i]))
+@torch.no_grad()
+def score_examples(model, data: TokenizedExamples, *, batch_size: int, pad_id: int, desc: str,
+                   head_chunk: int = DEFAULT_HEAD_CHUNK, max_tokens: int | None = None,
+                   indices: list[int] | None = None) -> dict[str, Tensor]:
+    """score_pairs for unpaired examples: {"logps", "tokens"}, (len(data),) each, NaN outside `indices`."""
+    was_training = model.training
+    model.eval()
+    out = {"logps": torch.full((len(data),), float("nan")), "tokens": torch.full((len(data),), float("nan"))}
+    batches = length_sorted_batches(data, range(len(data)) if indices is None else indices,
+                                    max_pairs=batch_size, max_tokens=max_tokens)
+    for idx in track(batches, desc=desc, unit="batch", disable=len(batches) < 20):
+        logps, tokens = completion_logps(model, example_batch(data, idx, pad_id), head_chunk=head_chunk)
+        where = torch.tensor(idx)
+        out["logps"][where], out["tokens"][where] = logps.float().cpu(), tokens.float().cpu()
+    model.train(was_training)
+    return out
+
+
+def length_sorted_batches(data: TokenizedPairs | TokenizedExamples, indices, *, max_pairs: int,
+                          max_tokens: int | None) -> list[list[int]]:
+    """Item indices grouped longest first; a batch's padded size (sequences x longest) <= max_tokens
+    (a single item longer than the budget still gets its own batch). A pair is two sequences."""
+    if isinstance(data, TokenizedExamples):
+        per_item = 1
+
+        def length(i: int) -> int:
+            return len(data.prompt_ids[i]) + len(data.completion_ids[i])
+    else:
+        per_item = 2
+
+        def length(i: int) -> int:
+            return len(data.prompt_ids[i]) + max(len(data.chosen_ids[i]), len(data.rejected_ids[i]))
 
     batches: list[list[int]] = []
     for i in sorted(set(indices), key=lambda i: (-length(i), i)):
         current = batches[-1] if batches else None
         fits = (current is not None and len(current) < max_pairs
-                and (max_tokens is None or 2 * (len(current) + 1) * length(current[0]) <= max_tokens))
+                and (max_tokens is None or per_item * (len(current) + 1) * length(current[0]) <= max_tokens))
         if fits:
             current.append(i)
         else:

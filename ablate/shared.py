@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import io
 import itertools
+import json
 import time
 from pathlib import Path
 
@@ -25,17 +26,21 @@ from ablate.data import (
     PreferencePair,
     RowFormat,
     RowTally,
+    TokenizedExamples,
     TokenizedPairs,
+    UnpairedExample,
+    pair_by_prompt,
     read_pairs_from_files,
     read_pairs_from_hub,
     split_heldout,
     split_validation_test,
+    tokenize_examples,
     tokenize_pairs,
 )
 from ablate.data_checks import check_pairs
 from ablate.engine import compute_context
 from ablate.readers import DataError
-from ablate.scoring import score_pairs
+from ablate.scoring import score_examples, score_pairs
 
 
 def load_pairs(data_cfg, tally: RowTally | None = None) -> tuple[list[PreferencePair], list[PreferencePair]]:
@@ -62,11 +67,39 @@ def load_pairs(data_cfg, tally: RowTally | None = None) -> tuple[list[Preference
             train, heldout = _split(train, data_cfg, f"{data_cfg.path} split {data_cfg.train_split!r}")
     else:
         raise ValueError(f"data.kind = {data_cfg.kind!r}: must be verbosity_trap, files or hub")
+    _one_kind(train, _source_label(data_cfg))
+    heldout = _paired(heldout, _source_label(data_cfg), tally)
     heldout = heldout[: data_cfg.max_heldout_pairs]
     if data_cfg.get("validation_pairs"):  # tuned sweeps: select on validation, decide on test
         heldout = split_validation_test(heldout, data_cfg.validation_pairs, data_cfg.get("test_pairs"),
                                         data_cfg.split_seed)
     return train[: data_cfg.max_train_pairs], heldout
+
+
+UNPARTNERED = "unpaired held-out rows without a partner of the other label for their prompt (not scored)"
+
+
+def _one_kind(train: list, source: str) -> None:
+    """Training rows of several files must all be pairs or all be unpaired examples (each file is one kind)."""
+    kinds = {type(x) for x in train}
+    if len(kinds) > 1:
+        raise DataError(f"{source}: the training files mix preference pairs with unpaired prompt/completion/label "
+                        "rows; give one kind")
+
+
+def _paired(heldout: list, source: str, tally: RowTally) -> list[PreferencePair]:
+    """Held-out metrics compare chosen with rejected, so unpaired held-out rows are paired up by prompt."""
+    _one_kind(heldout, source)
+    if not heldout or isinstance(heldout[0], PreferencePair):
+        return heldout
+    pairs, unpartnered = pair_by_prompt(heldout)
+    if not pairs:
+        raise DataError(f"{source}: held-out metrics need pairs, and none of the {len(heldout)} unpaired held-out rows "
+                        "has a partner (a desirable and an undesirable completion of the same prompt); give paired "
+                        "held-out data (data.heldout_files / data.heldout_split with prompt/chosen/rejected rows)")
+    if unpartnered:
+        tally.rewrite(source, UNPARTNERED, unpartnered)
+    return pairs
 
 
 def _split(train, data_cfg, source: str):
@@ -111,37 +144,51 @@ def tokenized_pairs(cfg, tokenizer, shared_dir: Path) -> dict[str, TokenizedPair
     train, heldout = load_pairs(data_cfg, tally)
     checks = check_pairs(train, heldout, data_cfg, tally)
     limits = {"max_length": data_cfg.max_length, "max_prompt_length": data_cfg.max_prompt_length}
-    tokens = {"train": tokenize_pairs(train, tokenizer, **limits),
+    unpaired = bool(train) and isinstance(train[0], UnpairedExample)
+    tokenize_train = tokenize_examples if unpaired else tokenize_pairs
+    tokens = {"train": tokenize_train(train, tokenizer, **limits),
               "heldout": tokenize_pairs(heldout, tokenizer, **limits)}
     stats = {split: length_stats(t) for split, t in tokens.items()}
     # the record first: a kill between the two writes leaves no tokens, so the next call redoes both
-    atomic_write_json(record, {"data": as_plain(cfg["data"]), **stats, "checks": checks})
+    atomic_write_json(record, {"data": as_plain(cfg["data"]), "train_format": "unpaired" if unpaired else "pairs",
+                               **stats, "checks": checks})
     if cached is None:
         _save(path, {split: _pack(t) for split, t in tokens.items()})
     return tokens
 
 
 TOKEN_FIELDS = ("prompt_ids", "chosen_ids", "rejected_ids")
+EXAMPLE_TOKEN_FIELDS = ("prompt_ids", "completion_ids")
 
 
-def _pack(tokens: TokenizedPairs) -> dict:
+def _pack(tokens: TokenizedPairs | TokenizedExamples) -> dict:
     """Token lists as one flat tensor + lengths each: pickling 10^7 Python ints one by one took ~25 s
     for 100k pairs (torch.save calls a hook per object); a tensor is one buffer."""
-    packed = {"pair_ids": tokens.pair_ids, "slices": tokens.slices, "splits": tokens.splits}
-    for name in TOKEN_FIELDS:
+    if isinstance(tokens, TokenizedExamples):
+        packed = {"kind": "examples", "example_ids": tokens.example_ids, "labels": tokens.labels}
+        names = EXAMPLE_TOKEN_FIELDS
+    else:
+        packed = {"pair_ids": tokens.pair_ids, "slices": tokens.slices, "splits": tokens.splits}
+        names = TOKEN_FIELDS
+    for name in names:
         lists = getattr(tokens, name)
         packed[name] = (torch.tensor([t for ids in lists for t in ids], dtype=torch.int64),
                         torch.tensor([len(ids) for ids in lists], dtype=torch.int64))
     return packed
 
 
-def _unpack(packed: dict) -> TokenizedPairs:
-    fields = {"pair_ids": packed["pair_ids"], "slices": packed["slices"], "splits": packed.get("splits", [])}
-    for name in TOKEN_FIELDS:
+def _unpack(packed: dict) -> TokenizedPairs | TokenizedExamples:
+    if packed.get("kind") == "examples":
+        fields, names, kind = {"example_ids": packed["example_ids"], "labels": packed["labels"]}, \
+            EXAMPLE_TOKEN_FIELDS, TokenizedExamples
+    else:
+        fields = {"pair_ids": packed["pair_ids"], "slices": packed["slices"], "splits": packed.get("splits", [])}
+        names, kind = TOKEN_FIELDS, TokenizedPairs
+    for name in names:
         flat, lengths = packed[name][0].tolist(), packed[name][1].tolist()
         ends = list(itertools.accumulate(lengths))
         fields[name] = [flat[end - n : end] for end, n in zip(ends, lengths, strict=True)]
-    return TokenizedPairs(**fields)
+    return kind(**fields)
 
 
 def prepare_sweep_data(cells: list[dict], shared_dir: Path) -> list[str]:
@@ -160,6 +207,8 @@ def prepare_sweep_data(cells: list[dict], shared_dir: Path) -> list[str]:
         cfg = users[0]
         label = _source_label(cfg["data"])
         if path.exists() and record_path(path).exists():  # prepared by an earlier run of this sweep: validated then
+            problem = _objectives_refusing(users, record_path(path))
+            errors += [f"[{label}] {problem}"] if problem else []
             lines.append(f"{label}: prepared already ({len(users)} cell(s))")
             continue
         started = time.monotonic()
@@ -171,11 +220,34 @@ def prepare_sweep_data(cells: list[dict], shared_dir: Path) -> list[str]:
         except DataError as error:
             errors.append(f"[{label}] {error}")
             continue
+        problem = _objectives_refusing(users, record_path(path))
+        if problem:
+            errors.append(f"[{label}] {problem}")
+            continue
         lines.append(f"{label}: {len(tokens['train'])} training / {len(tokens['heldout'])} held-out pairs checked "
                      f"and tokenised in {time.monotonic() - started:.1f} s, shared by {len(users)} cell(s)")
     if errors:
         raise DataError(f"{len(errors)} data source(s) cannot be used; nothing was run:\n  " + "\n  ".join(errors))
     return lines
+
+
+def _objectives_refusing(users: list[dict], record: Path) -> str | None:
+    """Unpaired training rows train only an objective that learns from single labelled completions (kto)."""
+    from ablate.objectives import OBJECTIVES
+
+    try:
+        unpaired = json.loads(record.read_text()).get("train_format") == "unpaired"
+    except (OSError, ValueError):
+        return None  # unreadable: tokenized_pairs rebuilds it, and the cell's own check still stands
+    if not unpaired:
+        return None
+    refusing = sorted({cfg["objective"]["name"] for cfg in users} - {n for n, o in OBJECTIVES.items() if o.unpaired})
+    if not refusing:
+        return None
+    return (f"the training rows are unpaired prompt/completion/label rows (KTO format), which only "
+            f"{', '.join(n for n, o in OBJECTIVES.items() if o.unpaired)} trains on; objective "
+            f"{', '.join(refusing)} needs preference pairs (prompt/chosen/rejected rows): drop it from the sweep "
+            "or give paired data")
 
 
 def _tokenizer(load_tokenizer, model: dict):
@@ -194,8 +266,28 @@ def _source_label(data: dict) -> str:
     return f"data {data['kind']}"
 
 
-def length_stats(pairs: TokenizedPairs) -> dict:
-    """Chosen vs rejected completion lengths (tokens), for the collector's brevity/verbosity check."""
+def length_stats(pairs: TokenizedPairs | TokenizedExamples) -> dict:
+    """Chosen vs rejected completion lengths (tokens), for the collector's brevity/verbosity check.
+
+    Unpaired examples: desirable vs undesirable, the shares over the desirable/undesirable completions
+    of one prompt paired up as for held-out data (none when no prompt has both: not checked).
+    """
+    if isinstance(pairs, TokenizedExamples):
+        by_prompt: dict[tuple, tuple[list[int], list[int]]] = {}
+        for prompt, completion, label in zip(pairs.prompt_ids, pairs.completion_ids, pairs.labels, strict=True):
+            by_prompt.setdefault(tuple(prompt), ([], []))[0 if label else 1].append(len(completion))
+        matched = [(c, r) for good, bad in by_prompt.values() for c, r in zip(good, bad, strict=False)]
+        lengths = [len(c) for c in pairs.completion_ids]
+        desirable = [n for n, label in zip(lengths, pairs.labels, strict=True) if label]
+        undesirable = [n for n, label in zip(lengths, pairs.labels, strict=True) if not label]
+        mean = lambda xs: sum(xs) / len(xs) if xs else None  # noqa: E731
+        return {
+            "examples": len(pairs), "desirable": len(desirable), "undesirable": len(undesirable),
+            "pairs": len(matched),  # prompt-matched desirable/undesirable completions
+            "chosen_tokens_mean": mean(desirable), "rejected_tokens_mean": mean(undesirable),
+            "chosen_longer_share": mean([float(c > r) for c, r in matched]),
+            "chosen_shorter_share": mean([float(c < r) for c, r in matched]),
+        }
     chosen = torch.tensor([len(c) for c in pairs.chosen_ids], dtype=torch.float64)
     rejected = torch.tensor([len(r) for r in pairs.rejected_ids], dtype=torch.float64)
     return {
@@ -227,8 +319,9 @@ def reference_logps(cfg, split: str, data: TokenizedPairs, base_model, pad_id: i
     cached = _load(path)
     if cached is None:
         device = next(base_model.parameters()).device
+        score = score_examples if isinstance(data, TokenizedExamples) else score_pairs
         with compute_context(device, autocast):
-            cached = score_pairs(base_model, data, batch_size=cfg.trainer.eval_batch_size, pad_id=pad_id,
+            cached = score(base_model, data, batch_size=cfg.trainer.eval_batch_size, pad_id=pad_id,
                                  desc=f"reference log-probs ({split})", head_chunk=cfg.engine.head_chunk,
                                  max_tokens=cfg.engine.eval_batch_tokens, indices=None if everything else indices)
         _save(path, cached)

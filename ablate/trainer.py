@@ -21,12 +21,21 @@ import torch
 
 from ablate import engine
 from ablate.cells import atomic_write_bytes, atomic_write_json, atomic_write_text
+from ablate.data import TokenizedPairs
 from ablate.distributed import Ranks
 from ablate.heldout import PAIR_COLUMNS, heldout_metrics
 from ablate.models import add_lora, load_base_model, load_tokenizer, resolve_device
 from ablate.objectives import ObjectiveOutput, SequenceLogps, get_objective
 from ablate.progress import track
-from ablate.scoring import check_lean_head, completion_logps, mismatched_batch, pair_batch, score_pairs
+from ablate.readers import DataError
+from ablate.scoring import (
+    check_lean_head,
+    completion_logps,
+    mismatched_batch,
+    score_pairs,
+    sequence_values,
+    training_batch,
+)
 from ablate.shared import reference_logps, tokenized_pairs
 
 
@@ -75,6 +84,9 @@ def train(cfg, cell_dir: Path, shared_dir: Path, stop_requested: threading.Event
     with ranks.main_first():
         data = tokenized_pairs(cfg, tokenizer, shared_dir)
         train_data, heldout_data = data["train"], data["heldout"]
+        paired = isinstance(train_data, TokenizedPairs)  # else unpaired labelled completions (KTO data)
+        if not paired and not objective.unpaired:  # planning refuses this sweep; a direct run stops here
+            raise DataError(f"objective {objective.name} needs preference pairs; the training data are unpaired")
         # The base model IS the reference: score with it before the adapter exists. Held-out
         # reference log-probs are always needed (the neutral metrics are relative to the reference).
         heldout_ref = reference_logps(cfg, "heldout", heldout_data, model, pad_id, shared_dir, autocast=amp)
@@ -96,11 +108,13 @@ def train(cfg, cell_dir: Path, shared_dir: Path, stop_requested: threading.Event
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
     micro_size = tc.batch_size // tc.grad_accum
 
-    def objective_inputs(logps, tokens, ref, kl_batches) -> dict:
-        b = len(logps) // 2
-        inputs = dict(chosen=logps[:b], rejected=logps[b:], chosen_tokens=tokens[:b], rejected_tokens=tokens[b:])
-        if objective.uses_reference:
-            inputs |= dict(ref_chosen=ref["chosen"].to(device), ref_rejected=ref["rejected"].to(device))
+    def objective_inputs(logps, tokens, ref, kl_batches, chosen, rejected, paired=True) -> dict:
+        """`chosen`/`rejected`: positions of the chosen (desirable) and rejected (undesirable) sequences."""
+        inputs = dict(chosen=logps[chosen], rejected=logps[rejected], chosen_tokens=tokens[chosen],
+                      rejected_tokens=tokens[rejected], paired=paired)
+        if objective.uses_reference:  # `ref`: per-sequence reference log-probs, in the same order as `logps`
+            ref = ref.to(device)
+            inputs |= dict(ref_chosen=ref[chosen], ref_rejected=ref[rejected])
         if objective.needs_kl_batch:  # KTO: E[log π/π_ref] on mismatched prompt/completion pairs
             with torch.no_grad():
                 inputs["kl_policy"] = torch.cat([logps_of(k)[0] for k in kl_batches])
@@ -120,7 +134,9 @@ def train(cfg, cell_dir: Path, shared_dir: Path, stop_requested: threading.Event
                           len(heldout_data)))), pad_id) for s in starts] if objective.needs_kl_batch else []
             logps = torch.cat([policy["chosen"], policy["rejected"]]).to(device)
             tokens = torch.cat([policy["chosen_tokens"], policy["rejected_tokens"]]).to(device)
-            inputs = objective_inputs(logps, tokens, heldout_ref, kl_batches)
+            n = len(heldout_data)
+            inputs = objective_inputs(logps, tokens, sequence_values(heldout_ref, list(range(n))), kl_batches,
+                                      torch.arange(n), torch.arange(n, 2 * n))
             eval_metrics = trl_metrics(objective(SequenceLogps(**inputs), **hparams), inputs)
         model.train()
         pairs = pd.DataFrame({
@@ -196,16 +212,18 @@ def train(cfg, cell_dir: Path, shared_dir: Path, stop_requested: threading.Event
             mine = ranks.shard(micro_idx)  # all of it with one process
             if not mine:
                 continue
-            logps, tokens = logps_of(pair_batch(train_data, mine, pad_id))  # (2B,), (2B,)
-            ref = {k: v[mine] for k, v in train_ref.items()} if train_ref else None
+            batch, chosen, rejected = training_batch(train_data, mine, pad_id)
+            logps, tokens = logps_of(batch)  # (2B,) for pairs, (B,) for unpaired examples
+            ref = sequence_values(train_ref, mine) if train_ref else None
             kl_batches = [mismatched_batch(train_data, mine, pad_id)] if objective.needs_kl_batch else []
-            inputs = objective_inputs(logps, tokens, ref, kl_batches)
+            inputs = objective_inputs(logps, tokens, ref, kl_batches, chosen, rejected, paired)
             out = objective(SequenceLogps(**inputs), **hparams)
             loss = out.losses.sum() / len(micro_idx)  # summed over ranks: the micro-batch mean
             if ranks.any(not torch.isfinite(loss)):  # a CPU-GPU sync point, but a NaN must stop the cell here
                 raise NonFiniteLoss(step, f"loss is {loss.item()} (objective {objective.name}, lr {tc.lr})")
             (loss / tc.grad_accum).backward()
-            window.add(trl_metrics(out, inputs), len(mine))
+            for values, weight in batch_metrics(out, inputs, len(mine)):
+                window.add(values, weight)
         ranks.sum_gradients(params)
         grad_norm = torch.nn.utils.clip_grad_norm_(params, tc.max_grad_norm)
         if not torch.isfinite(grad_norm):
@@ -221,7 +239,9 @@ def train(cfg, cell_dir: Path, shared_dir: Path, stop_requested: threading.Event
             entry = {"step": step, "epoch": step * tc.batch_size / len(train_data), "learning_rate": lr,
                      **window.means()}
             record(train_log, cell_dir / "train_log.jsonl", entry)
-            progress.set_postfix(loss=f"{entry['loss']:.3f}", acc=f"{entry['rewards/accuracies']:.2f}")
+            shown = {"acc": entry["rewards/accuracies"]} if "rewards/accuracies" in entry else \
+                {"margin": entry.get("rewards/margins", math.nan)}  # unpaired (KTO) data have no accuracy
+            progress.set_postfix(loss=f"{entry['loss']:.3f}", **{k: f"{v:.2f}" for k, v in shown.items()})
             if ranks.is_main:
                 atomic_write_json(cell_dir / "progress.json", {"step": step, "max_steps": tc.max_steps,
                                   "since_step": since_step, "since": since, "at": time.time()})
@@ -245,6 +265,23 @@ def train(cfg, cell_dir: Path, shared_dir: Path, stop_requested: threading.Event
     atomic_write_json(cell_dir / "metrics.json", metrics)  # written last: its presence means finished
     shutil.rmtree(checkpoint_path.parent, ignore_errors=True)
     return metrics
+
+
+def batch_metrics(out: ObjectiveOutput, inputs: dict, items: int) -> list[tuple[dict[str, float], int]]:
+    """A training micro-batch's logged values, each with the weight it has in the logging window.
+
+    Pairs: TRL's per-pair metrics, weighted by pairs. Unpaired examples (KTO data): the loss per
+    example, desirable values by desirable count, undesirable by undesirable count; the window's
+    margin is then the difference of the two means and there is no accuracy, as in TRL's KTOTrainer.
+    """
+    if inputs["paired"]:
+        return [(trl_metrics(out, inputs), items)]
+    sides = [({"rewards/chosen": out.chosen_rewards, "logps/chosen": inputs["chosen"]}, len(out.chosen_rewards)),
+             ({"rewards/rejected": out.rejected_rewards, "logps/rejected": inputs["rejected"]},
+              len(out.rejected_rewards))]
+    # a side absent from this micro-batch still adds its keys (weight 0): every rank's window has the same keys
+    return [({"loss": out.losses.mean().item()}, items)] + [
+        ({k: v.mean().item() if n else 0.0 for k, v in values.items()}, n) for values, n in sides]
 
 
 def trl_metrics(out: ObjectiveOutput, inputs: dict) -> dict[str, float]:
@@ -274,7 +311,11 @@ class RunningMeans:
             self.weights[k] = self.weights.get(k, 0.0) + weight
 
     def means(self) -> dict[str, float]:
-        return {k: self.sums[k] / self.weights[k] for k in self.sums}
+        means = {k: self.sums[k] / self.weights[k] for k in self.sums if self.weights[k]}
+        if "rewards/margins" not in means and {"rewards/chosen", "rewards/rejected"} <= means.keys():
+            # unpaired examples (KTO data): the difference of the two means, as TRL's KTOTrainer logs it
+            means["rewards/margins"] = means["rewards/chosen"] - means["rewards/rejected"]
+        return means
 
     def summed(self, ranks: Ranks) -> RunningMeans:
         """The same window over every rank's share of the batches (itself with one process)."""

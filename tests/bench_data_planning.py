@@ -2,8 +2,8 @@
 
     .venv/bin/python tests/bench_data_planning.py 100000
 
-Prints: read + validate (JSONL, then HH transcripts), then the whole planning step of a sweep
-(read, validate, checks, tokenise with the embedded word-level tokenizer, store).
+Prints: read + validate (JSONL pairs, HH transcripts, then N unpaired KTO rows), then the whole
+planning step of a sweep (read, validate, checks, tokenise with the embedded word-level tokenizer, store).
 """
 
 from __future__ import annotations
@@ -38,17 +38,21 @@ def main(n: int) -> None:
     hh = [{"chosen": f"\n\nHuman: {r['prompt']}\n\nAssistant: {r['chosen']}",
            "rejected": f"\n\nHuman: {r['prompt']}\n\nAssistant: {r['rejected']}"} for r in rows]
     (root / "hh.jsonl").write_text("".join(json.dumps(r) + "\n" for r in hh))
+    kto = [{"prompt": r["prompt"], "completion": r["chosen" if i % 2 else "rejected"], "label": bool(i % 2)}
+           for i, r in enumerate(rows)]
+    (root / "kto.jsonl").write_text("".join(json.dumps(r) + "\n" for r in kto))
     heldout = [{"prompt": f"h{i} " + text(30), "chosen": text(40), "rejected": text(35)} for i in range(1000)]
     (root / "heldout.jsonl").write_text("".join(json.dumps(r) + "\n" for r in heldout))
-    for name in ("train.jsonl", "hh.jsonl"):
+    for name in ("train.jsonl", "hh.jsonl", "kto.jsonl"):
         started = time.perf_counter()
         pairs = read_pairs_from_files([str(root / name)], id_prefix="t-", tally=RowTally())
-        print(f"{name}: read + validate {len(pairs)} pairs: {time.perf_counter() - started:.2f} s", flush=True)
+        print(f"{name}: read + validate {len(pairs)} rows: {time.perf_counter() - started:.2f} s", flush=True)
     ablate.config.register_configs()
     with hydra.initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        for name in ("train.jsonl", "hh.jsonl"):
+        for name in ("train.jsonl", "hh.jsonl", "kto.jsonl"):
             cfg = hydra.compose("config", overrides=[
-                "data=files", f"data.train_files=[{root / name}]", f"data.heldout_files=[{root / 'heldout.jsonl'}]",
+                f"objective={'kto' if name == 'kto.jsonl' else 'dpo'}", "data=files",
+                f"data.train_files=[{root / name}]", f"data.heldout_files=[{root / 'heldout.jsonl'}]",
                 "data.max_length=256", "data.max_prompt_length=128"])
             started = time.perf_counter()
             prepare_sweep_data([as_plain(cfg)], root / f"shared-{name}")

@@ -97,11 +97,6 @@ def test_column_mapping_reads_other_names_and_names_them_in_errors(tmp_path):
         read_pairs_from_files([str(bad)], id_prefix="", row_format=RowFormat(columns=columns))
 
 
-def test_unpaired_kto_rows_are_refused_with_the_reason():
-    with pytest.raises(DataError, match=r"kto_unpaired.jsonl line 1: an unpaired prompt/completion/label row"):
-        read("kto_unpaired.jsonl")
-
-
 @pytest.mark.parametrize(
     ("name", "message"),
     [

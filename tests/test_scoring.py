@@ -136,11 +136,15 @@ def test_kl_batch_never_pairs_a_prompt_with_its_own_completion(pairs, idx, expec
     assert found == expected and all(i != j for i, j in zip(idx, found, strict=True))
 
 
-def test_kl_batch_needs_two_pairs(pairs):
-    one = TokenizedPairs(pairs.pair_ids[:1], pairs.slices[:1], pairs.prompt_ids[:1], pairs.chosen_ids[:1],
-                         pairs.rejected_ids[:1])
-    with pytest.raises(ValueError, match="at least 2 pairs to mismatch"):
+def test_kl_batch_needs_two_different_prompts(pairs):
+    one = TokenizedPairs(pair_ids=pairs.pair_ids[:1], prompt_ids=pairs.prompt_ids[:1],
+                         chosen_ids=pairs.chosen_ids[:1], rejected_ids=pairs.rejected_ids[:1])
+    with pytest.raises(ValueError, match="at least two different prompts"):
         mismatched_batch(one, [0], PAD)
+    same_prompt = TokenizedPairs(pair_ids=pairs.pair_ids[:2], prompt_ids=[pairs.prompt_ids[0]] * 2,
+                                 chosen_ids=pairs.chosen_ids[:2], rejected_ids=pairs.rejected_ids[:2])
+    with pytest.raises(ValueError, match="at least two different prompts"):  # two pairs, but one prompt
+        mismatched_batch(same_prompt, [0, 1], PAD)
 
 
 def test_score_pairs_keeps_dataset_order_across_batches(model, pairs):

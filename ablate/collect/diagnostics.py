@@ -65,6 +65,12 @@ def length_artifacts(sweep: Sweep, select) -> list[dict]:
         train = stats.get("train")
         longer, shorter = (_share(train, "chosen_longer_share"), _share(train, "chosen_shorter_share")) \
             if isinstance(train, dict) else (None, None)
+        if (longer is None or shorter is None) and isinstance(train, dict) and train.get("examples") is not None:
+            data = stats.get("data") if isinstance(stats.get("data"), dict) else {}
+            findings.append({"data": data.get("kind"), **train, "verdict": (
+                "not checked: unpaired training rows (KTO data) and no prompt with both a desirable and an "
+                "undesirable completion to compare")})
+            continue
         if longer is None or shorter is None:
             sweep.problem(None, "shared/data-*.json", "training-data length statistics unreadable: not checked")
             continue

@@ -130,8 +130,9 @@ def record_path(tokens: Path) -> Path:
     return tokens.with_name(tokens.stem.replace("tokens-", "data-") + ".json")
 
 
-def tokenized_pairs(cfg, tokenizer, shared_dir: Path) -> dict[str, TokenizedPairs]:
-    """{"train": ..., "heldout": ...}, read, checked and tokenised once per sweep (normally at planning)."""
+def tokenized_pairs(cfg, tokenizer, shared_dir: Path) -> dict[str, TokenizedPairs | TokenizedExamples]:
+    """{"train": ..., "heldout": ...}, read, checked and tokenised once per sweep (normally at planning).
+    Training data are TokenizedExamples when the source holds unpaired (KTO) rows; held-out data are pairs."""
     path = tokens_path(cfg, shared_dir)
     record = record_path(path)
     cached = _load(path)

@@ -145,13 +145,17 @@ def check_lean_head(model, vocab_size: int | None = None) -> None:
 @torch.no_grad()
 def score_pairs(model, data: TokenizedPairs, *, batch_size: int, pad_id: int, desc: str,
                 head_chunk: int = DEFAULT_HEAD_CHUNK, max_tokens: int | None = None,
-                indices: list[int] | None = None) -> dict[str, Tensor]:
+                indices: list[int] | None = None, forward=None, ranks=None) -> dict[str, Tensor]:
     """Summed completion log-probs of pairs, on CPU: chosen, rejected, chosen_tokens, rejected_tokens.
 
     Each value is a (len(data),) tensor in dataset order; pairs outside `indices` (default: all)
     are NaN, so that using one by mistake fails loudly. Batches are sorted by length and sized by
     padded tokens (`max_tokens`, at most `batch_size` pairs): little padding, and a memory peak set
     by the budget rather than by the longest pair times the batch size.
+
+    `forward` (batch -> log-probs, token counts) replaces the lean path on `model`, e.g. a module
+    sharded by FSDP; with `ranks` (ablate.distributed.Ranks) every rank scores its share of the
+    batches and receives everyone's scores.
     """
     was_training = model.training
     model.eval()
@@ -160,14 +164,18 @@ def score_pairs(model, data: TokenizedPairs, *, batch_size: int, pad_id: int, de
            "rejected_tokens": nan.clone()}
     batches = length_sorted_batches(data, range(len(data)) if indices is None else indices,
                                     max_pairs=batch_size, max_tokens=max_tokens)
-    for idx in track(batches, desc=desc, unit="batch", disable=len(batches) < 20):
-        logps, tokens = completion_logps(model, pair_batch(data, idx, pad_id), head_chunk=head_chunk)
+    mine, throwaway = (batches, 0) if ranks is None else ranks.share(batches)
+    forward = forward or (lambda batch: completion_logps(model, batch, head_chunk=head_chunk))
+    for k, idx in enumerate(track(mine + batches[:1] * throwaway, desc=desc, unit="batch", disable=len(mine) < 20)):
+        logps, tokens = forward(pair_batch(data, idx, pad_id))
+        if k >= len(mine):  # run only so that every rank runs as many forwards (FSDP)
+            continue
         logps, tokens, n = logps.float().cpu(), tokens.cpu(), len(idx)
         where = torch.tensor(idx)
         out["chosen"][where], out["rejected"][where] = logps[:n], logps[n:]
         out["chosen_tokens"][where], out["rejected_tokens"][where] = tokens[:n], tokens[n:]
     model.train(was_training)
-    return out
+    return out if ranks is None else ranks.gather_pairs(out, [i for idx in mine for i in idx])
 
 
 def length_sorted_batches(data: TokenizedPairs, indices, *, max_pairs: int, max_tokens: int | None

@@ -148,6 +148,7 @@ class EngineConfig:
     autocast: str = "auto"  # auto | bf16 | fp16 | off; auto = bf16 on CUDA for a bfloat16 model, else off
     gradient_checkpointing: bool = False  # recompute decoder activations in backward (non-reentrant)
     attn_implementation: str = "sdpa"  # sdpa | eager | flash_attention_2 | flash_attention_3 | flex_attention
+    parallel: str = "ddp"  # several tasks per cell: ddp (replicated model) | fsdp (sharded); ignored with one
 
 
 @dataclass
@@ -262,6 +263,7 @@ RULES = {
     "engine.eval_batch_tokens": (lambda x: x >= 1, ">= 1"),
     "engine.autocast": (lambda x: x in AUTOCAST, " or ".join(AUTOCAST)),
     "engine.attn_implementation": (lambda x: x in ATTENTION, " or ".join(ATTENTION)),
+    "engine.parallel": (lambda x: x in ("ddp", "fsdp"), "ddp or fsdp"),
     "data.max_length": (lambda x: x >= 2, ">= 2"),
     "data.max_prompt_length": (lambda x: x >= 1, ">= 1"),
     "data.heldout_fraction": (lambda x: 0 < x < 1, "in (0, 1)"),
@@ -458,6 +460,17 @@ def _split_problems(data: dict) -> list[str]:
         return [f"data.validation_pairs = {validation}, data.test_pairs = {test}: more than the {available} "
                 f"held-out pairs (leave at least one for test)"]
     return []
+
+
+def task_split_problem(trainer: dict, tasks: int) -> str | None:
+    """Why a cell's micro-batches cannot be split evenly over `tasks` processes (None when they can): every
+    rank of a multi-task cell takes an equal share of every micro-batch (ablate/distributed.py)."""
+    micro = trainer["batch_size"] // trainer["grad_accum"]
+    if tasks <= 1 or micro % tasks == 0:
+        return None
+    return (f"trainer.batch_size / trainer.grad_accum = {trainer['batch_size']} / {trainer['grad_accum']} = {micro} "
+            f"pairs per micro-batch do not split evenly over {tasks} tasks: make it a multiple of {tasks}, or "
+            "change the number of tasks")
 
 
 def validate_cell(cfg: DictConfig, overrides: list[str] | tuple[str, ...] = ()) -> None:

@@ -61,7 +61,8 @@ def sequence_values(values: dict[str, Tensor], idx: list[int]) -> Tensor:
     return torch.cat([values["chosen"][idx], values["rejected"][idx]])
 
 
-def mismatched_batch(data: TokenizedPairs | TokenizedExamples, idx: list[int], pad_id: int) -> dict[str, Tensor]:
+def mismatched_batch(data: TokenizedPairs | TokenizedExamples, idx: list[int], pad_id: int,
+                     positions: list[int] | None = None) -> dict[str, Tensor]:
     """KTO's KL batch: the prompt of item i with the completion(s) of an item with another prompt.
 
     Pairs give (2B, T): prompt i with the chosen, then the rejected completion of its partner;
@@ -69,8 +70,12 @@ def mismatched_batch(data: TokenizedPairs | TokenizedExamples, idx: list[int], p
     prompt differs (the batch rotated); with none in the batch (batch_size 1, a rank's one-item
     shard, a batch of one prompt's completions), the next such item of the dataset. Never a
     completion of the same prompt, which would turn the KL baseline z0 into a mean reward.
+    With `positions` (a rank's share of the micro-batch `idx`), only those items' rows, their
+    partners still chosen over the whole micro-batch: the ranks' rows together are one process's.
     """
     partners = mismatch_partners(data.prompt_ids, idx)
+    if positions is not None:
+        idx, partners = [idx[k] for k in positions], [partners[k] for k in positions]
     prompts = [data.prompt_ids[i] for i in idx]
     if isinstance(data, TokenizedExamples):
         return pad(prompts, [data.completion_ids[j] for j in partners], pad_id)
@@ -180,49 +185,43 @@ def check_lean_head(model, vocab_size: int | None = None) -> None:
 
 
 @torch.no_grad()
-def score_pairs(model, data: TokenizedPairs, *, batch_size: int, pad_id: int, desc: str,
+def score_pairs(model, data: TokenizedPairs | TokenizedExamples, *, batch_size: int, pad_id: int, desc: str,
                 head_chunk: int = DEFAULT_HEAD_CHUNK, max_tokens: int | None = None,
-                indices: list[int] | None = None) -> dict[str, Tensor]:
-    """Summed completion log-probs of pairs, on CPU: chosen, rejected, chosen_tokens, rejected_tokens.
+                indices: list[int] | None = None, forward=None, ranks=None) -> dict[str, Tensor]:
+    """Summed completion log-probs of pairs, on CPU: chosen, rejected, chosen_tokens, rejected_tokens
+    (unpaired examples: logps, tokens).
 
     Each value is a (len(data),) tensor in dataset order; pairs outside `indices` (default: all)
     are NaN, so that using one by mistake fails loudly. Batches are sorted by length and sized by
     padded tokens (`max_tokens`, at most `batch_size` pairs): little padding, and a memory peak set
     by the budget rather than by the longest pair times the batch size.
+
+    `forward` (batch -> log-probs, token counts) replaces the lean path on `model`, e.g. a module
+    sharded by FSDP; with `ranks` (ablate.distributed.Ranks) every rank scores its share of the
+    batches and receives everyone's scores.
     """
     was_training = model.training
     model.eval()
-    nan = torch.full((len(data),), float("nan"))
-    out = {"chosen": nan.clone(), "rejected": nan.clone(), "chosen_tokens": nan.clone(),
-           "rejected_tokens": nan.clone()}
+    unpaired = isinstance(data, TokenizedExamples)
+    fields = ("logps", "tokens") if unpaired else ("chosen", "rejected", "chosen_tokens", "rejected_tokens")
+    out = {name: torch.full((len(data),), float("nan")) for name in fields}
     batches = length_sorted_batches(data, range(len(data)) if indices is None else indices,
                                     max_pairs=batch_size, max_tokens=max_tokens)
-    for idx in track(batches, desc=desc, unit="batch", disable=len(batches) < 20):
-        logps, tokens = completion_logps(model, pair_batch(data, idx, pad_id), head_chunk=head_chunk)
-        logps, tokens, n = logps.float().cpu(), tokens.cpu(), len(idx)
+    mine, throwaway = (batches, 0) if ranks is None else ranks.share(batches)
+    forward = forward or (lambda batch: completion_logps(model, batch, head_chunk=head_chunk))
+    for k, idx in enumerate(track(mine + batches[:1] * throwaway, desc=desc, unit="batch", disable=len(mine) < 20)):
+        logps, tokens = forward(example_batch(data, idx, pad_id) if unpaired else pair_batch(data, idx, pad_id))
+        if k >= len(mine):  # run only so that every rank runs as many forwards (FSDP)
+            continue
+        logps, tokens, n = logps.float().cpu(), tokens.float().cpu(), len(idx)
         where = torch.tensor(idx)
-        out["chosen"][where], out["rejected"][where] = logps[:n], logps[n:]
-        out["chosen_tokens"][where], out["rejected_tokens"][where] = tokens[:n], tokens[n:]
+        if unpaired:
+            out["logps"][where], out["tokens"][where] = logps, tokens
+        else:
+            out["chosen"][where], out["rejected"][where] = logps[:n], logps[n:]
+            out["chosen_tokens"][where], out["rejected_tokens"][where] = tokens[:n], tokens[n:]
     model.train(was_training)
-    return out
-
-
-@torch.no_grad()
-def score_examples(model, data: TokenizedExamples, *, batch_size: int, pad_id: int, desc: str,
-                   head_chunk: int = DEFAULT_HEAD_CHUNK, max_tokens: int | None = None,
-                   indices: list[int] | None = None) -> dict[str, Tensor]:
-    """score_pairs for unpaired examples: {"logps", "tokens"}, (len(data),) each, NaN outside `indices`."""
-    was_training = model.training
-    model.eval()
-    out = {"logps": torch.full((len(data),), float("nan")), "tokens": torch.full((len(data),), float("nan"))}
-    batches = length_sorted_batches(data, range(len(data)) if indices is None else indices,
-                                    max_pairs=batch_size, max_tokens=max_tokens)
-    for idx in track(batches, desc=desc, unit="batch", disable=len(batches) < 20):
-        logps, tokens = completion_logps(model, example_batch(data, idx, pad_id), head_chunk=head_chunk)
-        where = torch.tensor(idx)
-        out["logps"][where], out["tokens"][where] = logps.float().cpu(), tokens.float().cpu()
-    model.train(was_training)
-    return out
+    return out if ranks is None else ranks.gather_pairs(out, [i for idx in mine for i in idx])
 
 
 def length_sorted_batches(data: TokenizedPairs | TokenizedExamples, indices, *, max_pairs: int,

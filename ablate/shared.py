@@ -40,7 +40,7 @@ from ablate.data import (
 from ablate.data_checks import check_pairs
 from ablate.engine import compute_context
 from ablate.readers import DataError
-from ablate.scoring import score_examples, score_pairs
+from ablate.scoring import score_pairs
 
 
 def load_pairs(data_cfg, tally: RowTally | None = None) -> tuple[list[PreferencePair], list[PreferencePair]]:
@@ -300,9 +300,9 @@ def length_stats(pairs: TokenizedPairs | TokenizedExamples) -> dict:
     }
 
 
-def reference_logps(cfg, split: str, data: TokenizedPairs, base_model, pad_id: int,
+def reference_logps(cfg, split: str, data: TokenizedPairs | TokenizedExamples, base_model, pad_id: int,
                     shared_dir: Path, indices: list[int] | None = None,
-                    autocast: torch.dtype | None = None) -> dict[str, torch.Tensor]:
+                    autocast: torch.dtype | None = None, forward=None, ranks=None) -> dict[str, torch.Tensor]:
     """Summed completion log-probs of the base model (= the policy with its adapter disabled).
 
     Call before the adapter is added, or inside `model.disable_adapter()`. With `indices`, only
@@ -311,6 +311,8 @@ def reference_logps(cfg, split: str, data: TokenizedPairs, base_model, pad_id: i
     visiting plan (same seed, steps and batch size; or at least one full epoch, whatever the seed)
     shares one file whose values do not depend on which cell came first. Scores computed under
     autocast (`autocast`, e.g. bfloat16) get their own file: they differ by more than rounding.
+    With `ranks` (a multi-task cell), the ranks score a share each and rank 0 writes the file;
+    `forward` as in `score_pairs`.
     """
     everything = indices is None or set(indices) == set(range(len(data)))
     scope = [] if everything else [config_hash(sorted(set(indices)))[:16]]
@@ -318,12 +320,14 @@ def reference_logps(cfg, split: str, data: TokenizedPairs, base_model, pad_id: i
     key = config_hash([as_plain(cfg.model), as_plain(cfg.data), split, *scope])[:16]
     path = shared_dir / f"reference-{split}-{key}.pt"
     cached = _load(path)
-    if cached is None:
+    # every rank scores, or none: another cell may write the file between two ranks' looks at it
+    if cached is None if ranks is None else ranks.any(cached is None):
         device = next(base_model.parameters()).device
-        score = score_examples if isinstance(data, TokenizedExamples) else score_pairs
         with compute_context(device, autocast):
-            cached = score(base_model, data, batch_size=cfg.trainer.eval_batch_size, pad_id=pad_id,
+            cached = score_pairs(base_model, data, batch_size=cfg.trainer.eval_batch_size, pad_id=pad_id,
                                  desc=f"reference log-probs ({split})", head_chunk=cfg.engine.head_chunk,
-                                 max_tokens=cfg.engine.eval_batch_tokens, indices=None if everything else indices)
-        _save(path, cached)
+                                 max_tokens=cfg.engine.eval_batch_tokens, indices=None if everything else indices,
+                                 forward=forward, ranks=ranks)
+        if ranks is None or ranks.is_main:
+            _save(path, cached)
     return cached

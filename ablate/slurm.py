@@ -19,9 +19,9 @@ import submitit
 from omegaconf import DictConfig, OmegaConf
 
 from ablate.cells import atomic_write_json, atomic_write_text, config_yaml, update_status
-from ablate.config import as_plain
+from ablate.config import as_plain, task_split_problem
 from ablate.jobs import CellJob, CollectJob
-from ablate.partition import check_requests, read_partition
+from ablate.partition import ImpossibleRequest, check_requests, read_partition
 from ablate.status import ALIVE, read_sweep_json, slurm_states
 
 log = logging.getLogger(__name__)
@@ -97,6 +97,20 @@ def check_resources(profiled: list[tuple[dict, DictConfig, list[str], str]], lau
     check_requests(list(groups.values()), partitions, launcher.max_array_size)
 
 
+def check_task_split(profiled: list[tuple[dict, DictConfig, list[str], str]]) -> None:
+    """Refuse cells whose micro-batches their tasks (tasks_per_node x nodes) cannot share evenly: every rank
+    of a multi-task cell takes an equal share (ablate/distributed.py). Not forceable: the cell would fail."""
+    lines = []
+    for resources, cfg, overrides, cid in profiled:
+        tasks = int(resources.get("tasks_per_node") or 1) * int(resources.get("nodes") or 1)
+        problem = task_split_problem(cfg.trainer, tasks)
+        if problem:
+            lines.append(f"  cell {cid} [{' '.join(overrides) or '(no overrides)'}]: {problem}")
+    if lines:
+        raise ImpossibleRequest("these cells cannot be split over their tasks; nothing was submitted:\n"
+                                + "\n".join(lines))
+
+
 def _executor(sweep_dir: Path, launcher: DictConfig) -> submitit.AutoExecutor:
     # one folder per job: logs, pickles and the generated sbatch script stay next to the sweep
     return submitit.AutoExecutor(folder=str(sweep_dir / "slurm" / "%j"), cluster=launcher.cluster)
@@ -109,6 +123,7 @@ def submit_cells(sweep_dir: Path, cells: list[tuple[DictConfig, list[str], str]]
     name = f"ablate-{sweep_dir.name}"
     profiled = sorted(((cell_resources(launcher, cfg), cfg, ov, cid) for cfg, ov, cid in cells),
                       key=lambda c: repr(sorted(c[0].items(), key=str)))
+    check_task_split(profiled)
     if not launcher.get("force", False):  # an older sweep.json (ablate resubmit) has no `force`
         check_resources(profiled, launcher)
     for _, cfg, ov, cid in profiled:  # before submission: a job that starts at once must not be overwritten

@@ -8,10 +8,8 @@ reference model and a KL batch, and this loop provides exactly that.
 
 from __future__ import annotations
 
-import io
 import json
 import math
-import shutil
 import threading
 import time
 from pathlib import Path
@@ -21,21 +19,15 @@ import torch
 
 from ablate import engine
 from ablate.cells import atomic_write_bytes, atomic_write_json, atomic_write_text
+from ablate.checkpoint import Checkpoint
 from ablate.data import TokenizedPairs
-from ablate.distributed import Ranks
+from ablate.distributed import CompletionLogps, Ranks
 from ablate.heldout import PAIR_COLUMNS, heldout_metrics
 from ablate.models import add_lora, load_base_model, load_tokenizer, resolve_device
 from ablate.objectives import ObjectiveOutput, SequenceLogps, get_objective
 from ablate.progress import track
 from ablate.readers import DataError
-from ablate.scoring import (
-    check_lean_head,
-    completion_logps,
-    mismatched_batch,
-    score_pairs,
-    sequence_values,
-    training_batch,
-)
+from ablate.scoring import check_lean_head, mismatched_batch, score_pairs, sequence_values, training_batch
 from ablate.shared import reference_logps, tokenized_pairs
 
 
@@ -65,7 +57,9 @@ def train(cfg, cell_dir: Path, shared_dir: Path, stop_requested: threading.Event
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     torch.use_deterministic_algorithms(True, warn_only=True)  # same config + seed -> same metrics
-    ranks = Ranks()  # one process unless the SLURM job has several tasks
+    ranks = Ranks(cfg.engine.parallel)  # one process unless the SLURM job (or torchrun) started several
+    ranks.check_split(cfg.trainer)  # every rank takes an equal share of every micro-batch
+    ranks.same_everywhere(str(Path(cell_dir).resolve()), "the cell directory (torchrun: pass hydra.run.dir)")
     device = ranks.device(resolve_device(cfg.device))
     objective = get_objective(cfg.objective.name)
     hparams = {name: cfg.objective[name] for name in objective.hyperparameters}
@@ -73,30 +67,33 @@ def train(cfg, cell_dir: Path, shared_dir: Path, stop_requested: threading.Event
 
     tokenizer = load_tokenizer(cfg.model)
     pad_id = tokenizer.pad_token_id
-    model = load_base_model(cfg.model, device, attn_implementation=cfg.engine.attn_implementation)
+    # FSDP: each rank loads the base model into CPU memory; sharding moves its own part to the GPU
+    model = load_base_model(cfg.model, torch.device("cpu") if ranks.fsdp else device,
+                            attn_implementation=cfg.engine.attn_implementation)
     check_lean_head(model)  # the lean log-prob path reproduces this model's logits, or the cell stops here
     amp = engine.prepare(model, cfg.engine, device)  # checkpointing if asked; autocast dtype, None on CPU
-
-    def logps_of(batch):  # summed completion log-probs, LM head on completion positions only
-        with engine.compute_context(device, amp):
-            return completion_logps(model, batch, head_chunk=cfg.engine.head_chunk)
-
     with ranks.main_first():
         data = tokenized_pairs(cfg, tokenizer, shared_dir)
-        train_data, heldout_data = data["train"], data["heldout"]
-        paired = isinstance(train_data, TokenizedPairs)  # else unpaired labelled completions (KTO data)
-        if not paired and not objective.unpaired:  # planning refuses this sweep; a direct run stops here
-            raise DataError(f"objective {objective.name} needs preference pairs; the training data are unpaired")
-        # The base model IS the reference: score with it before the adapter exists. Held-out
-        # reference log-probs are always needed (the neutral metrics are relative to the reference).
-        heldout_ref = reference_logps(cfg, "heldout", heldout_data, model, pad_id, shared_dir, autocast=amp)
-        order = DataOrder(len(train_data), tc.batch_size, cfg.seed)  # known in advance: score only what is visited
-        train_ref = (reference_logps(cfg, "train", train_data, model, pad_id, shared_dir, autocast=amp,
-                                     indices=order.visited(tc.max_steps)) if objective.uses_reference else None)
+    train_data, heldout_data = data["train"], data["heldout"]
+    paired = isinstance(train_data, TokenizedPairs)  # else unpaired labelled completions (KTO data)
+    if not paired and not objective.unpaired:  # planning refuses this sweep; a direct run stops here
+        raise DataError(f"objective {objective.name} needs preference pairs; the training data are unpaired")
 
     torch.manual_seed(cfg.seed)  # LoRA init and dropout
     model = add_lora(model, cfg.lora)
-    params = engine.adapter_weights_in_float32(model)  # and so are their gradients and AdamW's state
+    engine.adapter_weights_in_float32(model)  # and so are their gradients and AdamW's state
+    logps_of = CompletionLogps(model, device, amp, cfg.engine.head_chunk)  # summed completion log-probs (lean)
+    policy = ranks.parallelize(logps_of)  # training forwards: DDP-wrapped or FSDP-sharded with several ranks
+    params = [p for p in model.parameters() if p.requires_grad]  # after FSDP, which replaces them by shards
+
+    # The base model IS the reference: the policy with its adapter disabled. Held-out reference
+    # log-probs are always needed (the neutral metrics are relative to the reference).
+    order = DataOrder(len(train_data), tc.batch_size, cfg.seed)  # known in advance: score only what is visited
+    with model.disable_adapter():
+        scoring = dict(autocast=amp, forward=logps_of if ranks.fsdp else None, ranks=ranks)
+        heldout_ref = reference_logps(cfg, "heldout", heldout_data, model, pad_id, shared_dir, **scoring)
+        train_ref = (reference_logps(cfg, "train", train_data, model, pad_id, shared_dir, **scoring,
+                                     indices=order.visited(tc.max_steps)) if objective.uses_reference else None)
     optimizer = torch.optim.AdamW(params, lr=tc.lr, weight_decay=tc.weight_decay)
     warmup = int(tc.warmup_ratio * tc.max_steps)
 
@@ -108,26 +105,15 @@ def train(cfg, cell_dir: Path, shared_dir: Path, stop_requested: threading.Event
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
     micro_size = tc.batch_size // tc.grad_accum
 
-    def objective_inputs(logps, tokens, ref, kl_batches, chosen, rejected, paired=True) -> dict:
-        """`chosen`/`rejected`: positions of the chosen (desirable) and rejected (undesirable) sequences."""
-        inputs = dict(chosen=logps[chosen], rejected=logps[rejected], chosen_tokens=tokens[chosen],
-                      rejected_tokens=tokens[rejected], paired=paired)
-        if objective.uses_reference:  # `ref`: per-sequence reference log-probs, in the same order as `logps`
-            ref = ref.to(device)
-            inputs |= dict(ref_chosen=ref[chosen], ref_rejected=ref[rejected])
-        if objective.needs_kl_batch:  # KTO: E[log π/π_ref] on mismatched prompt/completion pairs
-            with torch.no_grad():
-                inputs["kl_policy"] = torch.cat([logps_of(k)[0] for k in kl_batches])
-                with model.disable_adapter():
-                    inputs["kl_reference"] = torch.cat([logps_of(k)[0] for k in kl_batches])
-        return inputs
+    objective_inputs = ObjectiveInputs(objective, logps_of, model, device, ranks)
 
     def evaluate(step: int) -> tuple[dict, pd.DataFrame]:
         """TRL-named eval_* metrics and the neutral held-out metrics, from one scoring pass."""
         model.eval()
         with engine.compute_context(device, amp):
             policy = score_pairs(model, heldout_data, batch_size=tc.eval_batch_size, pad_id=pad_id, desc="held-out",
-                                 head_chunk=cfg.engine.head_chunk, max_tokens=cfg.engine.eval_batch_tokens)
+                                 head_chunk=cfg.engine.head_chunk, max_tokens=cfg.engine.eval_batch_tokens,
+                                 forward=logps_of if ranks.fsdp else None, ranks=ranks)
         with torch.no_grad():
             starts = range(0, len(heldout_data), tc.eval_batch_size)
             kl_batches = [mismatched_batch(heldout_data, list(range(s, min(s + tc.eval_batch_size,
@@ -165,40 +151,17 @@ def train(cfg, cell_dir: Path, shared_dir: Path, stop_requested: threading.Event
             if tracker is not None:
                 tracker.log(entry)
 
-    checkpoint_path = cell_dir / "checkpoint" / "state.pt"
     window = RunningMeans()
-
-    def save_checkpoint(step: int) -> None:
-        # Everything the rest of the run depends on; the data position is derived from `step`.
-        state = {
-            "step": step,
-            "adapter": {k: v for k, v in model.state_dict().items() if "lora_" in k},
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
-            "rng_cpu": torch.get_rng_state(),
-            "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
-            "window": (window.sums, window.weights),
-            "train_log": train_log,
-            "eval_log": eval_log,
-        }
-        buffer = io.BytesIO()
-        torch.save(state, buffer)
-        atomic_write_bytes(checkpoint_path, buffer.getvalue())
+    checkpoint = Checkpoint(cell_dir / "checkpoint" / "state.pt", model, optimizer, scheduler, ranks)
 
     # ----------------------------------------------------------------------------------- loop
     start = 0
-    if checkpoint_path.exists():
-        state = torch.load(checkpoint_path, map_location=device, weights_only=False)
-        model.load_state_dict(state["adapter"], strict=False)
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        torch.set_rng_state(state["rng_cpu"].cpu())
-        if state["rng_cuda"] is not None and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all([s.cpu() for s in state["rng_cuda"]])
+    if checkpoint.exists():
+        state = checkpoint.load(device)
         window.sums, window.weights = state["window"]
         train_log[:], eval_log[:] = state["train_log"], state["eval_log"]
         start = state["step"]
-    elif ranks.is_main:
+    else:
         record(eval_log, cell_dir / "eval_log.jsonl", evaluate(0)[0])  # step 0: the reference itself
     model.train()
     since, since_step = time.time(), start  # this attempt's speed, for `ablate status` (progress.json)
@@ -209,23 +172,22 @@ def train(cfg, cell_dir: Path, shared_dir: Path, stop_requested: threading.Event
         idx = order.batch(step)
         for micro in range(tc.grad_accum):
             micro_idx = idx[micro * micro_size : (micro + 1) * micro_size]
-            mine = ranks.shard(micro_idx)  # all of it with one process
-            if not mine:
-                continue
-            batch, chosen, rejected = training_batch(train_data, mine, pad_id)
-            logps, tokens = logps_of(batch)  # (2B,) for pairs, (B,) for unpaired examples
-            ref = sequence_values(train_ref, mine) if train_ref else None
-            kl_batches = [mismatched_batch(train_data, mine, pad_id)] if objective.needs_kl_batch else []
-            inputs = objective_inputs(logps, tokens, ref, kl_batches, chosen, rejected, paired)
-            out = objective(SequenceLogps(**inputs), **hparams)
-            loss = out.losses.sum() / len(micro_idx)  # summed over ranks: the micro-batch mean
-            if ranks.any(not torch.isfinite(loss)):  # a CPU-GPU sync point, but a NaN must stop the cell here
-                raise NonFiniteLoss(step, f"loss is {loss.item()} (objective {objective.name}, lr {tc.lr})")
-            (loss / tc.grad_accum).backward()
+            mine = ranks.shard(micro_idx)  # all of it with one process, an equal share with several
+            with ranks.accumulating(policy, last=micro == tc.grad_accum - 1):  # DDP: gradients averaged at the last
+                batch, chosen, rejected = training_batch(train_data, mine, pad_id)
+                logps, tokens = policy(batch)  # (2B,) for pairs, (B,) for unpaired examples
+                ref = sequence_values(train_ref, mine) if train_ref else None
+                kl_batches = [mismatched_batch(train_data, micro_idx, pad_id, positions=ranks.shard(
+                    list(range(len(micro_idx)))))] if objective.needs_kl_batch else []
+                inputs = objective_inputs(logps, tokens, ref, kl_batches, chosen, rejected, paired, True)
+                out = objective(SequenceLogps(**inputs), **hparams)
+                loss = out.losses.sum() / len(mine)  # averaged over ranks by DDP/FSDP: the micro-batch mean
+                if ranks.any(not torch.isfinite(loss)):  # a CPU-GPU sync point, but a NaN must stop the cell here
+                    raise NonFiniteLoss(step, f"loss is {loss.item()} (objective {objective.name}, lr {tc.lr})")
+                (loss / tc.grad_accum).backward()
             for values, weight in batch_metrics(out, inputs, len(mine)):
                 window.add(values, weight)
-        ranks.sum_gradients(params)
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, tc.max_grad_norm)
+        grad_norm = ranks.value(torch.nn.utils.clip_grad_norm_(params, tc.max_grad_norm))
         if not torch.isfinite(grad_norm):
             raise NonFiniteLoss(step, f"gradient norm is {grad_norm.item()}")
         window.add({"grad_norm": grad_norm.item()}, 1)
@@ -246,25 +208,48 @@ def train(cfg, cell_dir: Path, shared_dir: Path, stop_requested: threading.Event
                 atomic_write_json(cell_dir / "progress.json", {"step": step, "max_steps": tc.max_steps,
                                   "since_step": since_step, "since": since, "at": time.time()})
             window = RunningMeans()
-        if step % tc.eval_every == 0 and step != tc.max_steps and ranks.is_main:
+        if step % tc.eval_every == 0 and step != tc.max_steps:  # every rank scores a share
             record(eval_log, cell_dir / "eval_log.jsonl", evaluate(step)[0])
         # the stop request reaches rank 0 only (submitit's handler): every rank stops at this step
         if ranks.any(stop_requested is not None and stop_requested.is_set()) and step != tc.max_steps:
-            if ranks.is_main:
-                save_checkpoint(step)
+            checkpoint.save(step, (window.sums, window.weights), train_log, eval_log)
             progress.close()
             raise Interrupted(step)
     progress.close()
 
     # ---------------------------------------------------------------------------------- final
+    metrics, pairs = evaluate(tc.max_steps)  # every rank scores a share; rank 0 writes
     if not ranks.is_main:
         return {}
-    metrics, pairs = evaluate(tc.max_steps)
     record(eval_log, cell_dir / "eval_log.jsonl", metrics)
     atomic_write_bytes(cell_dir / "heldout_pairs.parquet", pairs.to_parquet(index=False))
     atomic_write_json(cell_dir / "metrics.json", metrics)  # written last: its presence means finished
-    shutil.rmtree(checkpoint_path.parent, ignore_errors=True)
+    checkpoint.remove()
     return metrics
+
+
+class ObjectiveInputs:
+    """The objective's SequenceLogps fields for one batch of scored sequences (training or held-out)."""
+
+    def __init__(self, objective, logps_of, model, device: torch.device, ranks: Ranks):
+        self.objective, self.logps_of, self.model, self.device, self.ranks = objective, logps_of, model, device, ranks
+
+    def __call__(self, logps, tokens, ref, kl_batches, chosen, rejected, paired=True, kl_of_every_rank=False) -> dict:
+        """`chosen`/`rejected`: positions of the chosen (desirable) and rejected (undesirable) sequences in
+        `logps`/`tokens`/`ref` (per-sequence reference log-probs); kl_of_every_rank: the KL baseline is a
+        mean over every rank's share of the KL batch (training), as in one process."""
+        gather = self.ranks.cat if kl_of_every_rank else (lambda t: t)
+        inputs = dict(chosen=logps[chosen], rejected=logps[rejected], chosen_tokens=tokens[chosen],
+                      rejected_tokens=tokens[rejected], paired=paired)
+        if self.objective.uses_reference:
+            ref = ref.to(self.device)
+            inputs |= dict(ref_chosen=ref[chosen], ref_rejected=ref[rejected])
+        if self.objective.needs_kl_batch:  # KTO: E[log π/π_ref] on mismatched prompt/completion pairs
+            with torch.no_grad():
+                inputs["kl_policy"] = gather(torch.cat([self.logps_of(k)[0] for k in kl_batches]))
+                with self.model.disable_adapter():
+                    inputs["kl_reference"] = gather(torch.cat([self.logps_of(k)[0] for k in kl_batches]))
+        return inputs
 
 
 def batch_metrics(out: ObjectiveOutput, inputs: dict, items: int) -> list[tuple[dict[str, float], int]]:

@@ -537,6 +537,15 @@ def test_a_two_task_cell_in_a_slurm_job_matches_one_process(slurm_cluster, embed
     from ablate.run import run_cell
 
     overrides = ["objective=dpo", "seed=0", *TINY]
+    # a micro-batch of 5 pairs cannot be shared by 2 tasks: refused before submission, even when forced
+    uneven = [o if not o.startswith("trainer.batch_size=") else "trainer.batch_size=5" for o in overrides]
+    proc = run_ablate(slurm_cluster, "-m", *uneven, *SLURM, "hydra.launcher.gpus_per_node=0",
+                      "hydra.launcher.tasks_per_node=2", "hydra.launcher.force=true",
+                      f"hydra.sweep.dir={tmp_path / 'uneven'}")
+    assert proc.returncode == 2, output(proc)
+    assert "5 pairs per micro-batch do not split evenly over 2 tasks" in proc.stderr, output(proc)
+    assert "submitted" not in proc.stdout, output(proc)
+
     sweep_dir = tmp_path / "twotasks"
     proc = run_ablate(slurm_cluster, "-m", *overrides, *SLURM, "hydra.launcher.gpus_per_node=0",
                       "hydra.launcher.tasks_per_node=2", "hydra.launcher.collector.enabled=false",

@@ -102,7 +102,7 @@ class AblateSlurmLauncher(LauncherSetup, Launcher):
             else:
                 todo.append((cell.task_config, cell.overrides, cell.cell_id))
 
-        if todo and not launcher.force:
+        if todo:
             self._check_resources(launcher, todo)
 
         if launcher.dry_run:
@@ -125,12 +125,16 @@ class AblateSlurmLauncher(LauncherSetup, Launcher):
 
     @staticmethod
     def _check_resources(launcher, todo) -> None:
-        """Before anything is submitted: one message naming every request the partition can never run, exit 2."""
+        """Before anything is submitted: one message naming every request the partition can never run (unless
+        forced), or every cell whose micro-batches its tasks cannot share evenly, exit 2."""
         from ablate.partition import ImpossibleRequest
-        from ablate.slurm import cell_resources, check_resources
+        from ablate.slurm import cell_resources, check_resources, check_task_split
 
+        profiled = [(cell_resources(launcher, cfg), cfg, ov, cid) for cfg, ov, cid in todo]
         try:
-            check_resources([(cell_resources(launcher, cfg), cfg, ov, cid) for cfg, ov, cid in todo], launcher)
+            check_task_split(profiled)
+            if not launcher.force:
+                check_resources(profiled, launcher)
         except ImpossibleRequest as error:
             print(f"ablate: {error}", file=sys.stderr, flush=True)
             raise SystemExit(2) from None

@@ -35,6 +35,10 @@ def semantic_config(cfg: DictConfig | dict) -> dict:
         # split_seed stays where it predates the split (files, hub: the train/held-out split)
         dropped = _SPLIT_KEYS_OFF if data.get("kind") == "verbosity_trap" else _SPLIT_KEYS_OFF[:2]
         semantic["data"] = {k: v for k, v in data.items() if k not in dropped}
+    trainer = semantic.get("trainer")
+    if isinstance(trainer, dict) and not trainer.get("group_by_length", False):
+        # likewise trainer.group_by_length (later still): off, the batches are what they always were
+        semantic["trainer"] = {k: v for k, v in trainer.items() if k != "group_by_length"}
     return semantic
 
 

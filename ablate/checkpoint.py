@@ -1,7 +1,7 @@
 """A cell's checkpoint, <cell_dir>/checkpoint/state.pt: what the rest of an interrupted run depends on.
 
 The adapter, the optimiser and scheduler, the RNG states, the logging window and the logs; the data
-position is derived from the step (trainer.DataOrder). Written by rank 0 only; every rank of a
+position is derived from the step (data_order.DataOrder). Written by rank 0 only; every rank of a
 multi-task cell reads it on resume. Under FSDP the adapter and optimiser state are sharded: saving
 gathers them into full tensors first (every rank takes part), loading scatters them back.
 """

@@ -137,6 +137,9 @@ class TrainerConfig:
     eval_every: int = 50
     eval_batch_size: int = 128
     log_every: int = 10
+    # Batches of similar pair lengths (less padding); off by default: on, it changes which pairs form a
+    # batch, so a cell with it is a different cell (ablate/data_order.py)
+    group_by_length: bool = False
 
 
 @dataclass

@@ -21,6 +21,7 @@ from ablate import engine
 from ablate.cells import atomic_write_bytes, atomic_write_json, atomic_write_text
 from ablate.checkpoint import Checkpoint
 from ablate.data import TokenizedPairs
+from ablate.data_order import DataOrder, pair_lengths
 from ablate.distributed import CompletionLogps, Ranks
 from ablate.heldout import PAIR_COLUMNS, heldout_metrics
 from ablate.models import add_lora, load_base_model, load_tokenizer, resolve_device
@@ -88,7 +89,8 @@ def train(cfg, cell_dir: Path, shared_dir: Path, stop_requested: threading.Event
 
     # The base model IS the reference: the policy with its adapter disabled. Held-out reference
     # log-probs are always needed (the neutral metrics are relative to the reference).
-    order = DataOrder(len(train_data), tc.batch_size, cfg.seed)  # known in advance: score only what is visited
+    order = DataOrder(len(train_data), tc.batch_size, cfg.seed,  # known in advance: score only what is visited
+                      lengths=pair_lengths(train_data) if tc.group_by_length else None)
     with model.disable_adapter():
         scoring = dict(autocast=amp, forward=logps_of if ranks.fsdp else None, ranks=ranks)
         heldout_ref = reference_logps(cfg, "heldout", heldout_data, model, pad_id, shared_dir, **scoring)
@@ -311,28 +313,3 @@ class RunningMeans:
         total.weights = ranks.sum_values(self.weights)
         return total
 
-
-class DataOrder:
-    """Which training pairs step s uses: a fresh permutation per epoch, derived from the seed only.
-
-    The batch of any step can be recomputed from (seed, step), so a resumed run sees exactly the
-    data an uninterrupted one would.
-    """
-
-    def __init__(self, n: int, batch_size: int, seed: int):
-        self.n, self.batch_size, self.seed = n, batch_size, seed
-        self._perms: dict[int, list[int]] = {}
-
-    def _perm(self, epoch: int) -> list[int]:
-        if epoch not in self._perms:
-            g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-            self._perms[epoch] = torch.randperm(self.n, generator=g).tolist()
-        return self._perms[epoch]
-
-    def batch(self, step: int) -> list[int]:
-        positions = range((step - 1) * self.batch_size, step * self.batch_size)
-        return [self._perm(p // self.n)[p % self.n] for p in positions]
-
-    def visited(self, max_steps: int) -> list[int]:
-        """Every pair steps 1..max_steps use, each once, in first-visit order."""
-        return list(dict.fromkeys(i for step in range(1, max_steps + 1) for i in self.batch(step)))

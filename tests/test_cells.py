@@ -118,3 +118,13 @@ def test_split_keys_change_the_cell_id_only_when_the_split_is_on(compose_cfg):
     on = cell_id(compose_cfg(["data.validation_pairs=100"]))
     assert on != cell_id(compose_cfg([]))
     assert cell_id(compose_cfg(["data.validation_pairs=100", "data.split_seed=5"])) != on
+
+
+def test_group_by_length_changes_the_cell_id_only_when_on(compose_cfg):
+    """Sweeps on disk from before trainer.group_by_length keep their cell ids: off, the key is not hashed."""
+    plain = OmegaConf.to_container(compose_cfg([]), resolve=True)
+    before_the_key = json.loads(json.dumps(plain))
+    del before_the_key["trainer"]["group_by_length"]
+    assert cell_id(plain) == cell_id(before_the_key)
+    assert cell_id(compose_cfg(["trainer.group_by_length=false"])) == cell_id(plain)
+    assert cell_id(compose_cfg(["trainer.group_by_length=true"])) != cell_id(plain)

@@ -50,6 +50,7 @@ def test_every_objective_composes_and_validates(compose_cfg, name):
         ("objective.gamma=1", (ConfigAttributeError, ConfigKeyError), "objective.gamma"),  # simpo's key, dpo cell
         ("lora.r=abc", ValidationError, "lora.r"),
         ("trainer.batch_size=1.5", ValidationError, "trainer.batch_size"),
+        ("trainer.group_by_length=sometimes", ValidationError, "trainer.group_by_length"),
     ],
 )
 def test_compose_time_rejection(compose_cfg, override, cause, key):

@@ -10,9 +10,9 @@ from test_lean_logps import PAD, tiny_llama
 from torch.testing import assert_close
 
 from ablate.data import TokenizedPairs
+from ablate.data_order import DataOrder
 from ablate.scoring import completion_logps, length_sorted_batches, pair_batch, score_pairs
 from ablate.shared import reference_logps
-from ablate.trainer import DataOrder
 
 
 @pytest.fixture(scope="module")

@@ -21,11 +21,12 @@ import torch
 from conftest import TINY
 
 import ablate.trainer
+from ablate.data_order import DataOrder
 from ablate.embedded import verbosity_trap_pairs
 from ablate.heldout import PAIR_COLUMNS, heldout_metrics
 from ablate.objectives import OBJECTIVES
 from ablate.run import run_cell
-from ablate.trainer import NonFiniteLoss
+from ablate.trainer import Interrupted, NonFiniteLoss
 
 N_HELDOUT = 2 * 16
 
@@ -201,7 +202,7 @@ def test_reference_and_tokens_are_shared_by_every_cell_of_a_sweep(sweep):
 
 def test_training_reference_covers_exactly_the_visited_pairs(sweep):
     sweep.cell("objective=dpo")
-    visited = set(ablate.trainer.DataOrder(64, 8, seed=0).visited(6))  # TINY: 64 pairs, batch 8, 6 steps
+    visited = set(DataOrder(64, 8, seed=0).visited(6))  # TINY: 64 pairs, batch 8, 6 steps
     assert len(visited) < 64  # less than an epoch: the rest is never scored
     files = list((sweep.path / "shared").glob("reference-train-*.pt"))
     scored = [set((~torch.load(f, weights_only=False)["chosen"].isnan()).nonzero().flatten().tolist())
@@ -240,6 +241,36 @@ def test_finished_cell_is_not_trained_again(sweep, compose_cfg, monkeypatch):
     assert again == metrics
     assert {p.name: p.stat().st_mtime_ns for p in cell_dir.iterdir()} == before
     assert read_json(cell_dir / "status.json")["attempts"] == 1
+
+
+class StopAfter:
+    """A stop request that becomes true at the k-th step boundary (what the SLURM USR2 handler sets)."""
+
+    def __init__(self, k: int):
+        self.k, self.calls = k, 0
+
+    def is_set(self) -> bool:
+        self.calls += 1
+        return self.calls == self.k
+
+
+def test_length_grouped_cell_resumed_mid_run_equals_an_uninterrupted_one(sweep, compose_cfg, tmp_path):
+    overrides = ["objective=dpo", "trainer.group_by_length=true"]
+    _, whole = sweep.cell(*overrides)
+    cfg = compose_cfg([*TINY, *overrides])
+    with pytest.raises(Interrupted):
+        run_cell(cfg, tmp_path, overrides, stop_requested=StopAfter(4))
+    assert read_json(only_cell(tmp_path) / "status.json")["checkpoint_step"] == 4
+    run_cell(cfg, tmp_path, overrides)
+    resumed = only_cell(tmp_path)
+    assert resumed.name == whole.name
+    assert (resumed / "metrics.json").read_bytes() == (whole / "metrics.json").read_bytes()
+    assert read_jsonl(resumed / "train_log.jsonl") == read_jsonl(whole / "train_log.jsonl")
+    # grouping did change the batches (the longest pairs first here): another cell, other data
+    _, plain = sweep.cell("objective=dpo")
+    assert plain.name != whole.name
+    first = [read_jsonl(d / "train_log.jsonl")[0]["logps/chosen"] for d in (plain, whole)]
+    assert first[1] < first[0]
 
 
 # ------------------------------------------------------------------------------ NaN handling

@@ -8,8 +8,12 @@ Same model, data, batch, lengths and LoRA config on both sides:
   with an 8,192-token vocabulary trained offline on the benchmark's own text (tokenizers library);
 - 2,000 pairs of random words, prompts 60-120 tokens, completions 80-200 tokens (plus EOS);
 - 8 pairs per step, no accumulation, LoRA r=8 alpha=16 on q_proj/v_proj, AdamW, fp32, 2 threads;
-- ablate DPO (β=0.1) vs TRL DPOTrainer with precompute_ref_log_probs=True, and ablate SimPO
-  (β=2, γ=0.5) vs TRL CPOTrainer(loss_type="simpo", cpo_alpha=0, β=2, simpo_gamma=0.5).
+- ablate DPO (β=0.1) vs TRL DPOTrainer with precompute_ref_log_probs=True and without (the
+  reference forward then runs in every step), and ablate SimPO (β=2, γ=0.5) vs TRL
+  CPOTrainer(loss_type="simpo", cpo_alpha=0, β=2, simpo_gamma=0.5);
+- TRL 1.16's DPOConfig/CPOConfig default to gradient_checkpointing=True and bf16=True: both are
+  switched off here, as ablate runs (fp32, no checkpointing). Runs before 2026-12-02 17:00 UTC
+  (docs/benchmarks.md) had TRL's defaults on.
 
 Parity: TRL's tokenised dataset against ablate's tokens (all 2,000 pairs), TRL's precomputed
 reference log-probs against ablate's shared reference file (the pairs of the timed runs: one epoch
@@ -17,7 +21,8 @@ of steps x 8 pairs, the same file for both sides), and the first logged DPO loss
 policy starts as the reference). Speed: each run is its own process (its ru_maxrss is its peak); the four
 configurations alternate, repetition after repetition, so that a load change on a shared machine
 hits all of them alike. steps/s = timed steps / time between the optimiser step after warm-up and
-the last one (a global optimiser hook: the same clock for both trainers).
+the last one (a global optimiser hook: the same clock for both trainers); tokens/s = steps/s x the
+mean non-padding tokens of a step (chosen and rejected sequences; the same epoch of pairs on both sides).
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ VOCAB, PAIRS, HELDOUT, PROMPT, COMPLETION = 8192, 2000, 8, (60, 120), (80, 200)
 LORA = {"r": 8, "lora_alpha": 16, "lora_dropout": 0.0, "target_modules": ["q_proj", "v_proj"]}
 EOS = "<|endoftext|>"
 WARMUP_STEPS = 2
+SIDES = ("ablate", "trl", "trl_live_ref")  # trl: precompute_ref_log_probs=True; trl_live_ref: False (DPO only)
 
 
 # ------------------------------------------------------------------------------ model and data
@@ -133,7 +139,7 @@ def run_ablate(out: Path, objective: str, steps: int, work: Path) -> dict:
     return {"stamps": stamps, "first_loss": first["loss"], "cell": str(cell)}
 
 
-def run_trl(out: Path, objective: str, steps: int, work: Path) -> dict:
+def run_trl(out: Path, objective: str, steps: int, work: Path, precompute: bool = True) -> dict:
     import torch
     from datasets import load_dataset
     from peft import LoraConfig
@@ -147,11 +153,11 @@ def run_trl(out: Path, objective: str, steps: int, work: Path) -> dict:
     common = dict(output_dir=str(work / "trl"), per_device_train_batch_size=8, gradient_accumulation_steps=1,
                   max_steps=steps, learning_rate=5e-5, logging_steps=1, report_to="none", save_strategy="no",
                   eval_strategy="no", use_cpu=True, seed=0, dataloader_num_workers=0,
-                  lr_scheduler_type="constant")
+                  lr_scheduler_type="constant", bf16=False, gradient_checkpointing=False)  # ablate's settings
     if objective == "dpo":
         from trl import DPOConfig, DPOTrainer
 
-        args = DPOConfig(**common, beta=0.1, precompute_ref_log_probs=True)
+        args = DPOConfig(**common, beta=0.1, precompute_ref_log_probs=precompute)
         trainer = DPOTrainer(model=model, args=args, train_dataset=train, processing_class=tokenizer,
                              peft_config=LoraConfig(**LORA, task_type="CAUSAL_LM"))
     else:
@@ -164,7 +170,7 @@ def run_trl(out: Path, objective: str, steps: int, work: Path) -> dict:
     trainer.train()
     losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
     result = {"stamps": stamps, "first_loss": losses[0]}
-    if objective == "dpo":
+    if objective == "dpo" and precompute:
         ds = trainer.train_dataset
         result["ref"] = {"chosen": list(ds["ref_chosen_logps"]), "rejected": list(ds["ref_rejected_logps"])}
     return result
@@ -172,8 +178,10 @@ def run_trl(out: Path, objective: str, steps: int, work: Path) -> dict:
 
 def single(args) -> None:
     out, work = Path(args.out), Path(args.work)
-    runner = run_ablate if args.side == "ablate" else run_trl
-    result = runner(out, args.objective, args.steps, work)
+    if args.side == "ablate":
+        result = run_ablate(out, args.objective, args.steps, work)
+    else:
+        result = run_trl(out, args.objective, args.steps, work, precompute=args.side == "trl")
     stamps = result.pop("stamps")
     timed = stamps[WARMUP_STEPS - 1 :]
     result |= {"side": args.side, "objective": args.objective, "steps": len(stamps),
@@ -220,7 +228,7 @@ def main() -> None:
     parser.add_argument("--out", default="/tmp/ablate-bench")
     parser.add_argument("--reps", type=int, default=2)
     parser.add_argument("--steps", type=int, default=12)
-    parser.add_argument("--side", choices=["ablate", "trl"])  # internal: one run in this process
+    parser.add_argument("--side", choices=SIDES)  # internal: one run in this process
     parser.add_argument("--objective", choices=["dpo", "simpo"])
     parser.add_argument("--work")
     parser.add_argument("--result")
@@ -234,7 +242,7 @@ def main() -> None:
     runs: list[dict] = []
     for rep in range(args.reps):
         for objective in ("dpo", "simpo"):
-            for side in ("ablate", "trl"):
+            for side in SIDES if objective == "dpo" else SIDES[:2]:
                 work = out / f"run-{rep}-{objective}-{side}"
                 result = work / "result.json"
                 if not result.exists():
@@ -250,13 +258,31 @@ def main() -> None:
     first = {(r["side"], r["objective"]): r for r in runs}
     print(json.dumps({"logp_parity": logp_parity(first[("ablate", "dpo")], first[("trl", "dpo")])}), flush=True)
     print(json.dumps({"token_parity": token_parity(out)}), flush=True)
-    for objective in ("dpo", "simpo"):
+    tokens_per_step = epoch_tokens(out, args.steps) / args.steps
+    for objective, other in (("dpo", "trl"), ("dpo", "trl_live_ref"), ("simpo", "trl")):
         mine = [r for r in runs if r["objective"] == objective and r["side"] == "ablate"]
-        theirs = [r for r in runs if r["objective"] == objective and r["side"] == "trl"]
+        theirs = [r for r in runs if r["objective"] == objective and r["side"] == other]
         speed = [a["steps_per_s"] / t["steps_per_s"] for a, t in zip(mine, theirs, strict=True)]
         memory = [a["peak_rss_gb"] / t["peak_rss_gb"] for a, t in zip(mine, theirs, strict=True)]
-        print(json.dumps({"objective": objective, "speed_ratio_per_rep": [round(x, 3) for x in speed],
+        print(json.dumps({"objective": objective, "vs": other,
+                          "ablate_tokens_per_s": [round(a["steps_per_s"] * tokens_per_step) for a in mine],
+                          "trl_tokens_per_s": [round(t["steps_per_s"] * tokens_per_step) for t in theirs],
+                          "speed_ratio_per_rep": [round(x, 3) for x in speed],
                           "memory_ratio_per_rep": [round(x, 3) for x in memory]}), flush=True)
+
+
+def epoch_tokens(out: Path, steps: int) -> int:
+    """Non-padding tokens of the timed runs' pairs (prompt twice, both completions + EOS), ablate's tokens."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(out / "model")
+    total = 0
+    for line in train_file(out, steps).read_text().splitlines():
+        pair = json.loads(line)
+        prompt = len(tokenizer(pair["prompt"])["input_ids"])
+        total += 2 * prompt + sum(len(tokenizer(pair[k], add_special_tokens=False)["input_ids"]) + 1
+                                  for k in ("chosen", "rejected"))
+    return total
 
 
 if __name__ == "__main__":

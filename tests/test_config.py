@@ -203,7 +203,7 @@ def test_every_data_config_composes(compose_cfg, name):
     extra = {"hub": ["data.path=org/dataset"], "files": ["data.train_files=[train.jsonl]"]}.get(name, [])
     overrides = [f"data={name}", *extra]
     cfg = compose_cfg(overrides)
-    named_hub_sets = {"ultrafeedback", "hh_rlhf"}  # the hub kind with a dataset's id, splits and layout
+    named_hub_sets = {"ultrafeedback", "hh_rlhf", "kto_mix"}  # the hub kind with a dataset's id, splits and layout
     assert cfg.data.kind == ("hub" if name in named_hub_sets else name)
     assert OmegaConf.missing_keys(cfg) == set()
     validate_cell(cfg, overrides)

@@ -123,14 +123,17 @@ def completion_logps(model, batch: dict[str, Tensor], *, head_chunk: int = DEFAU
     labels = input_ids[:, 1:][mask]  # (M,)
     head = causal_lm.get_output_embeddings()
     transform = _logit_transform(causal_lm.config)
+    # A plain frozen linear head (LoRA's case) without a logit transform takes the fused backward
+    plain = type(head) is torch.nn.Linear and not head.weight.requires_grad and transform is None
     chunks = []
     for start in range(0, len(labels), head_chunk):
         h, y = selected[start : start + head_chunk], labels[start : start + head_chunk]
-        if torch.is_grad_enabled() and h.requires_grad:
-            # keep only (chunk, H) for backward; the chunk's logits are recomputed there
-            chunks.append(checkpoint(_token_logps, head, transform, h, y, use_reentrant=False))
-        else:
+        if not (torch.is_grad_enabled() and h.requires_grad):
             chunks.append(_token_logps(head, transform, h, y))
+        elif plain:
+            chunks.append(_FrozenHeadLogps.apply(h, head.weight, head.bias, y))
+        else:  # keep only (chunk, H) for backward; the chunk's logits are recomputed there by autograd
+            chunks.append(checkpoint(_token_logps, head, transform, h, y, use_reentrant=False))
     token_logps = torch.cat(chunks) if chunks else selected.new_zeros(0, dtype=torch.float32)  # (M,)
     # back onto the (N, T-1) grid to sum per row: a masked sum, deterministic on every device
     per_position = torch.zeros(mask.shape, dtype=token_logps.dtype, device=device).masked_scatter(mask, token_logps)
@@ -138,9 +141,41 @@ def completion_logps(model, batch: dict[str, Tensor], *, head_chunk: int = DEFAU
 
 
 def _token_logps(head, transform, hidden: Tensor, labels: Tensor) -> Tensor:
-    logits = transform(head(hidden)).float()  # (C, V)
+    logits = head(hidden)
+    logits = (transform(logits) if transform is not None else logits).float()  # (C, V)
     # log_softmax(x)[y] = x[y] - logsumexp(x): no second (C, V) tensor
     return logits.gather(-1, labels.unsqueeze(-1)).squeeze(-1) - logits.logsumexp(-1)  # (C,)
+
+
+class _FrozenHeadLogps(torch.autograd.Function):
+    """`_token_logps` for a frozen nn.Linear head, with a hand-written backward that recomputes the
+    chunk's logits once and turns them into the gradient in place: d(x_y - lse(x))/dx = onehot(y) -
+    softmax(x), so grad_hidden = (g * (onehot - softmax)) @ W. Saves only hidden (C, H) and the
+    log-sum-exp (C,). The checkpointed autograd graph it replaces recomputes the same logits but then
+    builds softmax, a scattered one-hot and their casts as separate (C, V) tensors: on the CPU-size
+    benchmark the head dominates a SimPO step, and this cut its time (docs/benchmarks.md)."""
+
+    @staticmethod
+    def forward(ctx, hidden: Tensor, weight: Tensor, bias: Tensor | None, labels: Tensor) -> Tensor:
+        device_type = hidden.device.type
+        ctx.autocast = (torch.is_autocast_enabled(device_type), torch.get_autocast_dtype(device_type))
+        logits = torch.nn.functional.linear(hidden, weight, bias).float()  # (C, V)
+        lse = logits.logsumexp(-1)
+        ctx.save_for_backward(hidden, weight, bias, labels, lse)
+        return logits.gather(-1, labels.unsqueeze(-1)).squeeze(-1) - lse
+
+    @staticmethod
+    def backward(ctx, grad_out: Tensor):
+        hidden, weight, bias, labels, lse = ctx.saved_tensors
+        enabled, dtype = ctx.autocast
+        with torch.autocast(hidden.device.type, dtype=dtype, enabled=enabled):  # the forward's numerics
+            logits = torch.nn.functional.linear(hidden, weight, bias).float()
+        grad = logits.sub_(lse.unsqueeze(-1)).exp_().mul_(-grad_out.unsqueeze(-1))  # -g * softmax, in place
+        rows = torch.arange(len(labels), device=labels.device)
+        grad[rows, labels] += grad_out  # + g * onehot (one label per row: no accumulation order to fix)
+        with torch.autocast(hidden.device.type, dtype=dtype, enabled=enabled):
+            grad_hidden = grad @ weight  # (C, H)
+        return grad_hidden.to(hidden.dtype), None, None, None
 
 
 def _logit_transform(config):
@@ -150,6 +185,9 @@ def _logit_transform(config):
     softcap = getattr(config, "final_logit_softcapping", None)
     scale = getattr(config, "logit_scale", None)
     divisor = getattr(config, "logits_scaling", None)
+
+    if softcap is None and scale is None and divisor is None:
+        return None  # the head's output is the logits
 
     def transform(logits: Tensor) -> Tensor:
         if scale is not None:

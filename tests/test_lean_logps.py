@@ -186,3 +186,28 @@ def test_check_lean_head_refuses_a_forward_it_does_not_reproduce():
     odd = ScaledLogits(model.config).eval()
     with pytest.raises(ValueError, match="computes logits differently"):
         check_lean_head(odd)
+
+
+@pytest.mark.parametrize("autocast", [False, True])
+def test_frozen_head_backward_equals_autograd(autocast):
+    """The hand-written head backward (frozen nn.Linear, LoRA's case) against autograd through the same
+    forward: values and hidden-state gradients, with a bias and under bf16 autocast."""
+    from ablate.scoring import _FrozenHeadLogps, _token_logps
+
+    g = torch.Generator().manual_seed(0)
+    head = torch.nn.Linear(16, 50, bias=True).requires_grad_(False)
+    hidden = torch.randn(9, 16, generator=g, requires_grad=True)
+    labels = torch.randint(0, 50, (9,), generator=g)
+    weights = torch.randn(9, generator=g)  # an upstream gradient that is not all ones
+    results = []
+    for fused in (True, False):
+        hidden.grad = None
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            out = _FrozenHeadLogps.apply(hidden, head.weight, head.bias, labels) if fused \
+                else _token_logps(head, None, hidden, labels)
+        (out * weights).sum().backward()
+        results.append((out.detach(), hidden.grad.clone()))
+    tolerance = dict(atol=2e-2, rtol=2e-2) if autocast else dict(atol=1e-6, rtol=1e-6)
+    assert_close(results[0][0], results[1][0], **tolerance)
+    assert_close(results[0][1], results[1][1], **tolerance)
+    assert results[0][1].abs().sum() > 0

@@ -174,7 +174,7 @@ class _FrozenHeadLogps(torch.autograd.Function):
         rows = torch.arange(len(labels), device=labels.device)
         grad[rows, labels] += grad_out  # + g * onehot (one label per row: no accumulation order to fix)
         with torch.autocast(hidden.device.type, dtype=dtype, enabled=enabled):
-            grad_hidden = grad @ weight  # (C, H)
+            grad_hidden = grad.to(weight.dtype) @ weight  # (C, H); as autograd casts it back through .float()
         return grad_hidden.to(hidden.dtype), None, None, None
 
 

@@ -188,15 +188,16 @@ def test_check_lean_head_refuses_a_forward_it_does_not_reproduce():
         check_lean_head(odd)
 
 
-@pytest.mark.parametrize("autocast", [False, True])
-def test_frozen_head_backward_equals_autograd(autocast):
+@pytest.mark.parametrize(("autocast", "dtype"), [(False, torch.float32), (True, torch.float32),
+                                               (False, torch.bfloat16)])
+def test_frozen_head_backward_equals_autograd(autocast, dtype):
     """The hand-written head backward (frozen nn.Linear, LoRA's case) against autograd through the same
-    forward: values and hidden-state gradients, with a bias and under bf16 autocast."""
+    forward: values and hidden-state gradients, with a bias, under bf16 autocast, and for a bf16 model."""
     from ablate.scoring import _FrozenHeadLogps, _token_logps
 
     g = torch.Generator().manual_seed(0)
-    head = torch.nn.Linear(16, 50, bias=True).requires_grad_(False)
-    hidden = torch.randn(9, 16, generator=g, requires_grad=True)
+    head = torch.nn.Linear(16, 50, bias=True).requires_grad_(False).to(dtype)
+    hidden = torch.randn(9, 16, generator=g).to(dtype).requires_grad_(True)
     labels = torch.randint(0, 50, (9,), generator=g)
     weights = torch.randn(9, generator=g)  # an upstream gradient that is not all ones
     results = []
@@ -207,7 +208,7 @@ def test_frozen_head_backward_equals_autograd(autocast):
                 else _token_logps(head, None, hidden, labels)
         (out * weights).sum().backward()
         results.append((out.detach(), hidden.grad.clone()))
-    tolerance = dict(atol=2e-2, rtol=2e-2) if autocast else dict(atol=1e-6, rtol=1e-6)
+    tolerance = dict(atol=2e-2, rtol=2e-2) if autocast or dtype != torch.float32 else dict(atol=1e-6, rtol=1e-6)
     assert_close(results[0][0], results[1][0], **tolerance)
     assert_close(results[0][1], results[1][1], **tolerance)
     assert results[0][1].abs().sum() > 0

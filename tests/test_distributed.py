@@ -129,3 +129,11 @@ def test_a_micro_batch_must_split_evenly_over_the_tasks():
     assert task_split_problem(trainer, 3) is None and task_split_problem(trainer, 6) is None
     problem = task_split_problem(trainer, 4)
     assert "trainer.batch_size / trainer.grad_accum = 12 / 2 = 6" in problem and "4 tasks" in problem
+
+
+@pytest.mark.slow
+def test_fsdp_with_gradient_checkpointing_matches_one_process(compose_cfg, tiny_overrides, tmp_path):
+    """FSDP2's per-layer weight gathering inside non-reentrant checkpointing (the recompute gathers again)."""
+    cfg = compose_cfg([*tiny_overrides, "objective=simpo", "threads=1", "engine.parallel=fsdp",
+                       "engine.gradient_checkpointing=true"])
+    _assert_same_run(_single(cfg, tmp_path / "single"), _two_ranks(cfg, tmp_path / "fsdp"))

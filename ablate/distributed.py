@@ -120,8 +120,12 @@ class Ranks:
                                        forward_sync_buffers=False)
 
     def accumulating(self, policy: torch.nn.Module, last: bool):
-        """DDP averages gradients in the backward of the step's last micro-batch only (forward and backward
-        of the others run under no_sync); FSDP and one process need nothing."""
+        """Gradients are reduced over ranks in the backward of the step's last micro-batch only: DDP runs
+        the others under no_sync; FSDP2 keeps their unsharded gradients (set_requires_gradient_sync) and
+        reduce-scatters the sum once. One process needs nothing."""
+        if hasattr(policy, "set_requires_gradient_sync"):  # FSDP2
+            policy.set_requires_gradient_sync(last)
+            return contextlib.nullcontext()
         if last or not hasattr(policy, "no_sync"):
             return contextlib.nullcontext()
         return policy.no_sync()

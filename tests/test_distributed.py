@@ -132,8 +132,9 @@ def test_a_micro_batch_must_split_evenly_over_the_tasks():
 
 
 @pytest.mark.slow
-def test_fsdp_with_gradient_checkpointing_matches_one_process(compose_cfg, tiny_overrides, tmp_path):
-    """FSDP2's per-layer weight gathering inside non-reentrant checkpointing (the recompute gathers again)."""
+def test_fsdp_with_accumulation_and_checkpointing_matches_one_process(compose_cfg, tiny_overrides, tmp_path):
+    """FSDP2's per-layer weight gathering inside non-reentrant checkpointing (the recompute gathers again),
+    and 2 micro-batches per step whose gradients are reduce-scattered once (set_requires_gradient_sync)."""
     cfg = compose_cfg([*tiny_overrides, "objective=simpo", "threads=1", "engine.parallel=fsdp",
-                       "engine.gradient_checkpointing=true"])
+                       "engine.gradient_checkpointing=true", "trainer.grad_accum=2"])
     _assert_same_run(_single(cfg, tmp_path / "single"), _two_ranks(cfg, tmp_path / "fsdp"))

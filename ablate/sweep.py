@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import os
 import subprocess
 import sys
 import time
@@ -110,6 +111,12 @@ def start_sweep(launcher, job_overrides, initial_job_idx: int, name: str) -> tup
     submitted), the sweep directory and its sweep.json."""
     from hydra.core.utils import configure_log, setup_globals
 
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # torchrun: every process would plan and run the sweep
+        print("ablate: a sweep (-m) cannot run under torchrun (WORLD_SIZE is set): every process would plan, "
+              "lock and launch it. Run one cell per torchrun (without -m, with hydra.run.dir=...), or let the "
+              "SLURM launcher start several tasks per cell (hydra.launcher.tasks_per_node)", file=sys.stderr,
+              flush=True)
+        raise SystemExit(2)
     setup_globals()
     configure_log(launcher.config.hydra.hydra_logging, launcher.config.hydra.verbose)
     sweep_dir = Path(str(launcher.config.hydra.sweep.dir))

@@ -138,3 +138,16 @@ def test_fsdp_with_accumulation_and_checkpointing_matches_one_process(compose_cf
     cfg = compose_cfg([*tiny_overrides, "objective=simpo", "threads=1", "engine.parallel=fsdp",
                        "engine.gradient_checkpointing=true", "trainer.grad_accum=2"])
     _assert_same_run(_single(cfg, tmp_path / "single"), _two_ranks(cfg, tmp_path / "fsdp"))
+
+
+def test_a_sweep_under_torchrun_is_refused_before_planning(repo_root, tmp_path):
+    import subprocess
+    import sys
+
+    env = os.environ | {"WORLD_SIZE": "2", "RANK": "0", "LOCAL_RANK": "0"}
+    proc = subprocess.run([sys.executable, "-m", "ablate", "-m", "objective=dpo,simpo", "seed=0",
+                           f"hydra.sweep.dir={tmp_path / 'sweep'}"],
+                          cwd=repo_root, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "a sweep (-m) cannot run under torchrun" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "sweep" / "cells").exists() and not (tmp_path / "sweep" / "sweep.json").exists()

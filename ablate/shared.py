@@ -281,13 +281,12 @@ def length_stats(pairs: TokenizedPairs | TokenizedExamples) -> dict:
         lengths = [len(c) for c in pairs.completion_ids]
         desirable = [n for n, label in zip(lengths, pairs.labels, strict=True) if label]
         undesirable = [n for n, label in zip(lengths, pairs.labels, strict=True) if not label]
-        mean = lambda xs: sum(xs) / len(xs) if xs else None  # noqa: E731
         return {
             "examples": len(pairs), "desirable": len(desirable), "undesirable": len(undesirable),
             "pairs": len(matched),  # prompt-matched desirable/undesirable completions
-            "chosen_tokens_mean": mean(desirable), "rejected_tokens_mean": mean(undesirable),
-            "chosen_longer_share": mean([float(c > r) for c, r in matched]),
-            "chosen_shorter_share": mean([float(c < r) for c, r in matched]),
+            "chosen_tokens_mean": _mean(desirable), "rejected_tokens_mean": _mean(undesirable),
+            "chosen_longer_share": _mean([float(c > r) for c, r in matched]),
+            "chosen_shorter_share": _mean([float(c < r) for c, r in matched]),
         }
     chosen = torch.tensor([len(c) for c in pairs.chosen_ids], dtype=torch.float64)
     rejected = torch.tensor([len(r) for r in pairs.rejected_ids], dtype=torch.float64)
@@ -331,3 +330,7 @@ def reference_logps(cfg, split: str, data: TokenizedPairs | TokenizedExamples, b
         if ranks is None or ranks.is_main:
             _save(path, cached)
     return cached
+
+
+def _mean(values: list[float]) -> float | None:
+    return sum(values) / len(values) if values else None

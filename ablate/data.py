@@ -473,12 +473,7 @@ def tokenize_pairs(
     Over max_length, the prompt is cut from the left to max_prompt_length (its end holds the question
     and the generation prompt; a leading BOS is kept), then each completion from the right to fit.
     """
-    if not 0 < max_prompt_length < max_length:
-        raise ValueError(f"need 0 < max_prompt_length < max_length, got {max_prompt_length}, {max_length}")
-    eos = tokenizer.eos_token_id
-    if eos is None:
-        raise ValueError("the tokenizer has no EOS token; completions must end with one")
-    bos = getattr(tokenizer, "bos_token_id", None)
+    eos, bos = _end_tokens(tokenizer, max_length, max_prompt_length)
     out, identical = TokenizedPairs(), []
     batches = range(0, len(pairs), _BATCH)
     for start in track(batches, desc="tokenising pairs", unit="batch", disable=len(pairs) < 5000):
@@ -524,12 +519,7 @@ def tokenize_examples(
     examples: list[UnpairedExample], tokenizer, *, max_length: int, max_prompt_length: int
 ) -> TokenizedExamples:
     """As tokenize_pairs, for unpaired rows: the same prompt template, EOS and truncation rules."""
-    if not 0 < max_prompt_length < max_length:
-        raise ValueError(f"need 0 < max_prompt_length < max_length, got {max_prompt_length}, {max_length}")
-    eos = tokenizer.eos_token_id
-    if eos is None:
-        raise ValueError("the tokenizer has no EOS token; completions must end with one")
-    bos = getattr(tokenizer, "bos_token_id", None)
+    eos, bos = _end_tokens(tokenizer, max_length, max_prompt_length)
     out = TokenizedExamples()
     for start in track(range(0, len(examples), _BATCH), desc="tokenising examples", unit="batch",
                        disable=len(examples) < 5000):
@@ -543,6 +533,15 @@ def tokenize_examples(
             out.completion_ids.append(c)
             out.labels.append(example.label)
     return out
+
+
+def _end_tokens(tokenizer, max_length: int, max_prompt_length: int) -> tuple[int, int | None]:
+    """(EOS, BOS or None) for tokenising, once the length limits are known to be usable."""
+    if not 0 < max_prompt_length < max_length:
+        raise ValueError(f"need 0 < max_prompt_length < max_length, got {max_prompt_length}, {max_length}")
+    if tokenizer.eos_token_id is None:
+        raise ValueError("the tokenizer has no EOS token; completions must end with one")
+    return tokenizer.eos_token_id, getattr(tokenizer, "bos_token_id", None)
 
 
 def _prompt_ids(prompts: list[str | list[dict]], tokenizer) -> list[list[int]]:

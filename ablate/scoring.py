@@ -14,6 +14,7 @@ from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
 from ablate.data import TokenizedExamples, TokenizedPairs
+from ablate.data_order import pair_lengths
 from ablate.progress import track
 
 
@@ -266,22 +267,13 @@ def length_sorted_batches(data: TokenizedPairs | TokenizedExamples, indices, *, 
                           max_tokens: int | None) -> list[list[int]]:
     """Item indices grouped longest first; a batch's padded size (sequences x longest) <= max_tokens
     (a single item longer than the budget still gets its own batch). A pair is two sequences."""
-    if isinstance(data, TokenizedExamples):
-        per_item = 1
-
-        def length(i: int) -> int:
-            return len(data.prompt_ids[i]) + len(data.completion_ids[i])
-    else:
-        per_item = 2
-
-        def length(i: int) -> int:
-            return len(data.prompt_ids[i]) + max(len(data.chosen_ids[i]), len(data.rejected_ids[i]))
-
+    length = pair_lengths(data)
+    per_item = 1 if isinstance(data, TokenizedExamples) else 2
     batches: list[list[int]] = []
-    for i in sorted(set(indices), key=lambda i: (-length(i), i)):
+    for i in sorted(set(indices), key=lambda i: (-length[i], i)):
         current = batches[-1] if batches else None
         fits = (current is not None and len(current) < max_pairs
-                and (max_tokens is None or per_item * (len(current) + 1) * length(current[0]) <= max_tokens))
+                and (max_tokens is None or per_item * (len(current) + 1) * length[current[0]] <= max_tokens))
         if fits:
             current.append(i)
         else:

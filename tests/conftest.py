@@ -60,3 +60,14 @@ TINY = [
 @pytest.fixture
 def tiny_overrides() -> list[str]:
     return list(TINY)
+
+
+class StopAfter:
+    """A stop request that becomes true at the k-th step boundary (what the SLURM USR2 handler sets)."""
+
+    def __init__(self, k: int):
+        self.k, self.calls = k, 0
+
+    def is_set(self) -> bool:
+        self.calls += 1
+        return self.calls == self.k

@@ -9,6 +9,7 @@ import socket
 
 import pytest
 import wandb
+from conftest import StopAfter
 from wandb_records import offline_runs
 
 from ablate import tracking
@@ -20,17 +21,6 @@ from ablate.trainer import Interrupted
 SWEEP_AXES = {"objective": ["dpo", "simpo"], "lora.r": ["8", "16"], "seed": ["0", "1"]}
 CELL = ["objective=dpo", "lora.r=16", "seed=1"]
 SECRET = "0123456789abcdef0123456789abcdef01234567"  # the shape of a W&B API key
-
-
-class StopAfter:
-    """A stop request that becomes true at the k-th step boundary (what a USR2 handler would set)."""
-
-    def __init__(self, k: int):
-        self.k, self.calls = k, 0
-
-    def is_set(self) -> bool:
-        self.calls += 1
-        return self.calls == self.k
 
 
 def write_sweep_json(sweep_dir, axes=SWEEP_AXES):

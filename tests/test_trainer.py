@@ -18,7 +18,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
-from conftest import TINY
+from conftest import TINY, StopAfter
 
 import ablate.trainer
 from ablate.data_order import DataOrder
@@ -241,17 +241,6 @@ def test_finished_cell_is_not_trained_again(sweep, compose_cfg, monkeypatch):
     assert again == metrics
     assert {p.name: p.stat().st_mtime_ns for p in cell_dir.iterdir()} == before
     assert read_json(cell_dir / "status.json")["attempts"] == 1
-
-
-class StopAfter:
-    """A stop request that becomes true at the k-th step boundary (what the SLURM USR2 handler sets)."""
-
-    def __init__(self, k: int):
-        self.k, self.calls = k, 0
-
-    def is_set(self) -> bool:
-        self.calls += 1
-        return self.calls == self.k
 
 
 def test_length_grouped_cell_resumed_mid_run_equals_an_uninterrupted_one(sweep, compose_cfg, tmp_path):

@@ -21,11 +21,11 @@ __all__ = ["OBJECTIVES", "get_objective", "run_cell", "__version__"]
 
 def __getattr__(name: str):
     if name in ("OBJECTIVES", "get_objective"):
-        from ablate import objectives
+        from ablate.train import objectives
 
         return getattr(objectives, name)
     if name == "run_cell":
-        from ablate.run import run_cell
+        from ablate.sweep.run import run_cell
 
         return run_cell
     raise AttributeError(f"module 'ablate' has no attribute {name!r}")

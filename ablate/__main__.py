@@ -12,9 +12,9 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from ablate.config import ConfigError, register_configs
+from ablate.data.readers import DataError
 from ablate.paths import CONF_DIR
-from ablate.readers import DataError
-from ablate.run import run_cell
+from ablate.sweep.run import run_cell
 
 register_configs()
 # `${ablate_suffix:}` in hydra.sweep.dir: two sweeps started in the same second get different folders.

@@ -19,7 +19,7 @@ def _status(args) -> int:
     import json
     import time
 
-    from ablate.status import format_status, reconcile
+    from ablate.sweep.status import format_status, reconcile
 
     while True:
         table = reconcile(args.sweep_dir)
@@ -39,11 +39,10 @@ def _status(args) -> int:
 
 
 def _resubmit(args) -> int:
-    from ablate.liveness import sweep_lock
+    from ablate.sweepdir.layout import read_sweep
+    from ablate.sweepdir.liveness import sweep_lock
 
-    if not (Path(args.sweep_dir) / "sweep.json").exists():
-        raise FileNotFoundError(f"{Path(args.sweep_dir) / 'sweep.json'} not found: is {args.sweep_dir} an ablate sweep "
-                                "directory?")
+    read_sweep(args.sweep_dir)  # FileNotFoundError naming the directory when it is not a sweep
     with sweep_lock(args.sweep_dir):  # a launcher submitting into this sweep right now finishes first
         return _resubmit_locked(args)
 
@@ -51,14 +50,15 @@ def _resubmit(args) -> int:
 def _resubmit_locked(args) -> int:
     from omegaconf import OmegaConf
 
-    from ablate.collect import select_config
-    from ablate.partition import ImpossibleRequest
-    from ablate.slurm import submit_cells
-    from ablate.status import ALIVE, read_sweep_json, reconcile
+    from ablate.config import select_config
+    from ablate.sweep.partition import ImpossibleRequest
+    from ablate.sweep.slurm import submit_cells
+    from ablate.sweep.status import ALIVE, reconcile
+    from ablate.sweepdir import layout
 
     sweep_dir = Path(args.sweep_dir)
-    sweep = read_sweep_json(sweep_dir)
-    if "slurm" not in sweep:
+    sweep = layout.read_sweep(sweep_dir)
+    if sweep.slurm is None:
         print(f"{sweep_dir} was not launched on SLURM: re-run its command with hydra.sweep.dir={sweep_dir}",
               file=sys.stderr)
         return 2
@@ -80,13 +80,14 @@ def _resubmit_locked(args) -> int:
     if chosen.empty:
         print("nothing to resubmit")
         return 0
-    overrides = {c["cell_id"]: list(c.get("overrides", [])) for c in sweep.get("cells", [])}  # values may hold spaces
-    cells = [(OmegaConf.load(sweep_dir / "cells" / cid / "config.yaml"), overrides[cid], cid) for cid in chosen.cell_id]
-    launcher = OmegaConf.create(sweep["slurm"])
+    overrides = sweep.overrides_of()
+    cells = [(OmegaConf.load(layout.cell_dir(sweep_dir, cid) / layout.CONFIG_YAML), overrides[cid], cid)
+             for cid in chosen.cell_id]
+    launcher = OmegaConf.create(sweep.slurm)
     launcher.force = args.force
     try:
         submitted = submit_cells(sweep_dir, cells, launcher,
-                                 select_config(base=OmegaConf.create(sweep.get("select", {}))))
+                                 select_config(base=OmegaConf.create(sweep.select or {})))
     except ImpossibleRequest as error:
         print(f"ablate resubmit: {error}", file=sys.stderr)
         return 2
@@ -96,12 +97,13 @@ def _resubmit_locked(args) -> int:
 
 
 def _cancel(args) -> int:
-    from ablate.status import ALIVE, read_sweep_json, reconcile, slurm_states
+    from ablate.sweep.status import ALIVE, reconcile, slurm_states
+    from ablate.sweepdir.layout import read_sweep
 
-    sweep = read_sweep_json(args.sweep_dir)
+    sweep = read_sweep(args.sweep_dir)
     table = reconcile(args.sweep_dir)
     jobs = [j for j, s in zip(table.job_id, table.slurm_state, strict=True) if j and s in ALIVE]
-    collectors = list(dict.fromkeys([*sweep.get("collector_jobs", []), sweep.get("collector_job")]))
+    collectors = list(dict.fromkeys([*sweep.collector_jobs, sweep.collector_job]))
     jobs += [job for job, state in slurm_states([c for c in collectors if c]).items() if state in ALIVE]
     if not jobs:
         print("no queued or running job in this sweep")
@@ -112,15 +114,16 @@ def _cancel(args) -> int:
 
 
 def _collect(args) -> int:
-    from ablate.collect import collect, describe, select_config
+    from ablate.collect import collect, describe
+    from ablate.config import select_config
 
     print(describe(collect(args.sweep_dir, select_config(args.overrides), plots=not args.no_plots)))
     return 0
 
 
 def _wandb_report(args) -> int:
-    from ablate.wandb_report import publish_report, read_definition, write_definition
-    from ablate.wandb_review import DEFINITION, sync_offline_runs
+    from ablate.review.collector_run import DEFINITION, sync_offline_runs
+    from ablate.review.wandb_report import publish_report, read_definition, write_definition
 
     path = Path(args.sweep_dir) / "report" / DEFINITION
     if not path.exists():
@@ -138,7 +141,7 @@ def _wandb_report(args) -> int:
     try:
         definition = write_definition(path, publish_report(definition, new=args.new))
     except Exception as error:  # network, login, permissions: the definition stays for another try
-        from ablate.tracking import describe_error
+        from ablate.review.tracking import describe_error
 
         print(f"ablate wandb-report: could not save the report ({describe_error(error)})", file=sys.stderr)
         return 1

@@ -17,8 +17,10 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
-from ablate.engine import ATTENTION, AUTOCAST
-from ablate.objectives import OBJECTIVES, register_objective_schemas
+from ablate.paths import CONF_DIR
+from ablate.sweepdir.ids import as_plain
+from ablate.train.engine import ATTENTION, AUTOCAST
+from ablate.train.objectives import OBJECTIVES, register_objective_schemas
 
 
 # ------------------------------------------------------------------------------------- groups
@@ -87,7 +89,7 @@ class VerbosityTrapDataConfig(DataLimits):
 
 @dataclass
 class RowOptions(DataLimits):
-    """How rows of files or hub splits become pairs, and what bad or leaking data may pass (ablate/data.py)."""
+    """How rows of files or hub splits become pairs, and what bad or leaking data may pass (ablate/data/pairs.py)."""
 
     # auto | explicit | implicit_prompt (HH-RLHF transcripts without a prompt column) | unpaired (KTO rows)
     format: str = "auto"
@@ -138,13 +140,13 @@ class TrainerConfig:
     eval_batch_size: int = 128
     log_every: int = 10
     # Batches of similar pair lengths (less padding); off by default: on, it changes which pairs form a
-    # batch, so a cell with it is a different cell (ablate/data_order.py)
+    # batch, so a cell with it is a different cell (ablate/train/data_order.py)
     group_by_length: bool = False
 
 
 @dataclass
 class EngineConfig:
-    """How a cell computes, not what: speed and memory only, so not part of the cell id (ablate/engine.py)."""
+    """How a cell computes, not what: speed and memory only, so not part of the cell id (ablate/train/engine.py)."""
 
     head_chunk: int = 1024  # LM-head rows per chunk of the lean log-prob path (memory ~ 4 x chunk x vocab x 4 B)
     eval_batch_tokens: int = 16384  # padded tokens per no-grad scoring batch (at most trainer.eval_batch_size pairs)
@@ -188,6 +190,23 @@ class SelectConfig:
     prefer_lower_rank: bool = True
     overoptimisation_tolerance: float = 0.0
     length_imbalance: float = 0.2
+
+
+SELECT_DEFAULTS = CONF_DIR / "select" / "default.yaml"
+
+
+def select_config(overrides: list[str] | tuple[str, ...] = (), base: DictConfig | None = None) -> DictConfig:
+    """conf/select/default.yaml (or `base`) with `key=value` overrides, checked against the schema."""
+    schema = OmegaConf.structured(SelectConfig)
+    if base is None:
+        defaults = OmegaConf.load(SELECT_DEFAULTS)
+        defaults.pop("defaults", None)
+        base = OmegaConf.merge(schema, defaults)
+    else:
+        # a rule recorded by an older version (sweep.json, a queued collector job) may name retired keys
+        known = {k: v for k, v in OmegaConf.to_container(base).items() if k in schema}
+        base = OmegaConf.merge(schema, known)
+    return OmegaConf.merge(base, OmegaConf.from_dotlist(list(overrides)))
 
 
 @dataclass
@@ -349,13 +368,6 @@ def _missing(node, prefix: str = "") -> list[str]:
     return [prefix[:-1]] if node == "???" else []
 
 
-def as_plain(cfg: DictConfig | dict) -> dict:
-    """The config as plain Python containers, resolved; `???` stays a string (checks are ~10x faster on it)."""
-    if isinstance(cfg, dict):
-        return cfg
-    return OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False)
-
-
 def cell_problems(cfg: DictConfig | dict) -> list[str]:
     """Every range problem of one composed cell config, as 'key = value: must be ...' lines."""
     cfg = as_plain(cfg)
@@ -463,17 +475,6 @@ def _split_problems(data: dict) -> list[str]:
         return [f"data.validation_pairs = {validation}, data.test_pairs = {test}: more than the {available} "
                 f"held-out pairs (leave at least one for test)"]
     return []
-
-
-def task_split_problem(trainer: dict, tasks: int) -> str | None:
-    """Why a cell's micro-batches cannot be split evenly over `tasks` processes (None when they can): every
-    rank of a multi-task cell takes an equal share of every micro-batch (ablate/distributed.py)."""
-    micro = trainer["batch_size"] // trainer["grad_accum"]
-    if tasks <= 1 or micro % tasks == 0:
-        return None
-    return (f"trainer.batch_size / trainer.grad_accum = {trainer['batch_size']} / {trainer['grad_accum']} = {micro} "
-            f"pairs per micro-batch do not split evenly over {tasks} tasks: make it a multiple of {tasks}, or "
-            "change the number of tasks")
 
 
 def validate_cell(cfg: DictConfig, overrides: list[str] | tuple[str, ...] = ()) -> None:

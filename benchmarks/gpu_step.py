@@ -71,8 +71,13 @@ def main() -> None:
     from omegaconf import OmegaConf
     from peft import LoraConfig, get_peft_model
 
-    from ablate.engine import adapter_weights_in_float32, autocast_dtype, compute_context, enable_gradient_checkpointing
-    from ablate.scoring import completion_logps, pad
+    from ablate.train.engine import (
+        adapter_weights_in_float32,
+        autocast_dtype,
+        compute_context,
+        enable_gradient_checkpointing,
+    )
+    from ablate.train.scoring import completion_logps, pad
 
     device = torch.device(args.device)
     torch.manual_seed(0)

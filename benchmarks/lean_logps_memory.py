@@ -36,7 +36,7 @@ def measure(path: str, steps: int, threads: int) -> dict:
     from peft import LoraConfig, get_peft_model
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
-    from ablate.scoring import completion_logps, pad
+    from ablate.train.scoring import completion_logps, pad
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)

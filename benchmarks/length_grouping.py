@@ -17,9 +17,9 @@ from pathlib import Path
 
 from trl_cpu import prepare
 
-from ablate.data import read_pairs_from_files, tokenize_pairs
-from ablate.data_order import DataOrder, pair_lengths
-from ablate.scoring import pair_batch
+from ablate.data.pairs import read_pairs_from_files, tokenize_pairs
+from ablate.train.data_order import DataOrder, pair_lengths
+from ablate.train.scoring import pair_batch
 
 
 def padding_share(data, order: DataOrder, steps: int) -> float:

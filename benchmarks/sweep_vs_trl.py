@@ -103,15 +103,15 @@ def run_ablate(out: Path, steps: int, threads: int, seeds: str, work: Path) -> d
     phases = Phases()
     phases.clock_optimizer_steps()
     import ablate.collect
-    import ablate.shared
-    import ablate.trainer
+    import ablate.train.shared
+    import ablate.train.trainer
 
-    phases.wrap(ablate.shared, "tokenized_pairs", "data")  # at planning: read, check, tokenise, store
-    phases.wrap(ablate.trainer, "tokenized_pairs", "data")  # in each cell: load the stored tokens
-    phases.wrap(ablate.trainer, "reference_logps", "reference")  # score, or load the shared file
-    phases.wrap(ablate.trainer, "load_base_model", "model load")
-    phases.wrap(ablate.trainer, "score_pairs", "evaluation")  # held-out scoring (reference scoring is in shared)
-    phases.wrap(ablate.trainer, "train", "training")  # the rest of a cell: adapter, loop, files
+    phases.wrap(ablate.train.shared, "tokenized_pairs", "data")  # at planning: read, check, tokenise, store
+    phases.wrap(ablate.train.trainer, "tokenized_pairs", "data")  # in each cell: load the stored tokens
+    phases.wrap(ablate.train.trainer, "reference_logps", "reference")  # score, or load the shared file
+    phases.wrap(ablate.train.trainer, "load_base_model", "model load")
+    phases.wrap(ablate.train.trainer, "score_pairs", "evaluation")  # held-out scoring (reference scoring is in shared)
+    phases.wrap(ablate.train.trainer, "train", "training")  # the rest of a cell: adapter, loop, files
     phases.wrap(ablate.collect, "collect", "collector")
 
     sys.argv = ["ablate", "-m", "objective=dpo,simpo", "lora.r=8,16", f"seed={seeds}", f"hydra.sweep.dir={work}",

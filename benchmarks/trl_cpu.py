@@ -117,7 +117,7 @@ def run_ablate(out: Path, objective: str, steps: int, work: Path) -> dict:
     import hydra
 
     import ablate.config
-    from ablate.run import run_cell
+    from ablate.sweep.run import run_cell
 
     ablate.config.register_configs()
     overrides = [f"objective={objective}", "model=hub", f"model.path={out / 'model'}", "model.dtype=float32",
@@ -197,7 +197,7 @@ def token_parity(out: Path) -> dict:
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import DPOConfig, DPOTrainer
 
-    from ablate.data import read_pairs_from_files, tokenize_pairs
+    from ablate.data.pairs import read_pairs_from_files, tokenize_pairs
 
     tokenizer = AutoTokenizer.from_pretrained(out / "model")
     ours = tokenize_pairs(read_pairs_from_files([str(out / "train.jsonl")], id_prefix="train-"), tokenizer,

@@ -18,9 +18,9 @@ from pathlib import Path
 import hydra
 
 import ablate.config
-from ablate.config import as_plain
-from ablate.data import RowTally, read_pairs_from_files
-from ablate.shared import prepare_sweep_data
+from ablate.data.pairs import RowTally, read_pairs_from_files
+from ablate.sweepdir.ids import as_plain
+from ablate.train.shared import prepare_sweep_data
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 

@@ -2,8 +2,8 @@
 
     <dir>/sweep.json                      {"cells": [{"cell_id", "overrides"}], "axes": {...}}
     <dir>/cells/<id>/status.json          {"state", "overrides", "objective", "lora_r", "seed", "error", ...}
-    <dir>/cells/<id>/heldout_pairs.parquet   columns ablate.heldout.PAIR_COLUMNS
-    <dir>/cells/<id>/metrics.json         {"step", **ablate.heldout.heldout_metrics(that table)}
+    <dir>/cells/<id>/heldout_pairs.parquet   columns ablate.data.heldout.PAIR_COLUMNS
+    <dir>/cells/<id>/metrics.json         {"step", **ablate.data.heldout.heldout_metrics(that table)}
     <dir>/cells/<id>/train_log.jsonl      one entry per 10 steps, with "rewards/margins"
     <dir>/cells/<id>/eval_log.jsonl       steps 0, max_steps/2, max_steps, with heldout/* keys
     <dir>/shared/data-<hash>.json         {"data": {"kind"}, "train": {length statistics}}
@@ -29,7 +29,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ablate.heldout import PAIR_COLUMNS, heldout_metrics
+from ablate.data.heldout import PAIR_COLUMNS, heldout_metrics
 
 SLICES = ("clean", "verbose_rejected")
 BASE_AVGLOGP = -2.0
@@ -113,7 +113,7 @@ def _values(overrides: Iterable[str]) -> dict[str, str]:
 
 
 def grid_axes(cells: Iterable[Cell]) -> dict[str, list[str]]:
-    """Like ablate.sweep.grid_axes: swept keys (values in order of appearance) with more than one value."""
+    """Like ablate.sweep.plan.grid_axes: swept keys (values in order of appearance) with more than one value."""
     axes: dict[str, list[str]] = {}
     for cell in cells:
         for key, value in _values(cell.overrides).items():

@@ -1,4 +1,4 @@
-"""Cells on disk (ablate/cells.py): content-addressed ids, atomic writes, status.json, "finished"."""
+"""Cells on disk (ablate/sweepdir/): content-addressed ids, atomic writes, typed status.json, "finished"."""
 
 from __future__ import annotations
 
@@ -9,7 +9,21 @@ import pandas as pd
 import pytest
 from omegaconf import OmegaConf, open_dict
 
-from ablate.cells import atomic_write_json, cell_id, is_done, read_status, semantic_config, update_status
+from ablate.sweepdir.atomic import atomic_write_json
+from ablate.sweepdir.ids import cell_id, semantic_config
+from ablate.sweepdir.layout import (
+    CellStatus,
+    SweepRecord,
+    arm_axes,
+    arm_label,
+    grid_axes,
+    is_done,
+    override_values,
+    read_status,
+    read_sweep,
+    update_status,
+    updating_sweep,
+)
 
 
 # ----------------------------------------------------------------------------------- cell id
@@ -79,27 +93,70 @@ def test_atomic_write_json_failure_keeps_old_file_and_no_temp(tmp_path):
 
 # ------------------------------------------------------------------------------------ status
 def test_update_status_merges_fields(tmp_path):
-    assert read_status(tmp_path) == {}
+    assert read_status(tmp_path) == CellStatus()
     update_status(tmp_path, state="running", attempts=1, error=None)
     status = update_status(tmp_path, state="failed", error="boom")
     on_disk = read_status(tmp_path)
     assert on_disk == status
-    assert on_disk["state"] == "failed"
-    assert on_disk["error"] == "boom"
-    assert on_disk["attempts"] == 1  # kept from the first update
-    assert "updated_at" in on_disk
+    assert on_disk.state == "failed"
+    assert on_disk.error == "boom"
+    assert on_disk.attempts == 1  # kept from the first update
+    assert on_disk.updated_at
+    raw = json.loads((tmp_path / "status.json").read_text())
+    assert raw["format"] == CellStatus.FORMAT and raw["state"] == "failed"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["status.json"]
+
+
+def test_update_status_refuses_unknown_fields_naming_the_valid_ones(tmp_path):
+    with pytest.raises(TypeError, match=r"no field\(s\) stat; valid: state, cell_id"):
+        update_status(tmp_path, stat="done")
+    assert not (tmp_path / "status.json").exists()
+
+
+def test_read_status_keeps_known_fields_and_ignores_new_ones(tmp_path):
+    """A status.json from a newer ablate (an extra key) or an older one (no `format`) still reads."""
+    (tmp_path / "status.json").write_text(json.dumps({"state": "done", "attempts": 2, "added_later": 1}))
+    assert read_status(tmp_path) == CellStatus(state="done", attempts=2)
 
 
 def test_read_status_tolerates_corrupt_file(tmp_path):
     (tmp_path / "status.json").write_text("{not json")
-    assert read_status(tmp_path) == {}
+    assert read_status(tmp_path) == CellStatus()
+    (tmp_path / "status.json").write_text("[1, 2]")
+    assert read_status(tmp_path) == CellStatus()
+
+
+def test_sweep_record_round_trips_and_keeps_earlier_cells(tmp_path):
+    with updating_sweep(tmp_path) as record:
+        record.cells = [{"cell_id": "a" * 12, "overrides": ["seed=0"]}]
+        record.jobs["a" * 12] = "7_0"
+    first = read_sweep(tmp_path)
+    assert first.created_at and first.format == SweepRecord.FORMAT and first.jobs == {"a" * 12: "7_0"}
+    with updating_sweep(tmp_path) as record:
+        record.cells.append({"cell_id": "b" * 12, "overrides": ["seed=1"]})
+    again = read_sweep(tmp_path)
+    assert again.overrides_of() == {"a" * 12: ["seed=0"], "b" * 12: ["seed=1"]}
+    assert again.created_at == first.created_at
+    assert "slurm" not in json.loads((tmp_path / "sweep.json").read_text())  # unset fields are not written
+
+
+def test_override_parsing_axes_and_arm_labels():
+    cells = [["seed=0", "objective=dpo", "lora.r=8"], ["seed=1", "objective=dpo", "+lora.r=16"],
+             ["seed=0", "objective=simpo", "lora.r=8", "hydra.sweep.dir=/x"]]
+    assert override_values(cells[1]) == {"seed": "1", "objective": "dpo", "lora.r": "16"}
+    axes = grid_axes(cells)
+    assert axes == {"seed": ["0", "1"], "objective": ["dpo", "simpo"], "lora.r": ["8", "16"]}
+    assert arm_axes(axes) == {"objective": ["dpo", "simpo"], "lora.r": ["8", "16"]}
+    assert arm_label(override_values(cells[1]), arm_axes(axes)) == "objective=dpo lora.r=16"
+    assert arm_label({}, {}) == "(defaults)"
 
 
 def test_is_done_needs_metrics_and_state_done(tmp_path):
     assert not is_done(tmp_path)
     update_status(tmp_path, state="done")
     assert not is_done(tmp_path)  # state done but no metrics.json
+    atomic_write_json(tmp_path / "metrics.json", {"heldout/logratio_accuracy": float("nan")})
+    assert not is_done(tmp_path)  # a non-finite held-out value is no result
     atomic_write_json(tmp_path / "metrics.json", {"heldout/logratio_accuracy": 1.0})
     assert not is_done(tmp_path)  # and its held-out table, readable (tests/test_liveness.py: damaged results)
     pd.DataFrame({"pair_id": ["p0"]}).to_parquet(tmp_path / "heldout_pairs.parquet")

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from conftest import TINY
 
-from ablate.cells import cell_id
+from ablate.sweepdir.ids import cell_id
 
 GRID = ["objective=dpo,simpo", "lora.r=8,16"]
 ONE_SEED = "seed=0"  # a multirun runs seeds 0,1,2 unless told otherwise (conf/config.yaml hydra.sweeper.params)

@@ -35,7 +35,7 @@ from sweep_fixtures import (
     write_sweep,
 )
 
-from ablate.collect import collect, select_config
+from ablate.collect import collect
 from ablate.collect.stats import (
     contrast,
     equivalent,
@@ -43,6 +43,7 @@ from ablate.collect.stats import (
     seed_summary,
     seeds_to_resolve,
 )
+from ablate.config import select_config
 
 DPO8, DPO16 = arm_label("dpo", "8"), arm_label("dpo", "16")
 SIMPO8, SIMPO16 = arm_label("simpo", "8"), arm_label("simpo", "16")

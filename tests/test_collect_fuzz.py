@@ -14,8 +14,9 @@ import shutil
 import pytest
 from sweep_fixtures import GOLDEN_COUNTS, data_stats, golden_sweep, grid_cells, write_sweep
 
-from ablate.collect import collect, select_config
+from ablate.collect import collect
 from ablate.collect import collector as collector_module
+from ablate.config import select_config
 
 TRIALS = 60
 PLOT_EVERY = 10  # drawing the figures costs ~1 s; every 10th trial draws them

@@ -15,7 +15,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, ValidationError
 
 from ablate.config import OBJECTIVE_PARAMETER_RULES, ConfigError, validate_cell
-from ablate.objectives import OBJECTIVES
+from ablate.train.objectives import OBJECTIVES
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 

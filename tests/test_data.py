@@ -1,4 +1,4 @@
-"""Tests for ablate/data.py: readers, validation errors, tokenisation, truncation, held-out split.
+"""Tests for ablate/data/pairs.py: readers, validation errors, tokenisation, truncation, held-out split.
 
 Everything is local: a word-level tokenizer built in code (no hub), data files written to tmp_path.
 """
@@ -17,7 +17,7 @@ from tokenizers.pre_tokenizers import WhitespaceSplit
 from tokenizers.processors import TemplateProcessing
 from transformers import PreTrainedTokenizerFast
 
-from ablate.data import (
+from ablate.data.pairs import (
     DataError,
     PreferencePair,
     read_pairs_from_files,

@@ -1,4 +1,4 @@
-"""Bad-row policy, duplicate pairs and held-out leakage (ablate/data_checks.py), through planning."""
+"""Bad-row policy, duplicate pairs and held-out leakage (ablate/data/checks.py), through planning."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ from types import SimpleNamespace
 import pytest
 
 from ablate.collect.diagnostics import data_checks
-from ablate.config import as_plain
-from ablate.readers import DataError
-from ablate.shared import prepare_sweep_data
+from ablate.data.readers import DataError
+from ablate.sweepdir.ids import as_plain
+from ablate.train.shared import prepare_sweep_data
 
 ROWS = [{"prompt": f"echo {c}", "chosen": f"rev : {c}", "rejected": f"copy : {c} a"} for c in "abcdefgh"]
 HELDOUT = [{"prompt": "echo p o", "chosen": "copy : p o", "rejected": "rev : o p"}]
@@ -91,8 +91,8 @@ def test_validating_100k_pairs_at_planning_takes_under_10_s(tmp_path):
     CPU time of this process: single-threaded Python, so other jobs on a shared machine do not count."""
     import time
 
-    from ablate.data import RowTally, read_pairs_from_files
-    from ablate.data_checks import check_pairs
+    from ablate.data.checks import check_pairs
+    from ablate.data.pairs import RowTally, read_pairs_from_files
 
     path = tmp_path / "train.jsonl"
     path.write_text("".join(json.dumps({"prompt": f"question {i} about a topic", "chosen": f"a good answer {i}",

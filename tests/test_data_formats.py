@@ -13,8 +13,8 @@ import pytest
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
-from ablate.data import RowFormat, RowTally, read_pairs_from_files, tokenize_pairs
-from ablate.readers import DataError
+from ablate.data.pairs import RowFormat, RowTally, read_pairs_from_files, tokenize_pairs
+from ablate.data.readers import DataError
 
 FIXTURES = Path(__file__).parent / "fixtures" / "data"
 CHAT_TEMPLATE = ("{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}{% endfor %}"
@@ -131,7 +131,7 @@ def ultrafeedback_row(i: int) -> dict:
 def test_ultrafeedback_binarized_config_reads_its_splits_and_layout(compose_cfg, tmp_path):
     import pandas as pd
 
-    from ablate.shared import load_pairs
+    from ablate.train.shared import load_pairs
 
     (tmp_path / "uf" / "data").mkdir(parents=True)
     for split, rows in (("train_prefs", range(4)), ("test_prefs", range(4, 6)), ("train_gen", range(6, 7))):
@@ -150,7 +150,7 @@ def test_hh_rlhf_config_reads_transcripts_from_subset_folders(compose_cfg, tmp_p
     import gzip
     import json
 
-    from ablate.shared import load_pairs
+    from ablate.train.shared import load_pairs
 
     lines = (FIXTURES / "hh_rlhf.jsonl").read_text().split("\n")  # not splitlines(): a row holds a U+2028
     rows = [json.loads(line) for line in lines if line]
@@ -177,7 +177,7 @@ def test_completions_that_merely_start_with_a_plain_prompt_are_kept_and_counted(
 
 
 def test_data_columns_from_the_command_line_reach_the_reader(compose_cfg):
-    from ablate.shared import load_pairs
+    from ablate.train.shared import load_pairs
 
     renamed = FIXTURES / "renamed_columns.jsonl"
     cfg = compose_cfg(["data=files", f"data.train_files=[{renamed}]", f"data.heldout_files=[{renamed}]",

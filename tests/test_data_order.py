@@ -1,4 +1,4 @@
-"""The data order (ablate/data_order.py): batches from (seed, step) only, every pair once per epoch,
+"""The data order (ablate/train/data_order.py): batches from (seed, step) only, every pair once per epoch,
 and trainer.group_by_length cutting padding without breaking either."""
 
 from __future__ import annotations
@@ -7,9 +7,9 @@ import random
 
 import pytest
 
-from ablate.data import TokenizedPairs
-from ablate.data_order import MEGA_BATCH, DataOrder, pair_lengths
-from ablate.scoring import pair_batch
+from ablate.data.pairs import TokenizedPairs
+from ablate.train.data_order import MEGA_BATCH, DataOrder, pair_lengths
+from ablate.train.scoring import pair_batch
 
 
 def skewed_pairs(n: int, seed: int = 0) -> TokenizedPairs:
@@ -44,7 +44,7 @@ def test_a_step_batch_depends_on_seed_and_step_only(grouped):
 
 
 def test_without_grouping_the_order_is_the_one_cells_always_had():
-    # recorded from the DataOrder of ablate/trainer.py before the key existed: old cells replay exactly
+    # recorded from the DataOrder of ablate/train/trainer.py before the key existed: old cells replay exactly
     order = DataOrder(20, 6, seed=3)
     assert [order.batch(1), order.batch(4)] == [[4, 6, 8, 17, 0, 2], [15, 11, 11, 0, 15, 10]]
 

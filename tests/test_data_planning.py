@@ -1,4 +1,4 @@
-"""The data of a sweep are read, validated and tokenised once, at planning time (ablate/shared.py).
+"""The data of a sweep are read, validated and tokenised once, at planning time (ablate/train/shared.py).
 
 A broken row stops the sweep before any cell starts (exit 2, file and 1-based line in the message);
 cells then load the tokens the launcher stored and never read the data files themselves.
@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from ablate.config import as_plain
-from ablate.readers import DataError
-from ablate.shared import prepare_sweep_data, tokenized_pairs, tokens_path
+from ablate.data.readers import DataError
+from ablate.sweepdir.ids import as_plain
+from ablate.train.shared import prepare_sweep_data, tokenized_pairs, tokens_path
 
 GOOD = [
     {"prompt": "echo a b c", "chosen": "rev : c b a", "rejected": "copy : a b c"},
@@ -46,9 +46,9 @@ def test_cells_reuse_the_data_prepared_at_planning_without_reading_the_files(com
     assert "3 training / 1 held-out pairs checked and tokenised" in line and "shared by 2 cell(s)" in line
     record = json.loads(next(shared.glob("data-*.json")).read_text())
     assert record["checks"]["rows_read"] == {str(train): 3, str(heldout): 1}
-    from ablate.data import tokenize_pairs
-    from ablate.models import load_tokenizer
-    from ablate.shared import load_pairs
+    from ablate.data.pairs import tokenize_pairs
+    from ablate.train.models import load_tokenizer
+    from ablate.train.shared import load_pairs
 
     tokenizer = load_tokenizer(cells[1].model)
     fresh = [tokenize_pairs(part, tokenizer, max_length=64, max_prompt_length=16) for part in load_pairs(cells[1].data)]
@@ -130,8 +130,8 @@ def test_the_tokenizer_built_in_code_is_the_one_saved_beside_the_embedded_model(
     """Planning tokenises with build_tokenizer() (no model build); cells used to load the saved copy."""
     from transformers import AutoTokenizer
 
-    from ablate.embedded import build_tokenizer, verbosity_trap_pairs
-    from ablate.models import load_tokenizer
+    from ablate.train.embedded import build_tokenizer, verbosity_trap_pairs
+    from ablate.train.models import load_tokenizer
 
     build_tokenizer().save_pretrained(tmp_path)  # what embedded_model_dir saves
     saved = AutoTokenizer.from_pretrained(tmp_path)

@@ -15,8 +15,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ablate.data import RowFormat, RowTally, implicit_prompt, read_pairs_from_files
-from ablate.readers import BadRow, DataError
+from ablate.data.pairs import RowFormat, RowTally, implicit_prompt, read_pairs_from_files
+from ablate.data.readers import BadRow, DataError
 
 # Text with the characters readers trip on: newlines, U+2028/2029, quotes, backslashes, non-ASCII.
 TEXT = st.text(st.characters(codec="utf-8", exclude_categories=["Cs"]) | st.sampled_from("\n\r\u2028\"\\{}[],"),

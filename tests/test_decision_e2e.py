@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 from conftest import TINY
 
-from ablate.collect import collect, select_config
+from ablate.collect import collect
+from ablate.config import select_config
 
 # A short but real training run: long enough for seeds to differ, short enough for CI (~3 s a cell).
 SHORT = ["trainer.max_steps=40", "trainer.eval_every=20", "trainer.log_every=10", "trainer.batch_size=8",

@@ -14,8 +14,8 @@ import pytest
 import torch.multiprocessing as mp
 from omegaconf import OmegaConf
 
-from ablate.config import task_split_problem
-from ablate.run import run_cell
+from ablate.sweep.run import run_cell
+from ablate.train.distributed import task_split_problem
 
 
 def _free_port() -> int:
@@ -27,7 +27,7 @@ def _free_port() -> int:
 def _rank_main(rank: int, world: int, port: int, config: dict, sweep_dir: str, cache: str, stop: bool) -> None:
     os.environ.update({"RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(world),
                        "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "ABLATE_CACHE": cache})
-    from ablate.trainer import Interrupted
+    from ablate.train.trainer import Interrupted
 
     stop_requested = threading.Event()
     if stop:  # as submitit's handler would on rank 0: checkpoint at the first step boundary
@@ -97,7 +97,7 @@ def test_two_tasks_with_accumulation_and_checkpointing_match_one_process(compose
     non-reentrant gradient checkpointing under DDP."""
     from test_kto_unpaired import unpaired_rows, write_jsonl
 
-    from ablate.embedded import verbosity_trap_pairs
+    from ablate.train.embedded import verbosity_trap_pairs
 
     train, heldout = verbosity_trap_pairs(compose_cfg(tiny_overrides).data)
     files = [write_jsonl(tmp_path / "train.jsonl", unpaired_rows(train)),

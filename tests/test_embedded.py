@@ -1,4 +1,4 @@
-"""The embedded default (ablate/embedded.py, DESIGN §7): the verbosity-trap task and the cached tiny Llama.
+"""The embedded default (ablate/train/embedded.py, DESIGN §7): the verbosity-trap task and the cached tiny Llama.
 
 The model is built once per test session under $ABLATE_CACHE (tests/conftest.py), ~15 s on CPU.
 """
@@ -9,8 +9,8 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from ablate.embedded import FILLER, VOCAB, embedded_model_dir, preferred_mode, verbosity_trap_pairs
-from ablate.models import add_lora, load_base_model, load_tokenizer
+from ablate.train.embedded import FILLER, VOCAB, embedded_model_dir, preferred_mode, verbosity_trap_pairs
+from ablate.train.models import add_lora, load_base_model, load_tokenizer
 
 FILLER_WORDS = set(FILLER)
 
@@ -146,7 +146,7 @@ def test_model_dir_is_cached_and_reused(model_cfg, model_dir, tmp_path_factory):
 
 
 def test_model_cache_key_follows_config(model_cfg, model_dir):
-    from ablate.embedded import _model_key
+    from ablate.train.embedded import _model_key
 
     assert _model_key(model_cfg) != _model_key(OmegaConf.merge(model_cfg, {"hidden_size": 64}))
     assert _model_key(model_cfg) == _model_key(OmegaConf.merge(model_cfg, {"dtype": "bfloat16"}))

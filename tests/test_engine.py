@@ -1,4 +1,4 @@
-"""Precision and memory options (ablate/engine.py) and the invariances the trainer owes them:
+"""Precision and memory options (ablate/train/engine.py) and the invariances the trainer owes them:
 gradient accumulation 1x8 == 8x1, checkpointing on/off and bf16 autocast with float32 adapters."""
 
 from __future__ import annotations
@@ -12,9 +12,14 @@ from omegaconf import OmegaConf
 from test_lean_logps import PAD, pairs, tiny_llama, with_lora  # noqa: F401  (pairs is a fixture)
 from torch.testing import assert_close
 
-from ablate.engine import adapter_weights_in_float32, autocast_dtype, compute_context, enable_gradient_checkpointing
-from ablate.run import run_cell
-from ablate.scoring import completion_logps, pair_batch
+from ablate.sweep.run import run_cell
+from ablate.train.engine import (
+    adapter_weights_in_float32,
+    autocast_dtype,
+    compute_context,
+    enable_gradient_checkpointing,
+)
+from ablate.train.scoring import completion_logps, pair_batch
 
 
 def test_autocast_auto_is_bf16_only_on_cuda_for_a_bf16_model():

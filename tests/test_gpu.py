@@ -11,7 +11,7 @@ import json
 import pytest
 import torch
 
-from ablate.run import run_cell
+from ablate.sweep.run import run_cell
 
 pytestmark = [
     pytest.mark.gpu,

@@ -1,4 +1,4 @@
-"""Objective-neutral held-out metrics (ablate/heldout.py, DESIGN §5) on a hand-built table.
+"""Objective-neutral held-out metrics (ablate/data/heldout.py, DESIGN §5) on a hand-built table.
 
 S = summed completion log-prob, n = completion tokens, ref = reference, w = chosen, l = rejected;
 chosen shift = (S_w − S_w^ref)/n_w.
@@ -27,7 +27,7 @@ import pandas as pd
 import pytest
 from torch.testing import assert_close
 
-from ablate.heldout import PAIR_COLUMNS, heldout_metrics, pair_outcomes
+from ablate.data.heldout import PAIR_COLUMNS, heldout_metrics, pair_outcomes
 
 
 def table() -> pd.DataFrame:

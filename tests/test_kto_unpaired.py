@@ -22,13 +22,13 @@ from conftest import TINY
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ablate.data import PreferencePair, UnpairedExample, pair_by_prompt, read_pairs_from_files
-from ablate.embedded import verbosity_trap_pairs
-from ablate.objectives import OBJECTIVES, SequenceLogps
-from ablate.readers import DataError
-from ablate.run import run_cell
-from ablate.scoring import mismatch_partners
-from ablate.shared import load_pairs
+from ablate.data.pairs import PreferencePair, UnpairedExample, pair_by_prompt, read_pairs_from_files
+from ablate.data.readers import DataError
+from ablate.sweep.run import run_cell
+from ablate.train.embedded import verbosity_trap_pairs
+from ablate.train.objectives import OBJECTIVES, SequenceLogps
+from ablate.train.scoring import mismatch_partners
+from ablate.train.shared import load_pairs
 
 FIXTURES = Path(__file__).parent / "fixtures" / "data"
 FILE_TRAINER = [o for o in TINY if not o.startswith("data.")] + ["data.max_length=64", "data.max_prompt_length=16"]
@@ -96,7 +96,7 @@ def test_held_out_rows_pair_up_by_prompt_and_leftovers_are_counted():
     assert pairs == [PreferencePair("a1+a2", "A", "good a", "bad a")]
     assert leftover == 3  # a3 (no second desirable for A), b1 (no desirable for B), c1 (no undesirable for C)
     with pytest.raises(DataError, match="none of the 2 unpaired held-out rows has a partner"):
-        from ablate.shared import _paired
+        from ablate.train.shared import _paired
 
         _paired([e[1], e[4]], "data x", None)
 
@@ -213,7 +213,7 @@ def test_kto_mix_config_reads_the_hub_layout(compose_cfg, tmp_path):
         pd.DataFrame(rows).to_parquet(tmp_path / "kto" / "data" / f"{split}-00000-of-00001.parquet")
     assert compose_cfg(["data=kto_mix"]).data.path == "trl-lib/kto-mix-14k"
     cfg = compose_cfg(["data=kto_mix", f"data.path={tmp_path / 'kto'}"])
-    from ablate.data import RowTally
+    from ablate.data.pairs import RowTally
 
     tally = RowTally()
     train, heldout = load_pairs(cfg.data, tally)

@@ -13,9 +13,9 @@ from peft import LoraConfig, get_peft_model
 from torch.testing import assert_close
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from ablate.data import TokenizedPairs
-from ablate.objectives import OBJECTIVES, SequenceLogps
-from ablate.scoring import check_lean_head, completion_logps, mismatched_batch, pair_batch
+from ablate.data.pairs import TokenizedPairs
+from ablate.train.objectives import OBJECTIVES, SequenceLogps
+from ablate.train.scoring import check_lean_head, completion_logps, mismatched_batch, pair_batch
 
 PAD = 0
 
@@ -193,7 +193,7 @@ def test_check_lean_head_refuses_a_forward_it_does_not_reproduce():
 def test_frozen_head_backward_equals_autograd(autocast, dtype):
     """The hand-written head backward (frozen nn.Linear, LoRA's case) against autograd through the same
     forward: values and hidden-state gradients, with a bias, under bf16 autocast, and for a bf16 model."""
-    from ablate.scoring import _FrozenHeadLogps, _token_logps
+    from ablate.train.scoring import _FrozenHeadLogps, _token_logps
 
     g = torch.Generator().manual_seed(0)
     head = torch.nn.Linear(16, 50, bias=True).requires_grad_(False).to(dtype)

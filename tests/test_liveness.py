@@ -12,10 +12,11 @@ import time
 import pandas as pd
 import pytest
 
-from ablate.cells import clean_stale_temp_files, done_problem, is_done
 from ablate.collect.load import load_sweep
-from ablate.liveness import CellBusy, Claim, claim_holder, local_cell_dead
-from ablate.status import reconcile
+from ablate.sweep.status import reconcile
+from ablate.sweepdir.atomic import clean_stale_temp_files
+from ablate.sweepdir.layout import CellStatus, done_problem, is_done, read_status
+from ablate.sweepdir.liveness import CellBusy, Claim, claim_holder, local_cell_dead
 
 HOST = socket.gethostname()
 
@@ -68,7 +69,7 @@ def test_a_claim_from_another_host_lives_as_long_as_its_heartbeat(tmp_path):
 
 
 def test_the_heartbeat_touches_the_claim(tmp_path, monkeypatch):
-    monkeypatch.setattr("ablate.liveness.HEARTBEAT_S", 0.05)
+    monkeypatch.setattr("ablate.sweepdir.liveness.HEARTBEAT_S", 0.05)
     cell = tmp_path / "c"
     with Claim(cell):
         os.utime(cell / "claim.json", (0, 0))
@@ -87,7 +88,7 @@ def local_sweep(tmp_path, status: dict):
 def test_a_killed_local_cell_is_failed_for_status_and_collector_not_running_for_ever(tmp_path):
     pid = dead_pid()
     cell = local_sweep(tmp_path, {"state": "running", "host": HOST, "pid": pid})
-    assert f"process {pid} on {HOST} is gone" in local_cell_dead(cell, json.loads((cell / "status.json").read_text()))
+    assert f"process {pid} on {HOST} is gone" in local_cell_dead(cell, read_status(cell))
 
     sweep = load_sweep(tmp_path)
     assert list(sweep.cells.state) == ["failed"]
@@ -99,7 +100,7 @@ def test_a_killed_local_cell_is_failed_for_status_and_collector_not_running_for_
 
 def test_a_running_local_cell_stays_running(tmp_path):
     cell = local_sweep(tmp_path, {"state": "running", "host": HOST, "pid": os.getpid()})
-    assert local_cell_dead(cell, {"state": "running", "host": HOST, "pid": os.getpid()}) is None
+    assert local_cell_dead(cell, CellStatus(state="running", host=HOST, pid=os.getpid())) is None
     assert list(reconcile(tmp_path).state) == ["running"]
 
 
@@ -136,8 +137,8 @@ def test_leftover_temporary_files_are_cleaned_once_old(tmp_path):
 
 
 def test_the_data_record_is_rewritten_when_missing(tmp_path, compose_cfg):
-    from ablate.embedded import build_tokenizer
-    from ablate.shared import tokenized_pairs
+    from ablate.train.embedded import build_tokenizer
+    from ablate.train.shared import tokenized_pairs
 
     cfg = compose_cfg(["data.n_train=32", "data.n_heldout_per_slice=8"])
     tokenized_pairs(cfg, build_tokenizer(), tmp_path)

@@ -1,4 +1,4 @@
-"""ablate/models.py through the hub path (model=hub model.path=<local dir>), with no download.
+"""ablate/train/models.py through the hub path (model=hub model.path=<local dir>), with no download.
 
 A tiny random Llama is saved with the embedded word-level tokenizer as an ordinary Hugging Face
 directory, then loaded exactly as a user's local model would be.
@@ -14,9 +14,9 @@ import pytest
 import torch
 from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-from ablate.embedded import VOCAB, build_tokenizer, verbosity_trap_pairs
-from ablate.models import add_lora, load_base_model, load_tokenizer
-from ablate.run import run_cell
+from ablate.sweep.run import run_cell
+from ablate.train.embedded import VOCAB, build_tokenizer, verbosity_trap_pairs
+from ablate.train.models import add_lora, load_base_model, load_tokenizer
 
 N_LAYERS = 2
 LLAMA_LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")

@@ -22,7 +22,7 @@ from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 from torch.testing import assert_close
 
-from ablate.objectives import OBJECTIVES, SequenceLogps, get_objective, log1mexp, register_objective_schemas
+from ablate.train.objectives import OBJECTIVES, SequenceLogps, get_objective, log1mexp, register_objective_schemas
 
 CONF_OBJECTIVE = Path(__file__).resolve().parents[1] / "conf" / "objective"
 

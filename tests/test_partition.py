@@ -1,4 +1,4 @@
-"""Requests checked against what a SLURM partition can ever give (ablate.partition), from scontrol's own lines.
+"""Requests checked against what a SLURM partition can ever give (ablate.sweep.partition), from scontrol's own lines.
 
 The lines below were printed by the test cluster of tests/slurm/ (SLURM 22.05, `scontrol show partition -o`,
 `scontrol show node -o`); the SLURM-marked end-to-end check is in tests/test_slurm_launcher.py.
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from ablate.partition import ImpossibleRequest, check_requests, parse_gpus, parse_minutes, parse_partition
+from ablate.sweep.partition import ImpossibleRequest, check_requests, parse_gpus, parse_minutes, parse_partition
 
 PARTITION = ("PartitionName=gpu AllowGroups=ALL AllowAccounts=ALL AllowQos=ALL AllocNodes=ALL Default=YES QoS=N/A "
              "DefaultTime=NONE DisableRootJobs=NO ExclusiveUser=NO GraceTime=0 Hidden=NO MaxNodes=UNLIMITED "

@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from ablate.redact import redact
-from ablate.sweep import write_sweep_json
+from ablate.sweep.plan import write_sweep_json
 
 
 @pytest.mark.parametrize("text, expected", [

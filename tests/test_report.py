@@ -2,7 +2,7 @@
 
 `make_sweep` writes what finished cells leave behind (DESIGN §3) with numbers chosen by hand: DPO
 gets most held-out pairs right, SimPO fewer, so the decision is known in advance. Held-out metrics
-are computed from the written per-pair table with ablate.heldout, as a real cell does.
+are computed from the written per-pair table with ablate.data.heldout, as a real cell does.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 
 from ablate.collect import collect
-from ablate.heldout import PAIR_COLUMNS, heldout_metrics
+from ablate.data.heldout import PAIR_COLUMNS, heldout_metrics
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"

@@ -1,4 +1,4 @@
-"""Batches and completion log-probs (ablate/scoring.py) against a per-token loop on a tiny random Llama."""
+"""Batches and completion log-probs (ablate/train/scoring.py) against a per-token loop on a tiny random Llama."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import torch
 from torch.testing import assert_close
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from ablate.data import TokenizedPairs
-from ablate.scoring import completion_logps, mismatched_batch, pad, pair_batch, score_pairs
+from ablate.data.pairs import TokenizedPairs
+from ablate.train.scoring import completion_logps, mismatched_batch, pad, pair_batch, score_pairs
 
 PAD = 0
 

@@ -9,10 +9,10 @@ from omegaconf import OmegaConf
 from test_lean_logps import PAD, tiny_llama
 from torch.testing import assert_close
 
-from ablate.data import TokenizedPairs
-from ablate.data_order import DataOrder
-from ablate.scoring import completion_logps, length_sorted_batches, pair_batch, score_pairs
-from ablate.shared import reference_logps
+from ablate.data.pairs import TokenizedPairs
+from ablate.train.data_order import DataOrder
+from ablate.train.scoring import completion_logps, length_sorted_batches, pair_batch, score_pairs
+from ablate.train.shared import reference_logps
 
 
 @pytest.fixture(scope="module")

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 from conftest import TINY as CONFTEST_TINY
 
-from ablate.cells import cell_id
+from ablate.sweepdir.ids import cell_id
 
 pytestmark = pytest.mark.slurm
 
@@ -122,7 +122,7 @@ def cells_by(sweep_dir: Path, key: str) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def embedded_model(compose_cfg):
     """Builds the embedded model once, here, so that concurrent jobs do not each build it (ABLATE_CACHE)."""
-    from ablate.embedded import embedded_model_dir
+    from ablate.train.embedded import embedded_model_dir
 
     return embedded_model_dir(compose_cfg([]).model)
 
@@ -283,7 +283,7 @@ def test_an_interrupted_job_requeues_and_resumes_from_its_checkpoint(slurm_activ
     import submitit
     import torch
 
-    from ablate.run import run_cell
+    from ablate.sweep.run import run_cell
 
     cluster = slurm_activated
     sweep_dir = tmp_path / "interrupted"  # also the job name: ablate-interrupted
@@ -396,7 +396,7 @@ def test_cancel_marks_cells_failed_and_resubmit_failed_finishes_them(slurm_clust
 
 # ------------------------------------------------------------------------- MaxArraySize and dry runs
 def test_max_array_size_is_read_from_the_cluster(slurm_activated):
-    from ablate.slurm import max_array_size
+    from ablate.sweep.slurm import max_array_size
 
     assert max_array_size(None) == slurm_activated.max_array_size == 8
     assert max_array_size(3) == 3
@@ -447,7 +447,7 @@ def test_cells_beyond_max_array_size_go_to_another_array_and_resubmission_keeps_
         slurm_activated, tmp_path):
     """9 cells of one profile: an array of 8 (MaxArraySize) and one more job. Submitted held, so nothing runs.
     One cell is cancelled and resubmitted while the others stay queued: the new collector job waits for them too."""
-    from ablate.status import slurm_states
+    from ablate.sweep.status import slurm_states
 
     cluster = slurm_activated
     sweep_dir = tmp_path / "held"  # also the job name: ablate-held
@@ -534,7 +534,7 @@ def test_a_two_task_cell_in_a_slurm_job_matches_one_process(slurm_cluster, embed
     """tasks_per_node=2: srun starts two tasks in one job; submitit's JobEnvironment gives them the
     torch.distributed environment (gloo on CPU) and they train one cell data-parallel. Its held-out metrics equal
     the same cell trained in one process here, up to float summation order."""
-    from ablate.run import run_cell
+    from ablate.sweep.run import run_cell
 
     overrides = ["objective=dpo", "seed=0", *TINY]
     # a micro-batch of 5 pairs cannot be shared by 2 tasks: refused before submission, even when forced

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-import ablate.status
+import ablate.sweep.status
 from ablate.cli import main
 
 GOLDEN = Path(__file__).parent / "golden" / "status.txt"
@@ -51,7 +51,7 @@ def sweep_dir(tmp_path, monkeypatch) -> Path:
         key = ("sacct",) if cmd[0] == "sacct" else ("squeue", cmd[cmd.index("-o") + 1])
         return SLURM[key]
 
-    monkeypatch.setattr(ablate.status, "_run", canned)
+    monkeypatch.setattr(ablate.sweep.status, "_run", canned)
     return tmp_path
 
 

@@ -12,11 +12,11 @@ import wandb
 from conftest import StopAfter
 from wandb_records import offline_runs
 
-from ablate import tracking
 from ablate.config import cell_problems
-from ablate.run import run_cell
-from ablate.tracking import STEP_METRIC, cell_identity, wandb_run_id
-from ablate.trainer import Interrupted
+from ablate.review import tracking
+from ablate.review.tracking import STEP_METRIC, cell_identity, wandb_run_id
+from ablate.sweep.run import run_cell
+from ablate.train.trainer import Interrupted
 
 SWEEP_AXES = {"objective": ["dpo", "simpo"], "lora.r": ["8", "16"], "seed": ["0", "1"]}
 CELL = ["objective=dpo", "lora.r=16", "seed=1"]

@@ -1,4 +1,4 @@
-"""The shared trainer (ablate/trainer.py, DESIGN §3-§5) through ablate.run.run_cell, in-process.
+"""The shared trainer (ablate/train/trainer.py, DESIGN §3-§5) through ablate.sweep.run.run_cell, in-process.
 
 Cells are shrunk to a few seconds (6 steps, 64 training pairs, 2 x 16 held-out pairs). Most tests
 read cells trained once per module in one sweep directory (`sweep`); tests that need their own
@@ -20,13 +20,13 @@ import pytest
 import torch
 from conftest import TINY, StopAfter
 
-import ablate.trainer
-from ablate.data_order import DataOrder
-from ablate.embedded import verbosity_trap_pairs
-from ablate.heldout import PAIR_COLUMNS, heldout_metrics
-from ablate.objectives import OBJECTIVES
-from ablate.run import run_cell
-from ablate.trainer import Interrupted, NonFiniteLoss
+import ablate.train.trainer
+from ablate.data.heldout import PAIR_COLUMNS, heldout_metrics
+from ablate.sweep.run import run_cell
+from ablate.train.data_order import DataOrder
+from ablate.train.embedded import verbosity_trap_pairs
+from ablate.train.objectives import OBJECTIVES
+from ablate.train.trainer import Interrupted, NonFiniteLoss
 
 N_HELDOUT = 2 * 16
 
@@ -236,7 +236,7 @@ def test_finished_cell_is_not_trained_again(sweep, compose_cfg, monkeypatch):
     def must_not_train(*args, **kwargs):
         raise AssertionError("a finished cell was trained again")
 
-    monkeypatch.setattr(ablate.trainer, "train", must_not_train)
+    monkeypatch.setattr(ablate.train.trainer, "train", must_not_train)
     again = run_cell(compose_cfg([*TINY, "objective=dpo"]), sweep.path, ["objective=dpo"])
     assert again == metrics
     assert {p.name: p.stat().st_mtime_ns for p in cell_dir.iterdir()} == before

@@ -1,4 +1,4 @@
-"""Tuned comparisons: search spaces per objective with an equal budget (ablate/search_space.py, the sweeper),
+"""Tuned comparisons: search spaces per objective with an equal budget (ablate/sweep/search_space.py, the sweeper),
 selection on validation pairs and the decision on test pairs (ablate/collect/tuning.py)."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 
-from ablate.search_space import TuningError, check_spaces, expand, settings
+from ablate.sweep.search_space import TuningError, check_spaces, expand, settings
 
 SPACES = {"dpo": {"objective.beta": [0.05, 0.1, 0.3], "trainer.lr": [0.002, 0.004]},
           "simpo": {"objective.beta": [2.0, 5.0, 10.0], "trainer.lr": [0.002, 0.004]}}

@@ -11,9 +11,9 @@ from sweep_fixtures import golden_sweep
 
 from ablate.cli import main
 from ablate.collect import collect
-from ablate.tracking import STEP_METRIC, wandb_run_id
-from ablate.wandb_report import build_report, read_definition, report_definition, write_definition
-from ablate.wandb_review import DEFINITION, offline_run_dirs
+from ablate.review.collector_run import DEFINITION, offline_run_dirs
+from ablate.review.tracking import STEP_METRIC, wandb_run_id
+from ablate.review.wandb_report import build_report, read_definition, report_definition, write_definition
 
 TABLES = ["cells", "arms", "decisions", "comparisons", "diagnostics/overoptimisation"]
 PLOTS = ["plots/decision", "plots/curves"]

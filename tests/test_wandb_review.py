@@ -16,8 +16,9 @@ from conftest import TINY
 from sweep_fixtures import golden_sweep
 from wandb_records import offline_runs
 
-from ablate.collect import collect, select_config
-from ablate.wandb_review import DEFINITION, collector_run_id, collector_tables
+from ablate.collect import collect
+from ablate.config import select_config
+from ablate.review.collector_run import DEFINITION, collector_run_id, collector_tables
 
 WANDB_LOGGER = "logger:\n  kind: wandb\n  project: ablate-test\n  entity: null\n  group: null\n  mode: offline\n" \
                "  tags: []\n  init_timeout: 30\n  finish_timeout: 30\n"
@@ -137,11 +138,11 @@ def test_an_online_collection_saves_the_report_and_prints_its_url(tmp_path, monk
     import wandb_workspaces.reports.v2 as wr
     from test_wandb_report import StubApi
 
-    from ablate import tracking, wandb_review
+    from ablate.review import collector_run, tracking
 
     requests: list = []
     monkeypatch.setattr(wr.interface, "_get_api", lambda: StubApi(requests))
-    monkeypatch.setattr(wandb_review, "start_run", lambda *a, **k: OnlineRun(tracking.start_run(*a, **k)))
+    monkeypatch.setattr(collector_run, "start_run", lambda *a, **k: OnlineRun(tracking.start_run(*a, **k)))
     sweep_dir = wandb_sweep(tmp_path / "sweep")
     collect(sweep_dir, plots=False)
     definition = json.loads((sweep_dir / "report" / DEFINITION).read_text())

@@ -11,7 +11,8 @@ Python API (used by notebooks/review_sweep.ipynb):
 
 from __future__ import annotations
 
-from ablate.collect.collector import collect, describe, select_config, summarise
+from ablate.collect.collector import collect, describe, summarise
 from ablate.collect.load import Sweep, load_sweep
+from ablate.config import select_config  # re-exported: the rule a collection applies
 
 __all__ = ["collect", "describe", "load_sweep", "select_config", "summarise", "Sweep"]

@@ -12,7 +12,6 @@ from types import SimpleNamespace
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
-from ablate.cells import atomic_write_bytes, atomic_write_json, replace_dir
 from ablate.collect.decide import PAIR_COLUMN, arm_stats, decide
 from ablate.collect.diagnostics import (
     chosen_shift,
@@ -24,28 +23,12 @@ from ablate.collect.diagnostics import (
 from ablate.collect.load import Sweep, load_sweep
 from ablate.collect.plan import add_seeds_command
 from ablate.collect.tuning import read_tuning, tuned_comparison, tuned_line
-from ablate.paths import CONF_DIR
+from ablate.config import select_config
+from ablate.sweepdir.atomic import atomic_write_bytes, atomic_write_json, replace_dir
 
 # report/ is replaced whole at every collection, but the published W&B Report's id must survive it,
-# so that publishing again updates that report instead of making a new one (ablate.wandb_report)
+# so that publishing again updates that report instead of making a new one (ablate.review.wandb_report)
 OUTLIVE_A_COLLECTION = ("wandb_report.json",)
-SELECT_DEFAULTS = CONF_DIR / "select" / "default.yaml"
-
-
-def select_config(overrides: list[str] | tuple[str, ...] = (), base: DictConfig | None = None) -> DictConfig:
-    """conf/select/default.yaml (or `base`) with `key=value` overrides, checked against the schema."""
-    from ablate.config import SelectConfig
-
-    schema = OmegaConf.structured(SelectConfig)
-    if base is None:
-        defaults = OmegaConf.load(SELECT_DEFAULTS)
-        defaults.pop("defaults", None)
-        base = OmegaConf.merge(schema, defaults)
-    else:
-        # a rule recorded by an older version (sweep.json, a queued collector job) may name retired keys
-        known = {k: v for k, v in OmegaConf.to_container(base).items() if k in schema}
-        base = OmegaConf.merge(schema, known)
-    return OmegaConf.merge(base, OmegaConf.from_dotlist(list(overrides)))
 
 
 class SelectError(ValueError):
@@ -153,7 +136,7 @@ def collect(sweep_dir: str | Path, select: DictConfig | None = None, *, plots: b
     """Collect a sweep: write report/ (summary.json, cells.csv, report.md, report.html, plots/); return the summary.
 
     report/ is built in a temporary folder and swapped in whole: a reader sees the old report or the
-    new one, never a mix (ablate.cells.replace_dir).
+    new one, never a mix (ablate.sweepdir.atomic.replace_dir).
     """
     select = select if select is not None else select_config()
     check_select(select)
@@ -177,7 +160,7 @@ def collect(sweep_dir: str | Path, select: DictConfig | None = None, *, plots: b
         replace_dir(staging, sweep_dir / "report")
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    from ablate.wandb_review import review_in_wandb
+    from ablate.review.collector_run import review_in_wandb
 
     review_in_wandb(sweep_dir, summary)  # W&B collector run + Report when the cells used logger=wandb; never raises
     return summary

@@ -29,6 +29,7 @@ import pandas as pd
 
 from ablate.collect.load import Sweep, read_jsonl, read_pairs
 from ablate.collect.stats import contrast, equivalent, pair_weights, probability_of_improvement, seeds_to_resolve
+from ablate.sweepdir import layout
 
 PAIR_COLUMN = {
     "avglogp_accuracy": "avglogp_correct",
@@ -119,7 +120,7 @@ def evidence(sweep: Sweep, metric: str) -> dict:
                 reasons.append(f"{where}: heldout_pairs.parquet missing or unreadable")
             elif keys[cid] != reference_key:
                 reasons.append(f"{where}: evaluated on other held-out pairs than the rest of the sweep")
-                sweep.problem(cid, sweep.cell_dir(cid) / "heldout_pairs.parquet",
+                sweep.problem(cid, sweep.cell_dir(cid) / layout.HELDOUT_PAIRS,
                               "held-out pairs differ from the other cells'")
             elif p.nonfinite:
                 reasons.append(f"{where}: {p.nonfinite} held-out pair(s) with non-finite values")

@@ -17,10 +17,11 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 
-from ablate.heldout import PAIR_COLUMNS, outcome_arrays
-from ablate.liveness import local_cell_dead
+from ablate.data.heldout import PAIR_COLUMNS, outcome_arrays
+from ablate.sweepdir import layout
+from ablate.sweepdir.layout import NOT_AXES, arm_label, override_values
+from ablate.sweepdir.liveness import local_cell_dead
 
-NOT_AXES = ("seed", "+sweeps", "sweeps", "hydra.sweep.dir", "hydra.run.dir")
 BASE_COLUMNS = ["cell_id", "overrides", "state", "error", "attempts", "elapsed_s", "objective", "lora_r", "seed",
                 "max_steps"]
 
@@ -37,7 +38,7 @@ class Sweep:
     cache: dict = field(default_factory=dict, repr=False)  # derived arrays shared by the decision scopes
 
     def cell_dir(self, cell_id: str) -> Path:
-        return self.sweep_dir / "cells" / cell_id
+        return layout.cell_dir(self.sweep_dir, cell_id)
 
     @property
     def done(self) -> pd.DataFrame:
@@ -79,40 +80,22 @@ def _overrides_list(value) -> list[str]:
     return [str(o) for o in value] if isinstance(value, list) else []
 
 
-def _overrides_dict(overrides: list[str]) -> dict[str, str]:
-    pairs = (o.partition("=") for o in overrides)
-    return {key.lstrip("+~"): value for key, _, value in pairs}
-
-
-def arm_label(overrides: dict[str, str], axes: dict[str, list[str]]) -> str:
-    """Cells that differ only by seed share an arm; the label lists the swept values."""
-    parts = [f"{key}={overrides[key]}" for key in axes if key in overrides]
-    return " ".join(parts) or "(defaults)"
-
-
-def _metrics_problem(metrics: dict) -> str | None:
-    """Why a metrics.json cannot stand for a finished cell: a held-out value that is not a finite number."""
-    bad = [k for k, v in metrics.items() if k.startswith("heldout/")
-           and (isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v))]
-    return f"non-numeric or non-finite values: {', '.join(sorted(bad)[:5])}" if bad else None
-
-
 def load_sweep(sweep_dir: str | Path) -> Sweep:
     sweep_dir = Path(sweep_dir)
     if not sweep_dir.is_dir():
         raise FileNotFoundError(f"no sweep directory at {sweep_dir}")
     problems: list[dict] = []
-    record = _read_object(sweep_dir / "sweep.json", problems, None) or {}
+    record = _read_object(sweep_dir / layout.SWEEP_JSON, problems, None) or {}
     listed = record.get("cells") if isinstance(record.get("cells"), list) else []
     expected = {str(c["cell_id"]): _overrides_list(c.get("overrides"))
                 for c in listed if isinstance(c, dict) and c.get("cell_id")}
-    cells_root = sweep_dir / "cells"
+    cells_root = sweep_dir / layout.CELLS
     present = sorted(p.name for p in cells_root.iterdir() if p.is_dir()) if cells_root.is_dir() else []
 
     rows = []
     for cid in list(expected) + [c for c in present if c not in expected]:
         cell_dir = cells_root / cid
-        status = _read_object(cell_dir / "status.json", problems, cid) if cid in present else None
+        status = _read_object(cell_dir / layout.STATUS_JSON, problems, cid) if cid in present else None
         if cid not in expected and status is None:
             # Not a cell of this sweep (a stray or copied folder): reported, never a fake arm.
             problems.append({"cell_id": None, "file": str(cell_dir),
@@ -120,24 +103,22 @@ def load_sweep(sweep_dir: str | Path) -> Sweep:
                                         "no status.json): ignored"})
             continue
         overrides = _overrides_list((status or {}).get("overrides")) or expected.get(cid, [])
-        row = {"cell_id": cid, "overrides": " ".join(overrides), **_prefixed(_overrides_dict(overrides))}
+        row = {"cell_id": cid, "overrides": " ".join(overrides), **_prefixed(override_values(overrides))}
         if status is None:
             row["state"] = "missing" if cid not in present else "unknown"
         else:
             row |= {key: status.get(key) for key in BASE_COLUMNS[2:]}
             row["state"] = str(status.get("state") or "unknown")
             if row["seed"] is None:
-                row["seed"] = _overrides_dict(overrides).get("seed")
-        dead = local_cell_dead(cell_dir, status) if status is not None else None
+                row["seed"] = override_values(overrides).get("seed")
+        dead = local_cell_dead(cell_dir, layout.CellStatus.from_json(status)) if status is not None else None
         if dead:  # a killed local run shows `running` for ever otherwise
-            problems.append({"cell_id": cid, "file": str(cell_dir / "status.json"), "problem": dead})
+            problems.append({"cell_id": cid, "file": str(cell_dir / layout.STATUS_JSON), "problem": dead})
             row["state"] = "failed"
-        if row["state"] == "done":
-            metrics = _read_object(cell_dir / "metrics.json", problems, cid)
-            why = ("state is done but metrics.json is missing" if metrics is None else _metrics_problem(metrics))
+        if row["state"] == "done":  # layout's definition of done; the pairs are read (and judged) by the decision
+            metrics, why = layout.read_metrics(cell_dir)
             if why:
-                if metrics is not None or not any(p["cell_id"] == cid for p in problems):
-                    problems.append({"cell_id": cid, "file": str(cell_dir / "metrics.json"), "problem": why})
+                problems.append({"cell_id": cid, "file": str(cell_dir / layout.METRICS_JSON), "problem": why})
                 row["state"] = "corrupt"
             else:
                 row |= {k: v for k, v in metrics.items() if k.startswith("heldout/") or k == "step"}
@@ -160,7 +141,7 @@ def load_sweep(sweep_dir: str | Path) -> Sweep:
     cells["state"] = cells["state"].fillna("unknown").astype(str)
 
     data_stats = []
-    for path in sorted((sweep_dir / "shared").glob("data-*.json")):
+    for path in sorted((sweep_dir / layout.SHARED).glob("data-*.json")):
         stats = _read_object(path, problems, None)
         if stats:
             data_stats.append(stats)
@@ -173,7 +154,7 @@ def _prefixed(overrides: dict[str, str]) -> dict[str, str]:
 
 @dataclass
 class CellPairs:
-    """One cell's held-out pairs as arrays: ids, slices and the per-pair outcomes (ablate.heldout)."""
+    """One cell's held-out pairs as arrays: ids, slices and the per-pair outcomes (ablate.data.heldout)."""
 
     pair_ids: np.ndarray
     slices: np.ndarray
@@ -186,7 +167,7 @@ def read_pairs(sweep: Sweep, cell_id: str) -> CellPairs | None:
     """The cell's heldout_pairs.parquet, read once per collection; None (reported once) if unreadable."""
     if cell_id in sweep._pairs:
         return sweep._pairs[cell_id]
-    path = sweep.cell_dir(cell_id) / "heldout_pairs.parquet"
+    path = sweep.cell_dir(cell_id) / layout.HELDOUT_PAIRS
     try:
         # one thread: a few hundred rows gain nothing from arrow's pool, and on a busy node its
         # threads turned 1,000 small reads from 1 s into 8 s

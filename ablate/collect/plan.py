@@ -9,7 +9,8 @@ from __future__ import annotations
 import shlex
 from pathlib import Path
 
-from ablate.collect.load import Sweep, _overrides_dict
+from ablate.collect.load import Sweep
+from ablate.sweepdir.layout import override_values
 
 _SWEEP_DIR = "hydra.sweep.dir="
 
@@ -41,7 +42,7 @@ def add_seeds_command(sweep: Sweep, n_seeds: int) -> str:
     else:
         values: dict[str, list[str]] = {}
         for overrides in sweep.cells.overrides.dropna():
-            for key, value in _overrides_dict(str(overrides).split()).items():
+            for key, value in override_values(str(overrides).split()).items():
                 if key != "seed" and value not in values.setdefault(key, []):
                     values[key].append(value)
         args = ["-m", *(f"{key}={','.join(v)}" for key, v in values.items())]

@@ -20,10 +20,10 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
-from ablate.cells import atomic_write_bytes
 from ablate.collect.decide import confidence, metric_key
 from ablate.collect.load import Sweep, read_jsonl
 from ablate.collect.stats import seed_summary
+from ablate.sweepdir.atomic import atomic_write_bytes
 
 DPI = 110
 MAX_CURVE_ARMS = 12  # reading logs costs one file per cell: a 1000-cell sweep draws its 12 best arms

@@ -16,10 +16,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from ablate.cells import atomic_write_text
 from ablate.collect.decide import confidence
 from ablate.collect.load import Sweep
 from ablate.collect.plots import all_plots, arm_stats, decisions_by_scope, scope_label, slice_names
+from ablate.sweepdir.atomic import atomic_write_text
 
 PLOT_CAPTIONS = {
     "decision": "Decision metric per arm and scope: mean over seeds with its {level} CI (seeds and held-out pairs), "

@@ -1,6 +1,6 @@
 """Tuned comparisons: each objective at its best setting, selected on validation pairs, decided on test pairs.
 
-A sweep launched with `hydra.sweeper.tune` (ablate/search_space.py) has one arm per (objective,
+A sweep launched with `hydra.sweeper.tune` (ablate/sweep/search_space.py) has one arm per (objective,
 setting of its search space, other swept values) and a <sweep_dir>/tuning.json with the spaces and
 each tuned key's default; its cells tag every held-out pair `validation` or `test`
 (data.validation_pairs). Here, per combination of the other swept keys ("group"):
@@ -26,9 +26,9 @@ from itertools import product
 import numpy as np
 
 from ablate.collect.decide import ACCURACY_METRICS, compare_arms, evidence, scope_strata
-from ablate.collect.load import Sweep, _overrides_dict, _read_object, read_pairs
+from ablate.collect.load import Sweep, _read_object, read_pairs
 from ablate.collect.stats import pair_weights
-from ablate.search_space import TUNING_FILE
+from ablate.sweepdir.layout import TUNING_JSON, override_values
 
 TIE = 1e-12  # seed means this close are equal (accuracies are counts over the same pairs)
 
@@ -38,7 +38,7 @@ def read_tuning(sweep: Sweep) -> dict | None:
     """tuning.json's spaces and defaults; None when the sweep is not tuned (or the file is unusable:
     reported as a problem, never a crash)."""
     problems: list[dict] = []
-    record = _read_object(sweep.sweep_dir / TUNING_FILE, problems, None)
+    record = _read_object(sweep.sweep_dir / TUNING_JSON, problems, None)
     for p in problems:
         sweep.problem(p["cell_id"], p["file"], p["problem"])
     if record is None:
@@ -48,7 +48,7 @@ def read_tuning(sweep: Sweep) -> dict | None:
           and all(isinstance(s, dict) and s and all(isinstance(v, list) and v and all(isinstance(x, str) for x in v)
                                                     for v in s.values()) for s in spaces.values()))
     if not ok:
-        sweep.problem(None, sweep.sweep_dir / TUNING_FILE, "not a tuning record ({spaces: {objective: {key: "
+        sweep.problem(None, sweep.sweep_dir / TUNING_JSON, "not a tuning record ({spaces: {objective: {key: "
                                                            "[values]}}, defaults}): no tuned comparison")
         return None
     defaults = {o: (defaults.get(o) if isinstance(defaults.get(o), dict) else {}) for o in spaces}
@@ -144,7 +144,7 @@ def tuned_comparison(sweep: Sweep, select, arms: list[dict], tuning: dict) -> di
     groups: dict[tuple, dict] = {}
     for arm in arms:
         cells = sweep.cells[sweep.cells.arm == arm["arm"]]
-        overrides = _overrides_dict(str(cells.overrides.iloc[0]).split()) if len(cells) else {}
+        overrides = override_values(str(cells.overrides.iloc[0]).split()) if len(cells) else {}
         objective = overrides.get("objective", arm.get("objective"))
         if objective not in spaces:
             continue

@@ -6,7 +6,7 @@
 class LauncherSetup:
     """The state every ablate launcher keeps from Hydra's `setup` call (a mixin, not a Hydra plugin)."""
 
-    def __init__(self, **params) -> None:
+    def __init__(self) -> None:
         self.config = None
         self.hydra_context = None
         self.task_function = None

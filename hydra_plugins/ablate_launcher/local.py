@@ -18,6 +18,7 @@ from hydra.core.config_store import ConfigStore
 from hydra.core.utils import JobReturn, JobStatus, run_job
 from hydra.plugins.launcher import Launcher
 
+from ablate.sweepdir import layout
 from hydra_plugins.ablate_launcher import LauncherSetup
 
 log = logging.getLogger(__name__)
@@ -34,12 +35,12 @@ ConfigStore.instance().store(group="hydra/launcher", name="ablate_local", node=A
 
 
 class AblateLocalLauncher(LauncherSetup, Launcher):
-    def __init__(self, workers: int = 1, **params) -> None:
-        super().__init__(**params)
+    def __init__(self, workers: int = 1) -> None:
+        super().__init__()
         self.workers = workers
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
-        from ablate.sweep import cell_table, start_sweep
+        from ablate.sweep.plan import cell_table, start_sweep
 
         sweep_dir, cells = start_sweep(self, job_overrides, initial_job_idx, "local")
         log.info(f"ablate: {len(cells)} cells valid, sweep dir {sweep_dir}")
@@ -54,13 +55,13 @@ class AblateLocalLauncher(LauncherSetup, Launcher):
         return returns
 
     def _run_in_process(self, sweep_dir: Path, cells) -> list[JobReturn]:
-        from ablate.cells import is_done
-        from ablate.liveness import claim_holder
+        from ablate.sweepdir.layout import is_done
+        from ablate.sweepdir.liveness import claim_holder
 
         returns = []
         for i, cell in enumerate(cells, start=1):
             label = " ".join(cell.overrides) or "(defaults)"
-            cell_dir = sweep_dir / "cells" / cell.cell_id
+            cell_dir = layout.cell_dir(sweep_dir, cell.cell_id)
             holder = None if is_done(cell_dir) else claim_holder(cell_dir)
             if is_done(cell_dir) or holder:
                 why = "done already" if holder is None else \
@@ -101,12 +102,13 @@ class AblateLocalLauncher(LauncherSetup, Launcher):
                     log.error(f"{cell.cell_id} failed: {error!r} (see status.json)")
                 returns.append(JobReturn(overrides=cell.overrides, cfg=cell.task_config, status=status,
                                          _return_value=error or future.result(),
-                                         working_dir=str(sweep_dir / "cells" / cell.cell_id)))
+                                         working_dir=str(layout.cell_dir(sweep_dir, cell.cell_id))))
         return returns
 
     def _collect(self, sweep_dir: Path) -> None:
         """Run the collector with the sweep's own decision rule; a collector error never loses the cells."""
-        from ablate.collect import collect, describe, select_config
+        from ablate.collect import collect, describe
+        from ablate.config import select_config
 
         try:
             summary = collect(sweep_dir, select_config(base=self.config.select))
@@ -137,6 +139,6 @@ def _pin_worker(devices) -> None:
 
 
 def _run_cell_in_worker(task_config, sweep_dir: str, overrides: list[str]):
-    from ablate.run import run_cell
+    from ablate.sweep.run import run_cell
 
     return run_cell(task_config, sweep_dir, overrides)

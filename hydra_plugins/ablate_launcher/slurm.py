@@ -55,7 +55,7 @@ class AblateSlurmLauncherConf:
     wait: bool = False
     poll_s: float = 10.0
     dry_run: bool = False
-    force: bool = False  # submit even the requests the partition can never run (ablate.partition)
+    force: bool = False  # submit even the requests the partition can never run (ablate.sweep.partition)
 
 
 ConfigStore.instance().store(group="hydra/launcher", name="ablate_slurm", node=AblateSlurmLauncherConf,
@@ -63,10 +63,14 @@ ConfigStore.instance().store(group="hydra/launcher", name="ablate_slurm", node=A
 
 
 class AblateSlurmLauncher(LauncherSetup, Launcher):
+    def __init__(self, **launcher_keys) -> None:
+        # Hydra passes hydra.launcher's keys (checked against AblateSlurmLauncherConf). launch() reads the same keys
+        # from the composed config instead: a DictConfig, the form submission and `ablate resubmit` share.
+        super().__init__()
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
-        from ablate.liveness import sweep_lock
-        from ablate.sweep import start_sweep
+        from ablate.sweep.plan import start_sweep
+        from ablate.sweepdir.liveness import sweep_lock
 
         launcher = self.config.hydra.launcher
         started = time.monotonic()
@@ -77,7 +81,7 @@ class AblateSlurmLauncher(LauncherSetup, Launcher):
         if submitted is None:  # dry run
             return [self._ret(c) for c in cells]
         if launcher.wait and submitted["jobs"]:
-            from ablate.status import reconcile
+            from ablate.sweep.status import reconcile
 
             self._follow(sweep_dir, submitted, launcher.poll_s)
             # Followed to the end: failed cells fail the command, as with the local launcher.
@@ -87,57 +91,44 @@ class AblateSlurmLauncher(LauncherSetup, Launcher):
         return [self._ret(c) for c in cells]
 
     def _submit(self, launcher, started, sweep_dir, cells) -> dict | None:
-        """Decide what to submit and submit it (None for a dry run); called with the sweep's lock held."""
-        from ablate.cells import is_done
-        from ablate.slurm import submit_cells
-        from ablate.status import ALIVE, reconcile
+        """Decide what to submit and submit it (None for a dry run); called with the sweep's lock held. What can
+        never run (a request no node holds, unless forced; micro-batches the tasks cannot share) is refused with
+        one message naming every such cell, exit 2, before anything is submitted."""
+        from ablate.sweep.partition import ImpossibleRequest
+        from ablate.sweep.slurm import cell_resources, check_submission, submit_cells
+        from ablate.sweep.status import ALIVE, reconcile
+        from ablate.sweepdir import layout
+        from ablate.sweepdir.atomic import atomic_write_text
+        from ablate.sweepdir.ids import config_yaml
 
         state = reconcile(sweep_dir).set_index("cell_id")
         todo, skipped = [], {"done": 0, "queued or running": 0}
         for cell in cells:
-            if is_done(sweep_dir / "cells" / cell.cell_id):
+            if layout.is_done(layout.cell_dir(sweep_dir, cell.cell_id)):
                 skipped["done"] += 1
             elif cell.cell_id in state.index and state.loc[cell.cell_id, "slurm_state"] in ALIVE:
                 skipped["queued or running"] += 1
             else:
                 todo.append((cell.task_config, cell.overrides, cell.cell_id))
-
-        if todo:
-            self._check_resources(launcher, todo)
-
-        if launcher.dry_run:
-            from ablate.cells import atomic_write_text, config_yaml
-            from ablate.slurm import cell_resources
-
-            plain = {c.cell_id: c.plain for c in cells}
-            for _, _, cid in todo:
-                atomic_write_text(sweep_dir / "cells" / cid / "config.yaml", config_yaml(plain[cid]))
-            profiles = {repr(cell_resources(launcher, cfg)) for cfg, _, _ in todo}
-            print(f"dry run: {len(cells)} cells valid, {len(todo)} to submit in {len(profiles)} resource "
-                  f"profile(s), {skipped['done']} done, {skipped['queued or running']} queued/running; "
-                  f"sweep.json written to {sweep_dir} in {time.monotonic() - started:.2f} s; nothing submitted",
-                  flush=True)
-            return None
-
-        submitted = submit_cells(sweep_dir, todo, launcher, self.config.select) if todo else {"jobs": {}}
-        self._print_submission(sweep_dir, cells, todo, skipped, submitted)
-        return submitted
-
-    @staticmethod
-    def _check_resources(launcher, todo) -> None:
-        """Before anything is submitted: one message naming every request the partition can never run (unless
-        forced), or every cell whose micro-batches its tasks cannot share evenly, exit 2."""
-        from ablate.partition import ImpossibleRequest
-        from ablate.slurm import cell_resources, check_resources, check_task_split
-
-        profiled = [(cell_resources(launcher, cfg), cfg, ov, cid) for cfg, ov, cid in todo]
         try:
-            check_task_split(profiled)
-            if not launcher.force:
-                check_resources(profiled, launcher)
+            if launcher.dry_run:
+                if todo:
+                    check_submission(todo, launcher)
+                plain = {c.cell_id: c.plain for c in cells}
+                for _, _, cid in todo:
+                    atomic_write_text(layout.cell_dir(sweep_dir, cid) / layout.CONFIG_YAML, config_yaml(plain[cid]))
+                profiles = {repr(cell_resources(launcher, cfg)) for cfg, _, _ in todo}
+                print(f"dry run: {len(cells)} cells valid, {len(todo)} to submit in {len(profiles)} resource "
+                      f"profile(s), {skipped['done']} done, {skipped['queued or running']} queued/running; "
+                      f"sweep.json written to {sweep_dir} in {time.monotonic() - started:.2f} s; nothing submitted",
+                      flush=True)
+                return None
+            submitted = submit_cells(sweep_dir, todo, launcher, self.config.select) if todo else {"jobs": {}}
         except ImpossibleRequest as error:
             print(f"ablate: {error}", file=sys.stderr, flush=True)
             raise SystemExit(2) from None
+        self._print_submission(sweep_dir, cells, todo, skipped, submitted)
+        return submitted
 
     @staticmethod
     def _ret(cell, failure: str | None = None) -> JobReturn:
@@ -171,7 +162,7 @@ class AblateSlurmLauncher(LauncherSetup, Launcher):
         from tqdm.auto import tqdm
 
         from ablate.progress import is_terminal
-        from ablate.status import ALIVE, reconcile, slurm_states
+        from ablate.sweep.status import ALIVE, reconcile, slurm_states
 
         total = len(reconcile(sweep_dir))
         # on a terminal a bar; in a log file (nohup, CI) one plain line whenever the counts change

@@ -5,7 +5,7 @@ validate every cell again (with range checks and cell ids): at ~0.15 s a composi
 sweep paid minutes twice. The launchers' validation is a superset, so this sweeper skips the first.
 
 `hydra.sweeper.tune` ({objective: {key: [values]}}, README "Tuned comparisons") replaces the plain
-grid by each objective's own search space times the other swept keys (ablate.search_space); the
+grid by each objective's own search space times the other swept keys (ablate.sweep.search_space); the
 spaces, each tuned key's default and the budget go to <sweep_dir>/tuning.json for the collector.
 """
 
@@ -18,8 +18,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.config_store import ConfigStore
+
+from ablate.sweep import hydra_api
 
 
 @dataclass
@@ -36,7 +37,7 @@ ConfigStore.instance().store(group="hydra/sweeper", name="ablate", node=AblateSw
 log = logging.getLogger(__name__)
 
 
-class AblateSweeper(BasicSweeper):
+class AblateSweeper(hydra_api.basic_sweeper_class()):
     def __init__(self, max_batch_size=None, params=None, tune=None) -> None:
         super().__init__(max_batch_size=max_batch_size, params=params)
         self.tune = tune
@@ -47,11 +48,12 @@ class AblateSweeper(BasicSweeper):
         from hydra.core.override_parser.overrides_parser import OverridesParser
         from omegaconf import OmegaConf
 
-        from ablate.cells import atomic_write_json
-        from ablate.search_space import TUNING_FILE, TuningError, check_spaces, expand
+        from ablate.sweep.search_space import TuningError, check_spaces, expand
+        from ablate.sweepdir.atomic import atomic_write_json
+        from ablate.sweepdir.layout import TUNING_JSON
 
         parser = OverridesParser.create(config_loader=self.hydra_context.config_loader)
-        overrides = parser.parse_overrides([*self._parse_config(), *arguments])
+        overrides = parser.parse_overrides([*hydra_api.sweeper_config_overrides(self), *arguments])
         swept = OrderedDict(zip(_keys(overrides), _lists(overrides), strict=True))  # a repeated key: the last wins
         try:
             spaces = check_spaces(OmegaConf.to_container(self.tune, resolve=True))
@@ -62,7 +64,7 @@ class AblateSweeper(BasicSweeper):
         sweep_dir = Path(self.config.hydra.sweep.dir)
         sweep_dir.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
-        atomic_write_json(sweep_dir / TUNING_FILE, {"spaces": spaces, "defaults": self._defaults(spaces, swept),
+        atomic_write_json(sweep_dir / TUNING_JSON, {"spaces": spaces, "defaults": self._defaults(spaces, swept),
                                                     "budget": budget})
         log.info("tuned comparison: %s", ", ".join(f"{o} {b['settings']} settings" for o, b in budget.items()))
         batches = list(self.split_overrides_to_chunks(jobs, self.max_batch_size))
@@ -81,7 +83,7 @@ class AblateSweeper(BasicSweeper):
         The collector decides at these "shared defaults" too when every space contains them."""
         from omegaconf import OmegaConf
 
-        from ablate.search_space import override_value
+        from ablate.sweep.search_space import override_value
 
         base = [values[0] for values in swept.values()]
         defaults = {}
@@ -95,7 +97,7 @@ class AblateSweeper(BasicSweeper):
         return defaults
 
     def validate_batch_is_legal(self, batch) -> None:
-        """ablate's launchers validate every cell before anything runs (ablate.sweep.plan_cells)."""
+        """ablate's launchers validate every cell before anything runs (ablate.sweep.plan.plan_cells)."""
 
 
 def _keys(overrides) -> list[str]:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from ablate.cells import atomic_write_bytes
+from ablate.sweepdir.atomic import atomic_write_bytes
 
 
 class Checkpoint:

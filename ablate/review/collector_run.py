@@ -21,9 +21,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from ablate.cells import config_hash
-from ablate.tracking import describe_error, run_files_dir, start_run, sweep_group, wandb_run_id
-from ablate.wandb_report import publish_report, report_definition, verdict_of, write_definition
+from ablate.review.tracking import describe_error, run_files_dir, start_run, sweep_group, wandb_run_id
+from ablate.review.wandb_report import publish_report, report_definition, verdict_of, write_definition
+from ablate.sweepdir.ids import config_hash
 
 log = logging.getLogger(__name__)
 
@@ -127,7 +127,7 @@ def collector_run_name(select: dict) -> str:
     """`collect` plus the rule's differences from conf/select/default.yaml."""
     from omegaconf import OmegaConf
 
-    from ablate.collect import select_config
+    from ablate.config import select_config
 
     defaults = OmegaConf.to_container(select_config())
     changed = [f"{key}={value}" for key, value in select.items() if defaults.get(key) != value]

@@ -8,7 +8,7 @@ bfloat16 base model):
     LoRA A/B weights            float32  (cast explicitly: peft's upcasting is a default, not a contract)
     their gradients, AdamW m/v  float32  (same dtype as the weights)
     matmuls in forward/backward bfloat16 under torch.autocast
-    LM-head logits per chunk    float32  before log-softmax (ablate.scoring)
+    LM-head logits per chunk    float32  before log-softmax (ablate.train.scoring)
     summed log-probs, losses    float32
 
 With autocast off (the default on CPU, and for a float32 model) everything runs in model.dtype

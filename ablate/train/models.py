@@ -15,7 +15,7 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 
 def model_path(model_cfg) -> str:
     if model_cfg.kind == "embedded":
-        from ablate.embedded import embedded_model_dir
+        from ablate.train.embedded import embedded_model_dir
 
         return str(embedded_model_dir(model_cfg))
     return model_cfg.path
@@ -25,7 +25,7 @@ def load_tokenizer(model_cfg):
     if model_cfg.kind == "embedded":
         # Built in code, identical to the one saved beside the model: the launcher tokenises the data at
         # planning time without building (and warming up) the model first.
-        from ablate.embedded import build_tokenizer
+        from ablate.train.embedded import build_tokenizer
 
         return build_tokenizer()
     from transformers import AutoTokenizer

@@ -1,6 +1,6 @@
 """Is a locally run cell still alive? Claims and heartbeats, so that a kill -9 is seen and no cell is trained twice.
 
-A SLURM job has SLURM as witness (ablate.status); a local cell has none: a killed launcher leaves
+A SLURM job has SLURM as witness (ablate.sweep.status); a local cell has none: a killed launcher leaves
 status.json at `running` for ever. So a local cell records its host and pid in status.json and holds
 a claim, `cells/<id>/claim.json` (host, pid), created exclusively and touched by a heartbeat thread
 every HEARTBEAT_S. The claim is alive while its process exists (same host: the pid is asked) or,
@@ -18,8 +18,11 @@ import threading
 import time
 from pathlib import Path
 
-CLAIM = "claim.json"
+from ablate.sweepdir.layout import CellStatus
+
+CLAIM = "claim.json"  # in the cell directory (ablate.sweepdir.layout)
 HEARTBEAT_S = 30.0
+LOCK = ".lock"  # in the sweep directory
 STALE_S = 300.0  # ten missed heartbeats: the process on the other host is gone, or its disk is
 
 
@@ -104,13 +107,12 @@ class Claim:
             self.path.unlink(missing_ok=True)
 
 
-def local_cell_dead(cell_dir: Path, status: dict) -> str | None:
+def local_cell_dead(cell_dir: Path, status: CellStatus) -> str | None:
     """Why a cell run locally (no SLURM job) whose status.json says `running` is not running any more, else None."""
-    if not isinstance(status, dict) or status.get("state") != "running" or status.get("job_id") \
-            or not status.get("pid"):
+    if status.state != "running" or status.job_id or not status.pid:
         return None  # SLURM cells have SLURM as witness; a status.json from before pids were recorded: unknown
     record, age = read_claim(cell_dir)
-    holder = record or status
+    holder = record or {"host": status.host, "pid": status.pid}
     try:
         if holder_alive(holder, age):
             return None
@@ -131,7 +133,7 @@ def sweep_lock(sweep_dir: Path):
     import fcntl
 
     Path(sweep_dir).mkdir(parents=True, exist_ok=True)
-    with open(Path(sweep_dir) / ".lock", "a") as handle:
+    with open(Path(sweep_dir) / LOCK, "a") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:
             yield

@@ -17,19 +17,19 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from ablate import engine
-from ablate.cells import atomic_write_bytes, atomic_write_json, atomic_write_text
-from ablate.checkpoint import Checkpoint
-from ablate.data import TokenizedPairs
-from ablate.data_order import DataOrder, pair_lengths
-from ablate.distributed import CompletionLogps, Ranks
-from ablate.heldout import PAIR_COLUMNS, heldout_metrics
-from ablate.models import add_lora, load_base_model, load_tokenizer, resolve_device
-from ablate.objectives import ObjectiveOutput, SequenceLogps, get_objective
+from ablate.data.heldout import PAIR_COLUMNS, heldout_metrics
+from ablate.data.pairs import TokenizedPairs
+from ablate.data.readers import DataError
 from ablate.progress import track
-from ablate.readers import DataError
-from ablate.scoring import check_lean_head, mismatched_batch, score_pairs, sequence_values, training_batch
-from ablate.shared import reference_logps, tokenized_pairs
+from ablate.sweepdir.atomic import atomic_write_bytes, atomic_write_json, atomic_write_text
+from ablate.train import engine
+from ablate.train.checkpoint import Checkpoint
+from ablate.train.data_order import DataOrder, pair_lengths
+from ablate.train.distributed import CompletionLogps, Ranks
+from ablate.train.models import add_lora, load_base_model, load_tokenizer, resolve_device
+from ablate.train.objectives import ObjectiveOutput, SequenceLogps, get_objective
+from ablate.train.scoring import check_lean_head, mismatched_batch, score_pairs, sequence_values, training_batch
+from ablate.train.shared import reference_logps, tokenized_pairs
 
 
 class NonFiniteLoss(RuntimeError):

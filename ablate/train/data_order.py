@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from ablate.data import TokenizedExamples, TokenizedPairs
+from ablate.data.pairs import TokenizedExamples, TokenizedPairs
 
 # Pairs sorted together when batches are grouped by length, in batches: transformers'
 # LengthGroupedSampler uses 50. Larger groups pad less but order the run by length for longer.

@@ -13,10 +13,13 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from ablate.cells import atomic_write_text, cell_id, config_yaml, done_problem, is_done, read_status, update_status
-from ablate.config import as_plain, validate_cell
-from ablate.liveness import Claim
-from ablate.tracking import make_tracker
+from ablate.config import validate_cell
+from ablate.review.tracking import make_tracker
+from ablate.sweepdir import layout
+from ablate.sweepdir.atomic import atomic_write_text
+from ablate.sweepdir.ids import as_plain, cell_id, config_yaml
+from ablate.sweepdir.layout import done_problem, is_done, read_status, update_status
+from ablate.sweepdir.liveness import Claim
 
 
 def run_cell(cfg: DictConfig, sweep_dir: Path, overrides: list[str] | tuple[str, ...] = (), *,
@@ -30,26 +33,26 @@ def run_cell(cfg: DictConfig, sweep_dir: Path, overrides: list[str] | tuple[str,
     """
     validate_cell(cfg, overrides)
     cid = cell_id(cfg)
-    cell_dir = Path(sweep_dir) / "cells" / cid
+    cell_dir = layout.cell_dir(sweep_dir, cid)
     if is_done(cell_dir):
-        return json.loads((cell_dir / "metrics.json").read_text())
+        return json.loads((cell_dir / layout.METRICS_JSON).read_text())
     problem = done_problem(cell_dir)
     if problem:  # said done, but its results are gone or damaged since: trained again, and the reason kept
         print(f"ablate: cell {cid} was done but its {problem}: training it again", file=sys.stderr, flush=True)
 
-    from ablate.trainer import train  # heavy imports (torch, transformers) only when training
+    from ablate.train.trainer import train  # heavy imports (torch, transformers) only when training
 
     if int(os.environ.get("RANK", "0")) != 0:  # other tasks of a multi-task cell: rank 0 keeps the books
         try:
-            return train(cfg, cell_dir, Path(sweep_dir) / "shared", stop_requested=stop_requested)
+            return train(cfg, cell_dir, Path(sweep_dir) / layout.SHARED, stop_requested=stop_requested)
         finally:
             _leave_process_group()
 
     # A sweep's launcher prepared the data at planning (then this only sees the stored file); a single
     # run does it here, so bad data stop it before the cell is marked running.
-    from ablate.shared import prepare_sweep_data
+    from ablate.train.shared import prepare_sweep_data
 
-    prepare_sweep_data([as_plain(cfg)], Path(sweep_dir) / "shared")
+    prepare_sweep_data([as_plain(cfg)], Path(sweep_dir) / layout.SHARED)
     cell_dir.mkdir(parents=True, exist_ok=True)
     # A local cell is claimed (CellBusy if another live launcher trains it); a SLURM job has SLURM's word instead.
     try:
@@ -62,18 +65,18 @@ def run_cell(cfg: DictConfig, sweep_dir: Path, overrides: list[str] | tuple[str,
 def _leave_process_group() -> None:
     """A multi-task cell's ranks leave their process group once the cell has ended (a no-op otherwise)."""
     if "torch.distributed" in sys.modules:  # never imports torch for a cell that did not
-        from ablate.distributed import shutdown
+        from ablate.train.distributed import shutdown
 
         shutdown()
 
 
 def _train_cell(cfg, cell_dir: Path, sweep_dir: Path, cid: str, overrides, stop_requested, job_id, problem) -> dict:
-    from ablate.trainer import Interrupted, train
+    from ablate.train.trainer import Interrupted, train
 
-    atomic_write_text(cell_dir / "config.yaml", config_yaml(as_plain(cfg)))
+    atomic_write_text(cell_dir / layout.CONFIG_YAML, config_yaml(as_plain(cfg)))
     before = read_status(cell_dir)
-    attempts = before.get("attempts", 0) + 1
-    requeues = before.get("requeues", 0) + (before.get("state") == "preempted")  # resumed from its checkpoint
+    attempts = (before.attempts or 0) + 1
+    requeues = (before.requeues or 0) + (before.state == "preempted")  # resumed from its checkpoint
     update_status(cell_dir, state="running", cell_id=cid, overrides=list(overrides), attempts=attempts,
                   requeues=requeues, host=socket.gethostname(), pid=os.getpid(), retrained_because=problem,
                   error=None, failed_step=None, traceback=None,  # a retry starts with a clean record
@@ -85,7 +88,7 @@ def _train_cell(cfg, cell_dir: Path, sweep_dir: Path, cid: str, overrides, stop_
     tracker = make_tracker(cfg, cell_dir, Path(sweep_dir), cid, list(overrides))
     # status.json first, W&B after: whatever W&B does at the end (uploads, a lost network), the state is on disk
     try:
-        metrics = train(cfg, cell_dir, Path(sweep_dir) / "shared", stop_requested=stop_requested, tracker=tracker)
+        metrics = train(cfg, cell_dir, Path(sweep_dir) / layout.SHARED, stop_requested=stop_requested, tracker=tracker)
     except Interrupted as stop:
         update_status(cell_dir, state="preempted", checkpoint_step=stop.step,
                       elapsed_s=round(time.monotonic() - started, 2))

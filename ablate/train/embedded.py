@@ -27,8 +27,8 @@ from pathlib import Path
 
 import torch
 
-from ablate.cells import clean_stale_temp_files
-from ablate.data import PreferencePair
+from ablate.data.pairs import PreferencePair
+from ablate.sweepdir.atomic import clean_stale_temp_files
 
 # Bump when the vocabulary, task or warm-up recipe changes: it is part of the cache key.
 EMBEDDED_VERSION = 1

@@ -13,9 +13,9 @@ import torch
 from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
-from ablate.data import TokenizedExamples, TokenizedPairs
-from ablate.data_order import pair_lengths
+from ablate.data.pairs import TokenizedExamples, TokenizedPairs
 from ablate.progress import track
+from ablate.train.data_order import pair_lengths
 
 
 def pad(prompts: list[list[int]], completions: list[list[int]], pad_id: int) -> dict[str, Tensor]:
@@ -236,7 +236,7 @@ def score_pairs(model, data: TokenizedPairs | TokenizedExamples, *, batch_size: 
     by the budget rather than by the longest pair times the batch size.
 
     `forward` (batch -> log-probs, token counts) replaces the lean path on `model`, e.g. a module
-    sharded by FSDP; with `ranks` (ablate.distributed.Ranks) every rank scores its share of the
+    sharded by FSDP; with `ranks` (ablate.train.distributed.Ranks) every rank scores its share of the
     batches and receives everyone's scores.
     """
     was_training = model.training

@@ -13,15 +13,15 @@ leaves the cell without a W&B run. Training and the files on disk go on either w
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from pathlib import Path
 
 from omegaconf import DictConfig
 
-from ablate.cells import config_hash
 from ablate.redact import redact
+from ablate.sweepdir.ids import config_hash
+from ablate.sweepdir.layout import arm_axes, arm_label, override_values, read_sweep
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +87,7 @@ def make_tracker(cfg: DictConfig, cell_dir: Path, sweep_dir: Path, cell_id: str,
     if cfg.logger.kind != "wandb":
         return NoTracker()
     try:
-        from ablate.config import as_plain
+        from ablate.sweepdir.ids import as_plain
 
         identity = cell_identity(cfg, sweep_dir, overrides)
         logger = cfg.logger
@@ -124,16 +124,15 @@ def run_files_dir(default: Path) -> str | None:
 
 def cell_identity(cfg: DictConfig, sweep_dir: Path, overrides: list[str]) -> dict:
     """The cell's arm (as the collector labels it), its W&B name and tags, from sweep.json's grid axes."""
-    from ablate.collect.load import NOT_AXES, arm_label
-
-    values = {key.lstrip("+~"): value for key, _, value in (o.partition("=") for o in overrides)}
+    values = override_values(overrides)
     try:
-        axes = json.loads((Path(sweep_dir) / "sweep.json").read_text()).get("axes", {})
-    except (FileNotFoundError, json.JSONDecodeError):  # a single run has no sweep.json
+        axes = read_sweep(sweep_dir).axes
+    except (FileNotFoundError, ValueError):  # a single run has no sweep.json
         axes = {}
     swept = [key for key in axes if key in values]
-    arm_keys = [key for key in swept if key not in NOT_AXES]
-    arm = arm_label({key: values[key] for key in arm_keys}, {key: axes[key] for key in arm_keys})
+    arms = arm_axes({key: axes[key] for key in swept})
+    arm = arm_label(values, arms)
+    arm_keys = list(arms)
     short = [f"{key.rsplit('.', 1)[-1]}={values[key]}" for key in arm_keys if key != "objective"]
     return {
         "arm": arm,

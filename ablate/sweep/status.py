@@ -13,13 +13,15 @@ import math
 import re
 import shutil
 import subprocess
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 
-from ablate.cells import read_status, update_status
-from ablate.liveness import local_cell_dead
 from ablate.progress import format_duration
+from ablate.sweepdir import layout
+from ablate.sweepdir.layout import read_status, read_sweep, update_status
+from ablate.sweepdir.liveness import local_cell_dead
 
 ALIVE = {"PENDING", "RUNNING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "RESIZING", "SUSPENDED",
          "CONFIGURING", "COMPLETING", "STAGE_OUT", "SIGNALING"}
@@ -29,13 +31,6 @@ DEAD = {"FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "BOOT_FA
 
 COLUMNS = ["cell_id", "overrides", "state", "job_id", "slurm_state", "reason", "step", "max_steps", "s_per_step",
            "eta_s", "attempts", "requeues", "error"]
-
-
-def read_sweep_json(sweep_dir: str | Path) -> dict:
-    path = Path(sweep_dir) / "sweep.json"
-    if not path.exists():
-        raise FileNotFoundError(f"{path} not found: is {sweep_dir} an ablate sweep directory?")
-    return json.loads(path.read_text())
 
 
 def _run(cmd: list[str]) -> str | None:
@@ -106,7 +101,7 @@ def cell_progress(cell_dir: Path) -> dict:
     """step, max_steps, seconds per step and ETA of a cell, from the progress.json its trainer rewrites at every
     logging step (this attempt's first step and time, the latest step and time)."""
     try:
-        p = json.loads((cell_dir / "progress.json").read_text())
+        p = json.loads((cell_dir / layout.PROGRESS_JSON).read_text())
     except (FileNotFoundError, json.JSONDecodeError):
         return {}
     steps = p["step"] - p["since_step"]
@@ -131,49 +126,72 @@ def _array_tasks(job: str) -> list[str]:
     return tasks
 
 
-def reconcile(sweep_dir: str | Path) -> pd.DataFrame:
-    """One row per cell: state (status.json, corrected by SLURM), job id, SLURM state, attempts, error."""
+@dataclass
+class Death:
+    """A cell whose status.json says it is alive, though its job or process is gone: what reconcile records."""
+
+    cell_id: str
+    error: str
+    job_id: str | None
+
+
+def survey(sweep_dir: str | Path) -> tuple[pd.DataFrame, list[Death]]:
+    """One row per cell (state, job id, SLURM state, step, attempts, error) and the cells found dead; writes nothing.
+
+    A cell is dead when status.json says pending/running/preempted (or nothing) but SLURM says its job ended
+    (OOM, node failure, scancel), a pending cell's job completed without a result, or the local process that
+    ran it is gone. The table already shows such cells as failed; `record_deaths` writes it down.
+    """
     sweep_dir = Path(sweep_dir)
-    sweep = read_sweep_json(sweep_dir)
-    jobs = sweep.get("jobs", {})
-    statuses = {c["cell_id"]: read_status(sweep_dir / "cells" / c["cell_id"]) for c in sweep.get("cells", [])}
+    sweep = read_sweep(sweep_dir)
+    statuses = {cid: read_status(layout.cell_dir(sweep_dir, cid)) for cid in sweep.overrides_of()}
     # sweep.json holds the latest submission of each cell; status.json the job that last ran it (the same id
     # once it has started), or nothing (local runs, cells not yet started)
-    job_of = {cid: jobs.get(cid) or status.get("job_id") for cid, status in statuses.items()}
+    job_of = {cid: sweep.jobs.get(cid) or status.job_id for cid, status in statuses.items()}
     slurm = slurm_states([j for j in job_of.values() if j])
     reasons = slurm_reasons([j for j in job_of.values() if j and slurm.get(j) in ALIVE])
-    rows = []
-    for cell in sweep.get("cells", []):
-        cid = cell["cell_id"]
-        status = statuses[cid]
-        state = status.get("state", "missing")
-        job = job_of[cid]
+    rows, deaths = [], []
+    for cid, overrides in sweep.overrides_of().items():
+        status, job = statuses[cid], job_of[cid]
+        state = status.state or "missing"
         slurm_state = slurm.get(job) if job else None
-        done = state == "done" and (sweep_dir / "cells" / cid / "metrics.json").exists()
-        if not done and state in ("pending", "running", "preempted", "missing") and slurm_state in DEAD:
-            # the job died without a word (OOM, node failure, scancel): SLURM is the only witness
-            status = update_status(sweep_dir / "cells" / cid, state="failed", job_id=job,
-                                   error=f"SLURM job {job} ended {slurm_state}")
-            state = "failed"
-        elif not job and (dead := local_cell_dead(sweep_dir / "cells" / cid, status)):
-            status = update_status(sweep_dir / "cells" / cid, state="failed", error=dead)
-            state = "failed"
-        elif not done and state == "pending" and slurm_state == "COMPLETED":
-            status = update_status(sweep_dir / "cells" / cid, state="failed", job_id=job,
-                                   error=f"SLURM job {job} completed but the cell wrote no result")
-            state = "failed"
-        progress = cell_progress(sweep_dir / "cells" / cid)
+        cell = layout.cell_dir(sweep_dir, cid)
+        death = None
+        if state in ("pending", "running", "preempted", "missing") and slurm_state in DEAD:
+            death = Death(cid, f"SLURM job {job} ended {slurm_state}", job)  # SLURM is the only witness
+        elif not job and (dead := local_cell_dead(cell, status)):
+            death = Death(cid, dead, None)
+        elif state == "pending" and slurm_state == "COMPLETED":
+            death = Death(cid, f"SLURM job {job} completed but the cell wrote no result", job)
+        if death is not None:
+            deaths.append(death)
+            state, error = "failed", death.error
+        else:
+            error = status.error
+        progress = cell_progress(cell)
         if state != "running":  # ETA and speed only mean something for a cell that is training now
             progress = progress | {"eta_s": None} if progress else {}
-        rows.append({"cell_id": cid, "overrides": " ".join(cell.get("overrides", [])), "state": state,
+        rows.append({"cell_id": cid, "overrides": " ".join(overrides), "state": state,
                      "job_id": job, "slurm_state": slurm_state, "reason": reasons.get(job) or None,
                      "step": progress.get("step", 0 if state in ("pending", "missing") else None),
-                     "max_steps": progress.get("max_steps", status.get("max_steps")),
+                     "max_steps": progress.get("max_steps", status.max_steps),
                      "s_per_step": progress.get("s_per_step"), "eta_s": progress.get("eta_s"),
-                     "attempts": status.get("attempts", 0), "requeues": status.get("requeues", 0),
-                     "error": status.get("error")})
-    return pd.DataFrame(rows, columns=COLUMNS)
+                     "attempts": status.attempts or 0, "requeues": status.requeues or 0, "error": error})
+    return pd.DataFrame(rows, columns=COLUMNS), deaths
 
+
+def record_deaths(sweep_dir: str | Path, deaths: list[Death]) -> None:
+    """Mark each dead cell failed in its status.json, with the witness's word as the error."""
+    for death in deaths:
+        job = {"job_id": death.job_id} if death.job_id else {}
+        update_status(layout.cell_dir(sweep_dir, death.cell_id), state="failed", error=death.error, **job)
+
+
+def reconcile(sweep_dir: str | Path) -> pd.DataFrame:
+    """`survey` and `record_deaths` in one: the table, with every dead cell now failed on disk too (this writes)."""
+    table, deaths = survey(sweep_dir)
+    record_deaths(sweep_dir, deaths)
+    return table
 
 
 def _missing(value) -> bool:

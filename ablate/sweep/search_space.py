@@ -14,7 +14,6 @@ import itertools
 import math
 from collections.abc import Mapping, Sequence
 
-TUNING_FILE = "tuning.json"  # <sweep_dir>/tuning.json: spaces, defaults and budget, read by the collector
 RESERVED = ("seed", "objective")  # the replication unit and the compared factor are never tuned
 
 

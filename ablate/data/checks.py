@@ -1,6 +1,6 @@
 """Checks over a whole data source once its rows are pairs: skipped share, duplicates, leakage.
 
-Run once per sweep at planning time (ablate/shared.py); what they find goes into the sweep's data
+Run once per sweep at planning time (ablate/train/shared.py); what they find goes into the sweep's data
 record (shared/data-*.json) and the report, and the two hard limits stop the sweep with a DataError:
 more skipped rows than `data.max_bad_fraction`, more held-out pairs whose prompt is also a training
 prompt than `data.max_overlap` (a share of the held-out pairs; default 0: held out means unseen).
@@ -9,8 +9,8 @@ Unpaired training rows (KTO data) count as duplicates when prompt, completion an
 
 from __future__ import annotations
 
-from ablate.data import PreferencePair, RowTally, UnpairedExample, prompt_key
-from ablate.readers import DataError
+from ablate.data.pairs import PreferencePair, RowTally, UnpairedExample, prompt_key
+from ablate.data.readers import DataError
 
 EXAMPLES = 3  # how many offending rows or pairs a message and the record quote
 

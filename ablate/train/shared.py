@@ -20,9 +20,8 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from ablate.cells import atomic_write_bytes, atomic_write_json, config_hash
-from ablate.config import as_plain
-from ablate.data import (
+from ablate.data.checks import check_pairs
+from ablate.data.pairs import (
     PreferencePair,
     RowFormat,
     RowTally,
@@ -37,10 +36,11 @@ from ablate.data import (
     tokenize_examples,
     tokenize_pairs,
 )
-from ablate.data_checks import check_pairs
-from ablate.engine import compute_context
-from ablate.readers import DataError
-from ablate.scoring import score_pairs
+from ablate.data.readers import DataError
+from ablate.sweepdir.atomic import atomic_write_bytes, atomic_write_json
+from ablate.sweepdir.ids import as_plain, config_hash
+from ablate.train.engine import compute_context
+from ablate.train.scoring import score_pairs
 
 
 def load_pairs(data_cfg, tally: RowTally | None = None) -> tuple[list[PreferencePair], list[PreferencePair]]:
@@ -48,7 +48,7 @@ def load_pairs(data_cfg, tally: RowTally | None = None) -> tuple[list[Preference
     tally = tally if tally is not None else RowTally()
     read = dict(row_format=RowFormat.of(data_cfg), on_bad_row=data_cfg.get("on_bad_row", "error"), tally=tally)
     if data_cfg.kind == "verbosity_trap":
-        from ablate.embedded import verbosity_trap_pairs
+        from ablate.train.embedded import verbosity_trap_pairs
 
         train, heldout = verbosity_trap_pairs(data_cfg)
     elif data_cfg.kind == "files":
@@ -198,7 +198,7 @@ def prepare_sweep_data(cells: list[dict], shared_dir: Path) -> list[str]:
     `cells` are plain resolved cell configs. Returns one summary line per source; raises one
     DataError listing every bad source (each message names the file and line, or row index).
     """
-    from ablate.models import load_tokenizer
+    from ablate.train.models import load_tokenizer
 
     by_path: dict[Path, list[dict]] = {}
     for cfg in cells:
@@ -234,7 +234,7 @@ def prepare_sweep_data(cells: list[dict], shared_dir: Path) -> list[str]:
 
 def _objectives_refusing(users: list[dict], record: Path) -> str | None:
     """Unpaired training rows train only an objective that learns from single labelled completions (kto)."""
-    from ablate.objectives import OBJECTIVES
+    from ablate.train.objectives import OBJECTIVES
 
     try:
         unpaired = json.loads(record.read_text()).get("train_format") == "unpaired"

@@ -12,12 +12,13 @@ from __future__ import annotations
 import os
 import threading
 import time
-from pathlib import Path
 
 import submitit
 from omegaconf import DictConfig, OmegaConf
 
-from ablate.cells import cell_id, update_status
+from ablate.sweepdir import layout
+from ablate.sweepdir.ids import cell_id
+from ablate.sweepdir.layout import update_status
 
 
 def export_distributed_env() -> dict[str, str]:
@@ -46,12 +47,12 @@ class CellJob(submitit.helpers.Checkpointable):
         self._worker: threading.Thread | None = None
 
     def __call__(self) -> dict:
-        from ablate.run import run_cell
+        from ablate.sweep.run import run_cell
 
         env = submitit.JobEnvironment()
         if env.num_tasks > 1:
             export_distributed_env()
-        cell_dir = Path(self.sweep_dir) / "cells" / self.cell_id
+        cell_dir = layout.cell_dir(self.sweep_dir, self.cell_id)
         outcome: dict = {}
 
         def work():
@@ -93,8 +94,9 @@ class CollectJob:
         self.select = select
 
     def __call__(self) -> dict:
-        from ablate.collect import collect, describe, select_config
-        from ablate.status import reconcile
+        from ablate.collect import collect, describe
+        from ablate.config import select_config
+        from ablate.sweep.status import reconcile
 
         time.sleep(1)  # let sacct record the cells' final states
         reconcile(self.sweep_dir)

@@ -25,11 +25,21 @@ import os
 import torch
 import torch.distributed as dist
 
-from ablate import engine
-from ablate.config import task_split_problem
-from ablate.scoring import completion_logps
+from ablate.train import engine
+from ablate.train.scoring import completion_logps
 
 PARALLEL = ("ddp", "fsdp")
+
+
+def task_split_problem(trainer: dict, tasks: int) -> str | None:
+    """Why a cell's micro-batches cannot be split evenly over `tasks` processes (None when they can): every
+    rank of a multi-task cell takes an equal share of every micro-batch (see the module docstring)."""
+    micro = trainer["batch_size"] // trainer["grad_accum"]
+    if tasks <= 1 or micro % tasks == 0:
+        return None
+    return (f"trainer.batch_size / trainer.grad_accum = {trainer['batch_size']} / {trainer['grad_accum']} = {micro} "
+            f"pairs per micro-batch do not split evenly over {tasks} tasks: make it a multiple of {tasks}, or "
+            "change the number of tasks")
 
 
 def shutdown() -> None:
@@ -41,7 +51,7 @@ def shutdown() -> None:
 
 class CompletionLogps(torch.nn.Module):
     """The policy's forward as one module, so that DDP or FSDP wraps exactly what training runs: the
-    lean log-prob path (ablate.scoring.completion_logps) under the cell's autocast."""
+    lean log-prob path (ablate.train.scoring.completion_logps) under the cell's autocast."""
 
     def __init__(self, model, device: torch.device, autocast: torch.dtype | None, head_chunk: int):
         super().__init__()
@@ -63,7 +73,7 @@ class Ranks:
         if self.world > 1 and torch.cuda.is_available():
             torch.cuda.set_device(self.local_rank)  # NCCL's collectives (and all_gather_object) use it
         if self.world > 1 and not dist.is_initialized():
-            # MASTER_ADDR / MASTER_PORT come from the job (ablate.jobs.export_distributed_env) or torchrun
+            # MASTER_ADDR / MASTER_PORT come from the job (ablate.sweep.jobs.export_distributed_env) or torchrun
             dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
 
     def device(self, resolved: torch.device) -> torch.device:

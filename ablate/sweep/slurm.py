@@ -18,11 +18,14 @@ from pathlib import Path
 import submitit
 from omegaconf import DictConfig, OmegaConf
 
-from ablate.cells import atomic_write_json, atomic_write_text, config_yaml, update_status
-from ablate.config import as_plain, task_split_problem
-from ablate.jobs import CellJob, CollectJob
-from ablate.partition import ImpossibleRequest, check_requests, read_partition
-from ablate.status import ALIVE, read_sweep_json, slurm_states
+from ablate.sweep.jobs import CellJob, CollectJob
+from ablate.sweep.partition import ImpossibleRequest, check_requests, read_partition
+from ablate.sweep.status import ALIVE, slurm_states
+from ablate.sweepdir import layout
+from ablate.sweepdir.atomic import atomic_write_text
+from ablate.sweepdir.ids import as_plain, config_yaml
+from ablate.sweepdir.layout import read_sweep, update_status, updating_sweep
+from ablate.train.distributed import task_split_problem
 
 log = logging.getLogger(__name__)
 RESOURCE_KEYS = ("partition", "account", "qos", "timeout_min", "gpus_per_node", "cpus_per_task", "mem_gb",
@@ -40,6 +43,11 @@ def cell_resources(launcher: DictConfig, cell_config: DictConfig) -> dict:
     if unknown:
         raise ValueError(f"hydra.launcher.profiles: unknown resource keys {sorted(unknown)}; known: {RESOURCE_KEYS}")
     return resources
+
+
+def profile_key(resources: dict) -> str:
+    """Cells with equal resources share job arrays: the key they are grouped and sorted by."""
+    return repr(sorted(resources.items(), key=str))
 
 
 def executor_parameters(resources: dict, launcher: DictConfig, name: str) -> dict:
@@ -85,7 +93,7 @@ def check_resources(profiled: list[tuple[dict, DictConfig, list[str], str]], lau
         return
     groups: dict[str, tuple[dict, list[str]]] = {}
     for resources, _, _, cid in profiled:
-        groups.setdefault(repr(sorted(resources.items(), key=str)), (resources, []))[1].append(cid)
+        groups.setdefault(profile_key(resources), (resources, []))[1].append(cid)
     if launcher.collector.enabled:
         collector = {key: launcher[key] for key in RESOURCE_KEYS} | dict(launcher.collector.resources)
         groups["collector"] = (collector, ["the collector job (hydra.launcher.collector.resources)"])
@@ -99,7 +107,7 @@ def check_resources(profiled: list[tuple[dict, DictConfig, list[str], str]], lau
 
 def check_task_split(profiled: list[tuple[dict, DictConfig, list[str], str]]) -> None:
     """Refuse cells whose micro-batches their tasks (tasks_per_node x nodes) cannot share evenly: every rank
-    of a multi-task cell takes an equal share (ablate/distributed.py). Not forceable: the cell would fail."""
+    of a multi-task cell takes an equal share (ablate/train/distributed.py). Not forceable: the cell would fail."""
     lines = []
     for resources, cfg, overrides, cid in profiled:
         tasks = int(resources.get("tasks_per_node") or 1) * int(resources.get("nodes") or 1)
@@ -113,22 +121,31 @@ def check_task_split(profiled: list[tuple[dict, DictConfig, list[str], str]]) ->
 
 def _executor(sweep_dir: Path, launcher: DictConfig) -> submitit.AutoExecutor:
     # one folder per job: logs, pickles and the generated sbatch script stay next to the sweep
-    return submitit.AutoExecutor(folder=str(sweep_dir / "slurm" / "%j"), cluster=launcher.cluster)
+    return submitit.AutoExecutor(folder=str(sweep_dir / layout.SLURM / "%j"), cluster=launcher.cluster)
+
+
+def check_submission(cells: list[tuple[DictConfig, list[str], str]], launcher: DictConfig) -> list[tuple]:
+    """Refuse (ImpossibleRequest) what can never run, before anything is submitted: micro-batches the tasks cannot
+    share evenly (never forceable), and requests no node of the partition can hold (unless `force`). Returns the
+    cells as (resources, config, overrides, cell_id), sorted by resource profile."""
+    profiled = sorted(((cell_resources(launcher, cfg), cfg, ov, cid) for cfg, ov, cid in cells),
+                      key=lambda c: profile_key(c[0]))
+    check_task_split(profiled)
+    if not launcher.get("force", False):  # an older sweep.json (ablate resubmit) has no `force`
+        check_resources(profiled, launcher)
+    return profiled
 
 
 def submit_cells(sweep_dir: Path, cells: list[tuple[DictConfig, list[str], str]], launcher: DictConfig,
                  select: DictConfig) -> dict:
-    """Submit (config, overrides, cell_id) cells and the collector; record job ids in sweep.json and status.json."""
+    """Check (check_submission), then submit (config, overrides, cell_id) cells and the collector; record job ids in
+    sweep.json and status.json. Callers that may race another launcher hold the sweep's lock."""
     sweep_dir = Path(sweep_dir)
     name = f"ablate-{sweep_dir.name}"
-    profiled = sorted(((cell_resources(launcher, cfg), cfg, ov, cid) for cfg, ov, cid in cells),
-                      key=lambda c: repr(sorted(c[0].items(), key=str)))
-    check_task_split(profiled)
-    if not launcher.get("force", False):  # an older sweep.json (ablate resubmit) has no `force`
-        check_resources(profiled, launcher)
+    profiled = check_submission(cells, launcher)
     for _, cfg, ov, cid in profiled:  # before submission: a job that starts at once must not be overwritten
-        cell_dir = sweep_dir / "cells" / cid
-        atomic_write_text(cell_dir / "config.yaml", config_yaml(as_plain(cfg)))
+        cell_dir = layout.cell_dir(sweep_dir, cid)
+        atomic_write_text(cell_dir / layout.CONFIG_YAML, config_yaml(as_plain(cfg)))
         # job_id=None: the job id of an earlier attempt must not stand for the new job (reconcile would judge the
         # cell by the old job's end); the new id is in sweep.json, and the job writes it here when it starts
         update_status(cell_dir, state="pending", cell_id=cid, overrides=list(ov), error=None, job_id=None,
@@ -138,7 +155,7 @@ def submit_cells(sweep_dir: Path, cells: list[tuple[DictConfig, list[str], str]]
     chunk = max_array_size(launcher.max_array_size)
     jobs: dict[str, str] = {}
     arrays = []
-    for _, group in groupby(profiled, key=lambda c: repr(sorted(c[0].items(), key=str))):
+    for _, group in groupby(profiled, key=lambda c: profile_key(c[0])):
         group = list(group)
         executor.update_parameters(**executor_parameters(group[0][0], launcher, name))
         for start in range(0, len(group), chunk):
@@ -154,7 +171,7 @@ def submit_cells(sweep_dir: Path, cells: list[tuple[DictConfig, list[str], str]]
     if launcher.collector.enabled and arrays:
         # The collector waits for the jobs just submitted AND for the sweep's cells still queued or running from an
         # earlier submission (a resubmission of failed cells while others still run), so its report is complete.
-        earlier = [job for cid, job in read_sweep_json(sweep_dir).get("jobs", {}).items() if cid not in jobs]
+        earlier = [job for cid, job in read_sweep(sweep_dir).jobs.items() if cid not in jobs]
         still_alive = {job.split("_")[0] for job, state in slurm_states(earlier).items() if state in ALIVE}
         masters = ":".join(dict.fromkeys([a["job_id"] for a in arrays] + sorted(still_alive)))
         collector_resources = {key: launcher[key] for key in RESOURCE_KEYS} | dict(launcher.collector.resources)
@@ -165,13 +182,12 @@ def submit_cells(sweep_dir: Path, cells: list[tuple[DictConfig, list[str], str]]
         executor.update_parameters(**params)
         collector_job = str(executor.submit(CollectJob(str(sweep_dir), OmegaConf.to_container(select))).job_id)
 
-    sweep = read_sweep_json(sweep_dir)
-    sweep.setdefault("jobs", {}).update(jobs)
-    sweep.setdefault("arrays", []).extend(arrays)
-    if collector_job:
-        sweep["collector_job"] = collector_job  # the latest; every one, for `ablate cancel`, in collector_jobs
-        sweep["collector_jobs"] = [*sweep.get("collector_jobs", []), collector_job]
-    sweep["slurm"] = OmegaConf.to_container(launcher, resolve=True)
-    sweep["select"] = OmegaConf.to_container(select, resolve=True)
-    atomic_write_json(sweep_dir / "sweep.json", sweep)
+    with updating_sweep(sweep_dir) as record:
+        record.jobs.update(jobs)
+        record.arrays.extend(arrays)
+        if collector_job:
+            record.collector_job = collector_job  # the latest; every one, for `ablate cancel`, in collector_jobs
+            record.collector_jobs.append(collector_job)
+        record.slurm = OmegaConf.to_container(launcher, resolve=True)
+        record.select = OmegaConf.to_container(select, resolve=True)
     return {"jobs": jobs, "arrays": arrays, "collector_job": collector_job}

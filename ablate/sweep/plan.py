@@ -12,17 +12,20 @@ import logging
 import os
 import subprocess
 import sys
-import time
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
 from omegaconf import DictConfig, open_dict
 
-from ablate.cells import atomic_write_json, cell_id, clean_stale_temp_files
-from ablate.config import ConfigError, as_plain, cell_problems
-from ablate.liveness import sweep_lock
+from ablate.config import ConfigError, cell_problems
 from ablate.redact import redact
+from ablate.sweep import hydra_api
+from ablate.sweepdir import layout
+from ablate.sweepdir.atomic import clean_stale_temp_files
+from ablate.sweepdir.ids import as_plain, cell_id
+from ablate.sweepdir.layout import SweepRecord, grid_axes, override_values, read_status, updating_sweep
+from ablate.sweepdir.liveness import sweep_lock
 
 log = logging.getLogger(__name__)
 
@@ -39,14 +42,12 @@ class PlannedCell:
 
     def full_config(self) -> DictConfig:
         """The complete config Hydra's run_job expects, with the cell's job dir (local launcher)."""
-        from hydra._internal.config_loader_impl import ConfigLoaderImpl
-
         config = copy.deepcopy(self._composition)
-        ConfigLoaderImpl._apply_overrides_to_config(self._value_overrides, config)
+        hydra_api.apply_value_overrides(self._value_overrides, config)
         with open_dict(config):
             config.hydra.overrides.task = self.overrides
             config.hydra.job.id = config.hydra.job.num = self.job_num
-            config.hydra.sweep.subdir = f"cells/{self.cell_id}"  # Hydra's job dir IS the cell dir
+            config.hydra.sweep.subdir = f"{layout.CELLS}/{self.cell_id}"  # Hydra's job dir IS the cell dir
         return config
 
 
@@ -57,9 +58,9 @@ def plan_cells(config_loader, base_config: DictConfig, job_overrides, initial_jo
     GROUP overrides (objective=dpo, model=hub, ...); each cell's value overrides (lora.r=8, seed=3)
     are then applied to a copy with Hydra's own override code, exactly as Hydra would after composing.
     """
-    from hydra._internal.config_loader_impl import ConfigLoaderImpl
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
+    hydra_api.check()
     parser = OverridesParser.create()
     compositions: dict[tuple[str, ...], tuple[DictConfig, DictConfig] | Exception] = {}
     cells, errors, seen = [], [], set()
@@ -68,7 +69,7 @@ def plan_cells(config_loader, base_config: DictConfig, job_overrides, initial_jo
         label = " ".join(overrides) or "(no overrides)"
         try:
             parsed = parser.parse_overrides(overrides)
-            is_group = [config_loader.repository.group_exists(o.key_or_group) for o in parsed]
+            is_group = [hydra_api.group_exists(config_loader, o.key_or_group) for o in parsed]
             groups = tuple(o.input_line for o, g in zip(parsed, is_group, strict=True) if g)
             if groups not in compositions:
                 try:
@@ -86,7 +87,7 @@ def plan_cells(config_loader, base_config: DictConfig, job_overrides, initial_jo
                 raise ValueError("hydra.* keys cannot vary between cells; set them once, outside the sweep")
             composed, task = compositions[groups]
             task = copy.deepcopy(task)
-            ConfigLoaderImpl._apply_overrides_to_config(values, task)
+            hydra_api.apply_value_overrides(values, task)
         except Exception as error:  # unknown key, wrong type, bad syntax
             errors.append(f"[{label}]: {error}")
             continue
@@ -125,11 +126,11 @@ def start_sweep(launcher, job_overrides, initial_job_idx: int, name: str) -> tup
     except ConfigError as error:  # the message says it all; a traceback would bury it
         print(f"ConfigError: {error}", file=sys.stderr, flush=True)
         raise SystemExit(2) from None
-    from ablate.readers import DataError
-    from ablate.shared import prepare_sweep_data  # imports torch: only once the configs are known good
+    from ablate.data.readers import DataError
+    from ablate.train.shared import prepare_sweep_data  # imports torch: only once the configs are known good
 
     try:
-        for line in prepare_sweep_data([cell.plain for cell in cells], sweep_dir / "shared"):
+        for line in prepare_sweep_data([cell.plain for cell in cells], sweep_dir / layout.SHARED):
             print(f"ablate: {line}", flush=True)
     except DataError as error:
         print(f"DataError: {error}", file=sys.stderr, flush=True)
@@ -143,18 +144,6 @@ def start_sweep(launcher, job_overrides, initial_job_idx: int, name: str) -> tup
     return sweep_dir, cells
 
 
-def grid_axes(cells: list[PlannedCell]) -> dict[str, list[str]]:
-    """The swept keys and their values, in command-line order."""
-    axes: dict[str, list[str]] = {}
-    for cell in cells:
-        for override in cell.overrides:
-            key, _, value = override.partition("=")
-            axes.setdefault(key.lstrip("+~"), [])
-            if value not in axes[key.lstrip("+~")]:
-                axes[key.lstrip("+~")].append(value)
-    return {k: v for k, v in axes.items() if len(v) > 1}
-
-
 def _git_sha() -> str | None:
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
@@ -164,36 +153,28 @@ def _git_sha() -> str | None:
         return None
 
 
-def write_sweep_json(sweep_dir: Path, cells: list[PlannedCell], launcher: str, **extra) -> dict:
+def write_sweep_json(sweep_dir: Path, cells: list[PlannedCell], launcher: str) -> SweepRecord:
     """sweep.json: grid axes, cells, launcher, versions. Cells of earlier runs of the sweep are kept."""
-    path = Path(sweep_dir) / "sweep.json"
-    previous = json.loads(path.read_text()) if path.exists() else {}
-    known = {c["cell_id"]: c for c in previous.get("cells", [])}
-    known |= {c.cell_id: {"cell_id": c.cell_id, "overrides": c.overrides} for c in cells}
-    packages = ("ablate", "torch", "transformers", "peft", "hydra-core", "submitit", "wandb", "pandas")
+    packages = ("ablate-po", "torch", "transformers", "peft", "hydra-core", "submitit", "wandb", "pandas")
     versions = {}
     for name in packages:
         try:
             versions[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
             versions[name] = None
-    sweep = previous | {
-        "axes": grid_axes(cells),
-        "cells": list(known.values()),
-        "launcher": launcher,
-        "command": redact(" ".join(sys.argv)),  # a key passed on the command line is not written down
-        # the arguments of `python -m ablate`, so the collector can print the command that adds seeds
-        **({"argv": [redact(a) for a in sys.argv[1:]]} if Path(sys.argv[0]).parent.name == "ablate" else {}),
-        "updated_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "python": sys.version.split()[0],
-        "versions": versions,
-        "git_sha": _git_sha(),
-        **extra,
-    }
-    sweep.setdefault("created_at", sweep["updated_at"])
-    atomic_write_json(path, sweep)
-    return sweep
-
+    with updating_sweep(sweep_dir) as record:
+        known = {c["cell_id"]: c for c in record.cells}
+        known |= {c.cell_id: {"cell_id": c.cell_id, "overrides": c.overrides} for c in cells}
+        record.cells = list(known.values())
+        record.axes = grid_axes([c.overrides for c in cells])
+        record.launcher = launcher
+        record.command = redact(" ".join(sys.argv))  # a key passed on the command line is not written down
+        if Path(sys.argv[0]).parent.name == "ablate":  # the arguments of `python -m ablate`: the add-seeds command
+            record.argv = [redact(a) for a in sys.argv[1:]]
+        record.python = sys.version.split()[0]
+        record.versions = versions
+        record.git_sha = _git_sha()
+    return record
 
 
 TABLE_METRICS = ("avglogp_accuracy", "logratio_accuracy")
@@ -203,17 +184,15 @@ def cell_table(sweep_dir: Path, cells: list[PlannedCell]):
     """One row per cell: its swept values, state and final held-out metrics (overall and per slice)."""
     import pandas as pd
 
-    from ablate.cells import read_status
-
-    axes = grid_axes(cells)
+    axes = grid_axes([c.overrides for c in cells])
     rows = []
     for cell in cells:
-        cell_dir = Path(sweep_dir) / "cells" / cell.cell_id
-        values = dict(o.partition("=")[::2] for o in cell.overrides)
+        cell_dir = layout.cell_dir(sweep_dir, cell.cell_id)
+        values = override_values(cell.overrides)
         row = {"cell": cell.cell_id, **{k: values.get(k, "") for k in axes}}
-        row["state"] = read_status(cell_dir).get("state", "missing")
+        row["state"] = read_status(cell_dir).state or "missing"
         try:
-            metrics = json.loads((cell_dir / "metrics.json").read_text())
+            metrics = json.loads((cell_dir / layout.METRICS_JSON).read_text())
         except (FileNotFoundError, json.JSONDecodeError):
             metrics = {}
         for key, value in metrics.items():

@@ -1,8 +1,8 @@
 """Preference pairs from local files or a Hugging Face dataset, and their tokenisation.
 
-Every source ends as a list of `PreferencePair` (the embedded task in ablate/embedded.py builds
+Every source ends as a list of `PreferencePair` (the embedded task in ablate/train/embedded.py builds
 them too). The launcher reads and validates every data source of a sweep once, at planning time
-(ablate/shared.py), so a bad row stops the sweep before any cell starts, with an error that names
+(ablate/train/shared.py), so a bad row stops the sweep before any cell starts, with an error that names
 the file and its 1-based line (JSONL/JSON) or row index (Parquet, hub splits) and the column.
 Row formats (`data.format`, default `auto` picks per row):
 - explicit: `prompt`, `chosen`, `rejected` strings; when both completions repeat the whole prompt
@@ -28,8 +28,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from ablate.data.readers import BadRow, DataError, RawRow, read_file, read_hub_split
 from ablate.progress import track
-from ablate.readers import BadRow, DataError, RawRow, read_file, read_hub_split
 
 FORMATS = ("auto", "explicit", "implicit_prompt", "unpaired")
 BAD_ROW_POLICIES = ("error", "skip")

@@ -17,8 +17,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ablate.cells import atomic_write_json
-from ablate.tracking import STEP_METRIC
+from ablate.review.tracking import STEP_METRIC
+from ablate.sweepdir.atomic import atomic_write_json
 
 FORMAT = "ablate-wandb-report/1"
 # Node names a definition may use: the wandb-workspaces classes ablate writes, and nothing else.

@@ -11,8 +11,10 @@ Names are resolved lazily, so `ablate collect` does not pay for importing torch.
 
 from importlib import metadata
 
+from ablate.paths import DISTRIBUTION
+
 try:
-    __version__ = metadata.version("ablate")
+    __version__ = metadata.version(DISTRIBUTION)
 except metadata.PackageNotFoundError:  # a source checkout that was never installed
     __version__ = "0.0.0"
 

@@ -17,9 +17,11 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
+from ablate.data.pairs import CANONICAL_COLUMNS
 from ablate.paths import CONF_DIR
 from ablate.sweepdir.ids import as_plain
 from ablate.train.engine import ATTENTION, AUTOCAST
+from ablate.train.models import DTYPES
 from ablate.train.objectives import OBJECTIVES, register_objective_schemas
 
 
@@ -35,7 +37,7 @@ class LoraConfig:
 
 @dataclass
 class EmbeddedModelConfig:
-    """The tiny Llama-architecture model built in code (DESIGN §7); no download ever."""
+    """The tiny Llama-architecture model built in code (docs/ARCHITECTURE.md §7); no download ever."""
 
     kind: str = "embedded"
     hidden_size: int = 128
@@ -73,7 +75,7 @@ class DataLimits:
 
 @dataclass
 class VerbosityTrapDataConfig(DataLimits):
-    """The embedded task (DESIGN §7): echo a sequence, reversed or copied by a hidden rule."""
+    """The embedded task (docs/ARCHITECTURE.md §7): echo a sequence, reversed or copied by a hidden rule."""
 
     kind: str = "verbosity_trap"
     n_train: int = 2400
@@ -130,8 +132,8 @@ class HubDataConfig(RowOptions):
 @dataclass
 class TrainerConfig:
     max_steps: int = 150
-    batch_size: int = 16  # preference pairs per optimiser step
-    grad_accum: int = 1  # micro-batches per step; each holds batch_size / grad_accum pairs
+    batch_size: int = 16  # pairs per optimiser step (examples, on unpaired KTO data)
+    grad_accum: int = 1  # micro-batches per step; each holds batch_size / grad_accum of them
     lr: float = 4e-3
     weight_decay: float = 0.0
     warmup_ratio: float = 0.1  # linear warm-up over this share of steps, then cosine to 0
@@ -175,7 +177,7 @@ class WandbLoggerConfig:
 
 @dataclass
 class SelectConfig:
-    """The collector's decision rule (DESIGN §6); documented in conf/select/default.yaml."""
+    """The collector's decision rule (docs/ARCHITECTURE.md §6); documented in conf/select/default.yaml."""
 
     metric: str = "avglogp_accuracy"
     slice: str | None = None
@@ -316,9 +318,7 @@ RULES = {
     "logger.finish_timeout": (_positive, "> 0"),
 }
 
-DTYPES = ("float32", "bfloat16", "float16", "auto")
 DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
-COLUMN_NAMES = ("prompt", "chosen", "rejected", "id", "slice")
 
 # The schema of every group of a cell, to reject keys forced in with `+group.key=...` (Hydra accepts
 # those on a structured config). Groups with several schemas are told apart by their `kind`.
@@ -452,8 +452,8 @@ def _data_problems(data: dict) -> list[str]:
             problems.append(f"data.columns = {columns!r}: must be a mapping like {{prompt: question}}")
         else:
             for key, value in columns.items():
-                if key not in COLUMN_NAMES:
-                    problems.append(f"data.columns.{key}: unknown; maps one of {', '.join(COLUMN_NAMES)}")
+                if key not in CANONICAL_COLUMNS:
+                    problems.append(f"data.columns.{key}: unknown; maps one of {', '.join(CANONICAL_COLUMNS)}")
                 elif not isinstance(value, str) or not value.strip():
                     problems.append(f"data.columns.{key} = {value!r}: must be a column name")
     return problems

@@ -10,6 +10,9 @@ from __future__ import annotations
 from pathlib import Path
 
 PACKAGE_DIR = Path(__file__).resolve().parent
+# The distribution's name on the package index (`pip install ablate-po`): `ablate` there is an unrelated project.
+# The import package and the console script are `ablate`.
+DISTRIBUTION = "ablate-po"
 
 
 def shipped_dir(name: str) -> Path:

@@ -1,4 +1,4 @@
-"""Keep secrets out of every file ablate writes (DESIGN §9): API keys and tokens become `***`.
+"""Keep secrets out of every file ablate writes (docs/ARCHITECTURE.md §9): API keys and tokens become `***`.
 
 ablate never reads a secret itself; W&B and the Hugging Face hub read theirs from the environment
 or ~/.netrc. A secret can still reach a file through text ablate records, such as the command

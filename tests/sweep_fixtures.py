@@ -1,4 +1,4 @@
-"""Synthetic sweep directories in the layout the collector reads (DESIGN §3), without training anything.
+"""Synthetic sweep directories in the layout the collector reads (docs/ARCHITECTURE.md §3), without training anything.
 
     <dir>/sweep.json                      {"cells": [{"cell_id", "overrides"}], "axes": {...}}
     <dir>/cells/<id>/status.json          {"state", "overrides", "objective", "lora_r", "seed", "error", ...}

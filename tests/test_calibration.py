@@ -1,4 +1,4 @@
-"""Calibration of the decision rule by simulation (DESIGN §6): on null sweeps - the same recipe in both arms
+"""Calibration of the decision rule by simulation (ARCHITECTURE.md §6): on null sweeps - the same recipe in both arms
 - it calls a winner "decisive" at most at its nominal rate alpha; its power on a real difference is reported.
 
 The simulated held-out data looks like the embedded task's: 300 pairs in two slices; pair i has a difficulty

@@ -1,4 +1,4 @@
-"""The collector (ablate/collect/, DESIGN §3, §5, §6) on synthetic sweep directories (tests/sweep_fixtures.py).
+"""The collector (ablate/collect/, ARCHITECTURE.md §3, §5, §6) on synthetic sweep directories (tests/sweep_fixtures.py).
 
 Every held-out pair has an avglogp margin of exactly +1 (correct) or -1 (wrong), so accuracies and margins
 are known by hand. Correct pairs are a PREFIX of each slice. The statistics (ablate.collect.stats) are
@@ -255,7 +255,7 @@ def test_two_pair_difference_is_not_decisive(tmp_path):
 @pytest.mark.parametrize("best, other", [((40, 40), (35, 35)), ((45, 45), (40, 40)), ((50, 50), (45, 45)),
                                          ((48, 49), (43, 44)), ((47, 50), (37, 50))])
 def test_gain_of_exactly_min_extra_pairs_is_decisive(tmp_path, best, other):
-    # "the gain is at least min_extra_pairs held-out pairs" (DESIGN §6): dpo gets exactly 10 more of the
+    # "the gain is at least min_extra_pairs held-out pairs" (ARCHITECTURE.md §6): dpo gets exactly 10 more of the
     # 100 pairs right than simpo on every seed (e.g. 80 vs 70, 100 vs 90); with identical seeds the CI is the
     # held-out-pair part alone, B <= 2 x 0.25 x (5 x .9² + 45 x .1²)/49 / 50 = 9.2e-4: CI low >= .1 - .06 > 0.
     counts = {("dpo", "8"): [best] * 3, ("simpo", "8"): [other] * 3}

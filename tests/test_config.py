@@ -222,7 +222,7 @@ def test_every_model_config_composes(compose_cfg, name):
 @pytest.mark.parametrize(("overrides", "key"), [(["model=hub"], "model.path"), (["data=hub"], "data.path")])
 def test_missing_mandatory_value_is_a_config_error(compose_cfg, overrides, key):
     """`path: ???` composes, but the cell cannot run: validate_cell must say so before anything trains
-    (DESIGN §1: bad config -> one clear error, nothing submitted; ConfigError: "composes but cannot run")."""
+    (ARCHITECTURE.md §1: bad config -> one clear error, nothing submitted; ConfigError: "composes but cannot run")."""
     cfg = compose_cfg(overrides)
     assert OmegaConf.missing_keys(cfg) == {key}
     with pytest.raises(ConfigError) as info:

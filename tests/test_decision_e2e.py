@@ -1,4 +1,4 @@
-"""The decision on real sweeps of the embedded task, through the real command line (DESIGN §6, issue "Decisions
+"""The decision on real sweeps of the embedded task, through the real command line (ARCHITECTURE.md §6, issue "Decisions
 that hold up"): three seeds by default, an A/A sweep that must not name a winner, and the printed command that
 adds seeds to an undetermined sweep.
 """

@@ -1,4 +1,4 @@
-"""The embedded default (ablate/train/embedded.py, DESIGN §7): the verbosity-trap task and the cached tiny Llama.
+"""Embedded default (ablate/train/embedded.py; ARCHITECTURE.md §7): the verbosity-trap task and the cached tiny Llama.
 
 The model is built once per test session under $ABLATE_CACHE (tests/conftest.py), ~15 s on CPU.
 """

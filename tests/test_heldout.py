@@ -1,4 +1,4 @@
-"""Objective-neutral held-out metrics (ablate/data/heldout.py, DESIGN §5) on a hand-built table.
+"""Objective-neutral held-out metrics (ablate/data/heldout.py, docs/ARCHITECTURE.md §5) on a hand-built table.
 
 S = summed completion log-prob, n = completion tokens, ref = reference, w = chosen, l = rejected;
 chosen shift = (S_w − S_w^ref)/n_w.

@@ -46,11 +46,11 @@ def installed(repo_root, tmp_path_factory) -> dict:
     source = _copy_checkout(repo_root, work / "src")
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
                     "-w", str(work / "dist"), str(source)], check=True, capture_output=True, timeout=120)
-    (wheel,) = (work / "dist").glob("ablate-*.whl")
+    (wheel,) = (work / "dist").glob("ablate_po-*.whl")  # the distribution ablate-po (ablate.paths.DISTRIBUTION)
     # the sdist too, with setuptools' own PEP 517 backend (what `python -m build --sdist` would call)
     build_sdist = f"from setuptools import build_meta; build_meta.build_sdist({str(work / 'dist')!r})"
     subprocess.run([sys.executable, "-c", build_sdist], cwd=source, check=True, capture_output=True, timeout=120)
-    (sdist,) = (work / "dist").glob("ablate-*.tar.gz")
+    (sdist,) = (work / "dist").glob("ablate_po-*.tar.gz")
     site = work / "site"
     subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "--no-index", "-q", "--target", str(site),
                     str(wheel)], check=True, capture_output=True, timeout=120)
@@ -68,7 +68,11 @@ def run(installed: dict, *args: str) -> subprocess.CompletedProcess:
 def test_the_wheel_ships_conf_sweeps_and_every_module(installed, repo_root):
     """pyproject.toml lists packages by hand (conf/ is mapped into ablate/): a new module folder or config group
     left out of that list fails here."""
-    names = set(zipfile.ZipFile(installed["wheel"]).namelist())
+    wheel = zipfile.ZipFile(installed["wheel"])
+    names = set(wheel.namelist())
+    (metadata,) = [n for n in names if n.endswith(".dist-info/METADATA")]
+    assert "\nName: ablate-po\n" in wheel.read(metadata).decode()  # a name free on the package index
+    assert "ablate/__main__.py" in names  # the import package is still `ablate`
     for folder in ("conf", "sweeps"):
         expected = {f"ablate/{folder}/{p.relative_to(repo_root / folder).as_posix()}"
                     for p in (repo_root / folder).rglob("*.yaml")}

@@ -1,6 +1,6 @@
 """The collector's report on a synthetic sweep directory (no training): files, content, plots, notebook.
 
-`make_sweep` writes what finished cells leave behind (DESIGN §3) with numbers chosen by hand: DPO
+`make_sweep` writes what finished cells leave behind (docs/ARCHITECTURE.md §3) with numbers chosen by hand: DPO
 gets most held-out pairs right, SimPO fewer, so the decision is known in advance. Held-out metrics
 are computed from the written per-pair table with ablate.data.heldout, as a real cell does.
 """

@@ -1,4 +1,4 @@
-"""ablate's SLURM launcher against a real single-node SLURM cluster (tests/slurm/cluster.py, DESIGN §2, §8).
+"""ablate's SLURM launcher against a real single-node SLURM cluster (tests/slurm/cluster.py, ARCHITECTURE.md §2, §8).
 
 The real command line runs in subprocesses, with the session's environment (ABLATE_CACHE, offline flags) plus the
 cluster's (SLURM_CONF, PATH): sbatch exports it to the jobs, so every job shares the embedded model built once, in

@@ -1,4 +1,4 @@
-"""The shared trainer (ablate/train/trainer.py, DESIGN §3-§5) through ablate.sweep.run.run_cell, in-process.
+"""The shared trainer (ablate/train/trainer.py, ARCHITECTURE.md §3-§5) through ablate.sweep.run.run_cell, in-process.
 
 Cells are shrunk to a few seconds (6 steps, 64 training pairs, 2 x 16 held-out pairs). Most tests
 read cells trained once per module in one sweep directory (`sweep`); tests that need their own

@@ -73,7 +73,7 @@ def test_report_is_built_offline_with_curves_grouped_by_arm(summary, monkeypatch
     monkeypatch.setattr(wr.interface, "_get_api", lambda: pytest.fail("the report needs no network to be built"))
     report = build_report(definition_of(summary))
     assert (report.entity, report.project) == ("ent", "proj")
-    assert report.title == "ablate sweep-1 - Decisive winner: dpo"
+    assert report.title == "ablate sweep-1 - Decisive winner dpo"
     kinds = [type(block).__name__ for block in report.blocks]
     assert kinds[:3] == ["CalloutBlock", "P", "MarkdownBlock"]
     assert report.blocks[1].text == summary["explanation"]

@@ -1,6 +1,6 @@
 """Read W&B's offline run files (`run-<id>.wandb`) back, so tests assert what W&B would upload.
 
-wandb 0.31 ships no Python reader. The format (DESIGN §9) is a LevelDB log: a 7-byte file header
+wandb 0.31 ships no Python reader. The format (docs/ARCHITECTURE.md §9) is a LevelDB log: a 7-byte file header
 (":W&B", magic 0xBEE1, version 0), then 32 KiB blocks of records, each with a 7-byte header
 (CRC-32 of type byte + data, little-endian length, type FULL/FIRST/MIDDLE/LAST); a record never
 starts in the last 6 bytes of a block (zero padding). Each reassembled record is a protobuf

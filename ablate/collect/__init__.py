@@ -1,4 +1,4 @@
-"""The collector: a sweep directory in, a decision a reviewer can trust out (DESIGN §6).
+"""The collector: a sweep directory in, a decision a reviewer can trust out (docs/ARCHITECTURE.md §6).
 
     ablate collect <sweep_dir> [select overrides, e.g. slice=verbose_rejected alpha=0.01]
     python -m ablate.collect <sweep_dir>

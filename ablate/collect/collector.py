@@ -25,6 +25,7 @@ from ablate.collect.plan import add_seeds_command
 from ablate.collect.tuning import read_tuning, tuned_comparison, tuned_line
 from ablate.config import select_config
 from ablate.sweepdir.atomic import atomic_write_bytes, atomic_write_json, replace_dir
+from ablate.verdicts import verdict_phrase
 
 # report/ is replaced whole at every collection, but the published W&B Report's id must survive it,
 # so that publishing again updates that report instead of making a new one (ablate.review.wandb_report)
@@ -172,9 +173,7 @@ def describe(summary: dict) -> str:
     for group in (summary.get("tuning") or {}).get("groups", []):
         lines.append(tuned_line(group, summary["decision"]["scope"]))
     for scope, decision in summary["slices"].items():
-        verdict = {"decisive": f"decisive winner {decision['winner']}", "not decisive": "no decisive winner"}.get(
-            decision["verdict"], "undetermined")
-        lines.append(f"  slice {scope}: {verdict} (best arm {decision.get('best_arm')})")
+        lines.append(f"  slice {scope}: {verdict_phrase(decision)} (best arm {decision.get('best_arm')})")
     flagged = [r for r in summary["diagnostics"]["overoptimisation"] if r["flagged"]]
     if flagged:
         lines.append(f"  overoptimisation flagged in {len(flagged)} cell(s): held-out gains stalled while "

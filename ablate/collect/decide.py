@@ -1,4 +1,4 @@
-"""Arms, seed-aware comparisons and the decision rule (DESIGN §6).
+"""Arms, seed-aware comparisons and the decision rule (docs/ARCHITECTURE.md §6).
 
 An arm is every cell that differs only by seed. The best arm (highest decision metric, mean over
 seeds and held-out pairs) is compared with every other arm on the SAME held-out pairs, seed by seed

@@ -1,4 +1,4 @@
-"""Diagnostics that explain a result or warn against trusting it (DESIGN §6).
+"""Diagnostics that explain a result or warn against trusting it (docs/ARCHITECTURE.md §6).
 
 - overoptimisation: a cell's training margins keep rising while its held-out behaviour does not;
 - chosen log-prob shift: the policy makes even the chosen answers less likely than the reference;

@@ -9,7 +9,6 @@ count; whether their per-pair evidence is complete is judged by the decision (ab
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,7 +18,7 @@ import pyarrow.parquet as pq
 
 from ablate.data.heldout import PAIR_COLUMNS, outcome_arrays
 from ablate.sweepdir import layout
-from ablate.sweepdir.layout import NOT_AXES, arm_label, override_values
+from ablate.sweepdir.layout import NOT_AXES, arm_label, is_finite_number, override_values
 from ablate.sweepdir.liveness import local_cell_dead
 
 BASE_COLUMNS = ["cell_id", "overrides", "state", "error", "attempts", "elapsed_s", "objective", "lora_r", "seed",
@@ -213,10 +212,9 @@ def read_jsonl(sweep: Sweep, cell_id: str, name: str) -> list[dict]:
         except ValueError:
             entry = None
         step = entry.get("step") if isinstance(entry, dict) else None
-        if isinstance(step, bool) or not isinstance(step, int | float) or not math.isfinite(step):
+        if not is_finite_number(step):
             sweep.problem(cell_id, f"{path}:{number}", "corrupt line skipped")
             continue
-        entries.append({k: v for k, v in entry.items()
-                        if isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)})
+        entries.append({k: v for k, v in entry.items() if is_finite_number(v)})
     sweep.cache[cache_key] = entries
     return entries

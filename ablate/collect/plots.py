@@ -1,4 +1,4 @@
-"""The report's figures, drawn from summary.json's content and the cells' logs (DESIGN §3, §6).
+"""The report's figures, drawn from summary.json's content and the cells' logs (docs/ARCHITECTURE.md §3, §6).
 
 Each function writes one PNG under `plots_dir` and returns its path, or None when the sweep has
 nothing to show for it (no finished cell, no slices, axes not swept). Figures are built with
@@ -24,6 +24,8 @@ from ablate.collect.decide import confidence, metric_key
 from ablate.collect.load import Sweep, read_jsonl
 from ablate.collect.stats import seed_summary
 from ablate.sweepdir.atomic import atomic_write_bytes
+from ablate.sweepdir.layout import is_finite_number
+from ablate.verdicts import verdict_phrase
 
 DPI = 110
 MAX_CURVE_ARMS = 12  # reading logs costs one file per cell: a 1000-cell sweep draws its 12 best arms
@@ -76,7 +78,7 @@ def cell_values(sweep: Sweep, metric: str, scope: str | None) -> pd.Series | Non
     return done[key].astype(float) if key in done else None
 
 
-def arm_stats(summary: dict, sweep: Sweep, metric: str, scope: str | None) -> dict[str, dict]:
+def arm_seed_stats(summary: dict, sweep: Sweep, metric: str, scope: str | None) -> dict[str, dict]:
     """arm -> {n, mean, std, ci_low, ci_high}: mean ± std over the arm's finished seeds, and the CI the
     collector computed for the arm in that scope (seeds and held-out pairs; NaN with one seed)."""
     decision = decisions_by_scope(summary).get(scope or "all") or {}
@@ -94,22 +96,20 @@ def arm_stats(summary: dict, sweep: Sweep, metric: str, scope: str | None) -> di
 
 def ranked_arms(summary: dict, sweep: Sweep) -> list[str]:
     """Arms by the decision metric in the decision scope, best first; arms without a value last."""
-    stats = arm_stats(summary, sweep, summary["select"]["metric"], summary["decision"]["scope"])
-    return sorted(stats, key=lambda a: -stats[a]["mean"] if _finite(stats[a].get("mean")) else math.inf)
+    stats = arm_seed_stats(summary, sweep, summary["select"]["metric"], summary["decision"]["scope"])
+    return sorted(stats, key=lambda a: -stats[a]["mean"] if is_finite_number(stats[a].get("mean")) else math.inf)
 
 
 def base_model_value(sweep: Sweep, key: str) -> float | None:
     """The held-out metric at step 0 (the adapter starts at zero: it is the base model, same for all cells)."""
     for cell_id in sweep.done.cell_id:
         for entry in read_jsonl(sweep, cell_id, "eval_log.jsonl"):
-            if entry.get("step") == 0 and _finite(entry.get(key)):
+            if entry.get("step") == 0 and is_finite_number(entry.get(key)):
                 return float(entry[key])
         return None
     return None
 
 
-def _finite(x) -> bool:
-    return x is not None and not pd.isna(x) and math.isfinite(float(x))
 
 
 def _seed_note(arm: dict) -> str:
@@ -146,7 +146,7 @@ def decision_plot(sweep: Sweep, summary: dict, plots_dir: Path) -> Path | None:
     drew_reference = False
     rng = np.random.default_rng(0)  # jitter of the seed dots, fixed so reruns give the same image
     for ax, scope in zip(axes, scopes, strict=True):
-        stats, values = arm_stats(summary, sweep, metric, scope), cell_values(sweep, metric, scope)
+        stats, values = arm_seed_stats(summary, sweep, metric, scope), cell_values(sweep, metric, scope)
         decision = decisions.get(scope, {})
         for arm in ranked:
             s = stats[arm]
@@ -155,9 +155,9 @@ def decision_plot(sweep: Sweep, summary: dict, plots_dir: Path) -> Path | None:
                 seeds = values[sweep.done.arm == arm].dropna()
                 jitter = rng.uniform(-0.12, 0.12, len(seeds))
                 ax.scatter(seeds, y[arm] + jitter, s=16, color=color, alpha=0.6, lw=0, zorder=3)
-            if _finite(s.get("mean")):
+            if is_finite_number(s.get("mean")):
                 ci = [s.get("ci_low"), s.get("ci_high")]
-                xerr = [[s["mean"] - ci[0]], [ci[1] - s["mean"]]] if all(map(_finite, ci)) else None
+                xerr = [[s["mean"] - ci[0]], [ci[1] - s["mean"]]] if all(map(is_finite_number, ci)) else None
                 ax.errorbar(s["mean"], y[arm], xerr=xerr, fmt="D", ms=7, color=color, capsize=4, lw=1.6,
                             mfc=color if arms[arm]["complete"] else "white")
         reference = base_model_value(sweep, metric_key(metric, None if scope == "all" else scope))
@@ -168,11 +168,8 @@ def decision_plot(sweep: Sweep, summary: dict, plots_dir: Path) -> Path | None:
             ax.set_xlim(-0.03, 1.03)
         ax.set_xlabel(metric_label(metric))
         ax.grid(axis="x", alpha=0.3)
-        verdict = (f"{decision['winner']} wins decisively" if decision.get("decisive")
-                   else "undetermined" if decision.get("verdict") == "undetermined"
-                   else "no decisive winner" if decision.get("comparisons") else "not compared")
         mark = " [decision scope]" if scope == headline else ""
-        ax.set_title(f"{scope_label(scope)}{mark}\n{verdict}", fontsize=10)
+        ax.set_title(f"{scope_label(scope)}{mark}\n{verdict_phrase(decision)}", fontsize=10)
     axes[0].set_yticks([y[a] for a in ranked], [labels[a] + _seed_note(arms[a]) for a in ranked])
     axes[0].set_ylabel("arm")
     axes[0].set_ylim(-0.6, len(ranked) - 0.4)
@@ -258,7 +255,7 @@ def heatmap_plot(sweep: Sweep, summary: dict, plots_dir: Path) -> Path | None:
     if "objective" not in axes or "lora.r" not in axes:
         return None
     metric, scope = summary["select"]["metric"], summary["decision"]["scope"]
-    stats = arm_stats(summary, sweep, metric, scope)
+    stats = arm_seed_stats(summary, sweep, metric, scope)
     objectives = list(axes["objective"])
     ranks = sorted(axes["lora.r"], key=lambda r: float(r) if str(r).replace(".", "", 1).isdigit() else math.inf)
     grid = np.full((len(objectives), len(ranks)), np.nan)
@@ -267,12 +264,12 @@ def heatmap_plot(sweep: Sweep, summary: dict, plots_dir: Path) -> Path | None:
     for i, objective in enumerate(objectives):
         for j, rank in enumerate(ranks):
             members = [a for a in summary["arms"] if str(a["axes"].get("objective")) == str(objective)
-                       and str(a["axes"].get("lora.r")) == str(rank) and _finite(stats[a["arm"]].get("mean"))]
+                       and str(a["axes"].get("lora.r")) == str(rank) and is_finite_number(stats[a["arm"]].get("mean"))]
             if members:
                 grid[i, j] = np.mean([stats[a["arm"]]["mean"] for a in members])
                 done, cells = sum(a["done"] for a in members), sum(a["cells"] for a in members)
                 std = stats[members[0]["arm"]].get("std") if len(members) == 1 else None
-                spread = f" ± {std:.3f}" if _finite(std) else ""
+                spread = f" ± {std:.3f}" if is_finite_number(std) else ""
                 notes[i][j] = f"{grid[i, j]:.3f}{spread}\n{done}/{cells} seeds done"
     if not np.isfinite(grid).any():
         return None
@@ -311,14 +308,14 @@ def slices_plot(sweep: Sweep, summary: dict, plots_dir: Path) -> Path | None:
     fig = Figure(figsize=(max(6.0, 1.2 + len(slices) * (0.9 + 0.45 * len(ranked))), 4.6))
     ax = fig.subplots()
     for k, scope in enumerate(slices):
-        stats = arm_stats(summary, sweep, metric, scope)
+        stats = arm_seed_stats(summary, sweep, metric, scope)
         for i, arm in enumerate(ranked):
             s = stats[arm]
-            if not _finite(s.get("mean")):
+            if not is_finite_number(s.get("mean")):
                 continue
             x = k - 0.4 + width * (i + 0.5)
             ci = [s.get("ci_low"), s.get("ci_high")]
-            yerr = [[s["mean"] - ci[0]], [ci[1] - s["mean"]]] if all(map(_finite, ci)) else None
+            yerr = [[s["mean"] - ci[0]], [ci[1] - s["mean"]]] if all(map(is_finite_number, ci)) else None
             ax.bar(x, s["mean"], width * 0.92, yerr=yerr, capsize=3, color=colors[i],
                    hatch=None if arms[arm]["complete"] else "//", edgecolor="white" if arms[arm]["complete"] else "k")
         reference = base_model_value(sweep, metric_key(metric, scope))

@@ -1,4 +1,4 @@
-"""report.md and a self-contained report.html from the summary (DESIGN §3, §6).
+"""report.md and a self-contained report.html from the summary (docs/ARCHITECTURE.md §3, §6).
 
 The report is built once as a list of blocks (heading, paragraph, list, table, image) and rendered
 twice, so the Markdown and the HTML can never say different things. Nothing is hidden: unfinished
@@ -18,8 +18,9 @@ import pandas as pd
 
 from ablate.collect.decide import confidence
 from ablate.collect.load import Sweep
-from ablate.collect.plots import all_plots, arm_stats, decisions_by_scope, scope_label, slice_names
+from ablate.collect.plots import all_plots, arm_seed_stats, decisions_by_scope, scope_label, slice_names
 from ablate.sweepdir.atomic import atomic_write_text
+from ablate.verdicts import verdict_of
 
 PLOT_CAPTIONS = {
     "decision": "Decision metric per arm and scope: mean over seeds with its {level} CI (seeds and held-out pairs), "
@@ -41,6 +42,7 @@ pre{background:#f6f8fa;padding:.6em .9em;border-radius:6px;overflow-x:auto}"""
 # ---------------------------------------------------------------- formatting
 
 def missing(x) -> bool:
+    """No value to show: None, pandas' NA, NaN or inf (a string or a count is a value)."""
     return x is None or x is pd.NA or (isinstance(x, float) and not math.isfinite(x))
 
 
@@ -48,10 +50,6 @@ def fmt(x, digits: int = 3) -> str:
     if missing(x):
         return "—"
     return f"{x:.{digits}f}" if isinstance(x, float) else str(x)
-
-
-def fmt_p(p) -> str:
-    return "—" if missing(p) else f"{p:.2g}"
 
 
 def ci(low, high) -> str:
@@ -92,7 +90,7 @@ def build_blocks(sweep: Sweep, summary: dict, plots: dict[str, Path]) -> list[tu
               f"ablate collect <sweep_dir> metric=... slice=... alpha=..."),
         ("h2", "Decision"),
     ]
-    verdict = summary.get("verdict", "decisive" if summary["decisive"] else "not decisive")
+    verdict = verdict_of(summary)
     if verdict == "decisive":
         provisional = (f"; provisional: cells of {', '.join(decision['unfinished_arms'])} not finished"
                        if decision.get("provisional") else "")
@@ -121,7 +119,7 @@ def build_blocks(sweep: Sweep, summary: dict, plots: dict[str, Path]) -> list[tu
     headers = ["arm", "seeds done"]
     for scope in scopes:
         headers += [f"{scope_label(scope)}: mean ± std", f"{level} CI"]
-    per_scope = {scope: arm_stats(summary, sweep, metric, scope) for scope in scopes}
+    per_scope = {scope: arm_seed_stats(summary, sweep, metric, scope) for scope in scopes}
     rows = []
     for arm in summary["arms"]:
         row = [arm["arm"], f"{arm['done']}/{arm['cells']}"]

@@ -4,7 +4,7 @@ Kept free of sweep I/O so each function can be checked by hand, against scipy, a
 (tests/test_calibration.py). The data of one arm is a matrix X (seeds x pairs) of a per-pair
 held-out value (correct 0/1, or a margin) on the SAME held-out pairs for every arm.
 
-The model (DESIGN §6: the seed is the unit of replication; held-out pairs are a second level):
+The model (docs/ARCHITECTURE.md §6: the seed is the unit of replication; held-out pairs are a second level):
 
     x[k, i] = mu + s_k + u_i + e[k, i]
 

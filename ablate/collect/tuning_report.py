@@ -10,18 +10,16 @@ from matplotlib.figure import Figure
 
 from ablate.collect.decide import confidence
 from ablate.collect.plots import _save, scope_label
+from ablate.sweepdir.layout import is_finite_number
 
 CAPTION = ("Sensitivity: validation {metric} (mean over seeds, bars: seed std) against each tuned key, one line per "
            "setting of the objective's other keys; the star marks the selected setting. Validation pairs only.")
 
 
-def _is_number(x) -> bool:
-    """A finite int/float read back from summary.json (which writes NaN as null: a value may be None)."""
-    return isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x)
 
 
 def _fmt(x, spec: str = ".3f") -> str:
-    return format(x, spec) if _is_number(x) else "n/a"
+    return format(x, spec) if is_finite_number(x) else "n/a"
 
 
 def _verdict(d: dict | None, level: str) -> str:
@@ -30,8 +28,8 @@ def _verdict(d: dict | None, level: str) -> str:
     best = d.get("best_objective")
     rivals = [c for c in d.get("comparisons", []) if c["arm"] in d.get("rivals", [])]
     detail = "; ".join(f"vs {c['arm']}: {_fmt(c['difference'], '+.3f')}" + (
-        f", {level} CI [{c['ci_low']:+.3f}, {c['ci_high']:+.3f}]" if _is_number(c["ci_low"])
-        and _is_number(c["ci_high"])
+        f", {level} CI [{c['ci_low']:+.3f}, {c['ci_high']:+.3f}]" if is_finite_number(c["ci_low"])
+        and is_finite_number(c["ci_high"])
         else ", no CI") for c in rivals)
     head = {"decisive": f"decisive: {d.get('winner')}", "not decisive": f"no decisive winner (best {best})"}.get(
         d["verdict"], f"undetermined (best {best})" if best else "undetermined")
@@ -138,8 +136,8 @@ def sensitivity_plot(summary: dict, plots_dir: Path) -> Path | None:
             for label, rows in lines.items():
                 rows = sorted(rows, key=lambda r: values.index(r["setting"][key]))
                 xs = [x_of[r["setting"][key]] for r in rows]
-                ys = [r["mean"] if _is_number(r["mean"]) else math.nan for r in rows]
-                err = [r["std"] if _is_number(r["std"]) else 0.0 for r in rows]
+                ys = [r["mean"] if is_finite_number(r["mean"]) else math.nan for r in rows]
+                err = [r["std"] if is_finite_number(r["std"]) else 0.0 for r in rows]
                 name = " ".join(f"{k}={v}" for k, v in zip(others, label, strict=True)) or objective
                 ax.errorbar(xs, ys, yerr=err, marker="o", capsize=3, label=name)
             picked = next((r for r in entry["table"] if r["setting"] == entry["selected"]), None)

@@ -1,4 +1,4 @@
-"""Objective-neutral held-out metrics (DESIGN §5), identical for every cell.
+"""Objective-neutral held-out metrics (docs/ARCHITECTURE.md §5), identical for every cell.
 
 The objectives log rewards that mean different things (DPO: β·summed log-ratio; SimPO: β·mean
 log-prob), so arms are compared on these definitions instead, computed from the per-pair table

@@ -1,7 +1,8 @@
 """Preference pairs from local files or a Hugging Face dataset, and their tokenisation.
 
-Every source ends as a list of `PreferencePair` (the embedded task in ablate/train/embedded.py builds
-them too). The launcher reads and validates every data source of a sweep once, at planning time
+Every source ends as a list of `PreferencePair`, or of `UnpairedExample` for unpaired KTO rows
+(prompt/completion/label); the embedded task in ablate/train/embedded.py builds pairs too. The
+launcher reads and validates every data source of a sweep once, at planning time
 (ablate/train/shared.py), so a bad row stops the sweep before any cell starts, with an error that names
 the file and its 1-based line (JSONL/JSON) or row index (Parquet, hub splits) and the column.
 Row formats (`data.format`, default `auto` picks per row):
@@ -16,7 +17,7 @@ Row formats (`data.format`, default `auto` picks per row):
   Such rows train `kto` only; as held-out data they are paired up by prompt (`pair_by_prompt`),
   because every held-out metric compares a chosen with a rejected completion of one prompt.
 `data.columns` maps these names onto a file's own (`{prompt: question, chosen: good, ...}`).
-Optional columns: `id` (else f"{id_prefix}{row}") and `slice` (held-out slice tag, DESIGN §5).
+Optional columns: `id` (else f"{id_prefix}{row}") and `slice` (held-out slice tag, docs/ARCHITECTURE.md §5).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The sweep's review in W&B, after each collection: a collector run and the W&B Report (DESIGN §9).
+"""The sweep's review in W&B, after each collection: a collector run and the W&B Report (docs/ARCHITECTURE.md §9).
 
 `review_in_wandb` is called once at the end of `ablate.collect.collect`, and does something only
 when the sweep's cells used logger=wandb. It logs one collector run (job_type `collect`, the cells'
@@ -22,8 +22,9 @@ import sys
 from pathlib import Path
 
 from ablate.review.tracking import describe_error, run_files_dir, start_run, sweep_group, wandb_run_id
-from ablate.review.wandb_report import publish_report, report_definition, verdict_of, write_definition
+from ablate.review.wandb_report import publish_report, report_definition, write_definition
 from ablate.sweepdir.ids import config_hash
+from ablate.verdicts import verdict_of
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """W&B runs of the cells (logger=wandb), and starting any W&B run so that W&B never costs a cell.
 
-One run per cell (DESIGN §9): group = the sweep, job_type = the objective, name = arm + seed
+One run per cell (docs/ARCHITECTURE.md §9): group = the sweep, job_type = the objective, name = arm + seed
 (`dpo r=16 seed=2`), tags = the cell's swept values, config = the resolved config plus `arm` (the
 collector's arm label, so W&B groups runs exactly as the report compares them) and `cell_id`.
 The run id is a hash of (sweep directory, cell id): a cell requeued after preemption, or resubmitted

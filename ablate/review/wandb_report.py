@@ -19,6 +19,7 @@ from pathlib import Path
 
 from ablate.review.tracking import STEP_METRIC
 from ablate.sweepdir.atomic import atomic_write_json
+from ablate.verdicts import verdict_phrase
 
 FORMAT = "ablate-wandb-report/1"
 # Node names a definition may use: the wandb-workspaces classes ablate writes, and nothing else.
@@ -36,16 +37,9 @@ def metric_key(metric: str, scope: str | None) -> str | None:
     return f"heldout/{scope}/{metric}"
 
 
-def verdict_of(decision: dict) -> str:
-    """decisive | not decisive | undetermined; older summaries only say `decisive`."""
-    return decision.get("verdict") or ("decisive" if decision.get("decisive") else "not decisive")
-
-
 def headline(summary: dict) -> str:
-    verdict = verdict_of(summary)
-    if verdict == "decisive":
-        return f"Decisive winner: {summary.get('winner')}"
-    return {"not decisive": "No decisive winner", "undetermined": "Undetermined (too few seeds)"}.get(verdict, verdict)
+    phrase = verdict_phrase(summary)
+    return phrase[0].upper() + phrase[1:]
 
 
 def report_definition(summary: dict, *, project: str, entity: str | None, group: str, collector_run: dict,

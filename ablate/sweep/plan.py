@@ -19,6 +19,7 @@ from pathlib import Path
 from omegaconf import DictConfig, open_dict
 
 from ablate.config import ConfigError, cell_problems
+from ablate.paths import DISTRIBUTION
 from ablate.redact import redact
 from ablate.sweep import hydra_api
 from ablate.sweepdir import layout
@@ -155,7 +156,7 @@ def _git_sha() -> str | None:
 
 def write_sweep_json(sweep_dir: Path, cells: list[PlannedCell], launcher: str) -> SweepRecord:
     """sweep.json: grid axes, cells, launcher, versions. Cells of earlier runs of the sweep are kept."""
-    packages = ("ablate-po", "torch", "transformers", "peft", "hydra-core", "submitit", "wandb", "pandas")
+    packages = (DISTRIBUTION, "torch", "transformers", "peft", "hydra-core", "submitit", "wandb", "pandas")
     versions = {}
     for name in packages:
         try:

@@ -26,6 +26,7 @@ import contextlib
 import dataclasses
 import json
 import math
+import numbers
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -141,10 +142,14 @@ def update_status(cell: Path, **fields) -> CellStatus:
 
 
 # ------------------------------------------------------------------------------------ done
+def is_finite_number(x) -> bool:
+    """A finite real number as read back from a JSON file or a table: not a bool, None, NaN, inf or pandas' NA."""
+    return isinstance(x, numbers.Real) and not isinstance(x, bool) and math.isfinite(x)
+
+
 def metrics_problem(metrics: dict) -> str | None:
     """Why a metrics.json cannot stand for a finished cell: a held-out value that is not a finite number."""
-    bad = [k for k, v in metrics.items() if k.startswith("heldout/")
-           and (isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v))]
+    bad = [k for k, v in metrics.items() if k.startswith("heldout/") and not is_finite_number(v)]
     return f"non-numeric or non-finite values: {', '.join(sorted(bad)[:5])}" if bad else None
 
 

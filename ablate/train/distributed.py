@@ -28,8 +28,6 @@ import torch.distributed as dist
 from ablate.train import engine
 from ablate.train.scoring import completion_logps
 
-PARALLEL = ("ddp", "fsdp")
-
 
 def task_split_problem(trainer: dict, tasks: int) -> str | None:
     """Why a cell's micro-batches cannot be split evenly over `tasks` processes (None when they can): every
@@ -64,6 +62,13 @@ class CompletionLogps(torch.nn.Module):
 
 
 class Ranks:
+    """This process's place among a cell's processes, and the collectives the trainer uses.
+
+    Methods marked "Collective" must be called by every rank, in the same order: one of them behind
+    `if ranks.is_main` (or any condition that can differ between ranks) deadlocks the cell. With one
+    process each is a no-op or the identity.
+    """
+
     def __init__(self, parallel: str = "ddp"):
         self.world = int(os.environ.get("WORLD_SIZE", "1"))
         self.rank = int(os.environ.get("RANK", "0"))
@@ -89,7 +94,7 @@ class Ranks:
             raise ValueError(problem)
 
     def same_everywhere(self, value: str, what: str) -> None:
-        """Refuse ranks that disagree on `value` (e.g. torchrun processes whose Hydra run dirs differ)."""
+        """Collective. Refuse ranks that disagree on `value` (e.g. torchrun processes whose Hydra run dirs differ)."""
         if self.world == 1:
             return
         values: list = [None] * self.world
@@ -102,7 +107,7 @@ class Ranks:
 
     @contextlib.contextmanager
     def main_first(self):
-        """Rank 0 fills a cache (the tokens) while the others wait, then they read it."""
+        """Collective (a barrier). Rank 0 fills a cache (the tokens) while the others wait, then they read it."""
         if self.world > 1 and not self.is_main:
             dist.barrier()
         yield
@@ -145,7 +150,7 @@ class Ranks:
         return t.full_tensor() if hasattr(t, "full_tensor") else t
 
     def any(self, flag: bool) -> bool:
-        """True on every rank when it is true on one: all ranks must stop (or fail) at the same step."""
+        """Collective. True on every rank when it is true on one: all ranks must stop (or fail) at the same step."""
         if self.world == 1:
             return flag
         t = torch.tensor([1.0 if flag else 0.0], device=self._comm_device())
@@ -153,6 +158,7 @@ class Ranks:
         return bool(t.item())
 
     def sum_values(self, values: dict[str, float]) -> dict[str, float]:
+        """Collective. Each key's sum over the ranks (every rank must pass the same keys)."""
         if self.world == 1 or not values:
             return values
         keys = sorted(values)
@@ -161,7 +167,7 @@ class Ranks:
         return dict(zip(keys, t.tolist(), strict=True))
 
     def cat(self, t: torch.Tensor) -> torch.Tensor:
-        """Every rank's equally long `t`, concatenated in rank order (no gradient): KTO's KL baseline is a
+        """Collective. Every rank's equally long `t`, concatenated in rank order (no gradient): KTO's KL baseline is a
         mean over the whole micro-batch's KL batch, as in one process (TRL gathers it the same way)."""
         if self.world == 1:
             return t
@@ -181,7 +187,7 @@ class Ranks:
         return mine, (most - len(mine) if self.fsdp and batches else 0)
 
     def gather_pairs(self, scores: dict[str, torch.Tensor], mine: list[int]) -> dict[str, torch.Tensor]:
-        """Every rank's scored pairs, on every rank: (len(data),) tensors whose entry i comes from the rank
+        """Collective. Every rank's scored pairs, on every rank: (len(data),) tensors whose entry i comes from the rank
         that scored pair i. A pair scored twice, or asked for and scored by no rank, is an error."""
         if self.world == 1:
             return scores

@@ -1,4 +1,4 @@
-"""The embedded default: a tiny Llama and the "verbosity trap" task, built in code (DESIGN §7).
+"""The embedded default: a tiny Llama and the "verbosity trap" task, built in code (docs/ARCHITECTURE.md §7).
 
 Nothing is downloaded. The model is saved as an ordinary Hugging Face directory (config,
 safetensors, tokenizer files) in a cache keyed by its config, so the trainer loads it through the

@@ -2,7 +2,7 @@
 
 Every objective maps the same record of sequence log-probs to per-example losses and the rewards
 it logs. Nothing else differs between arms of an ablation: the trainer, data and held-out metrics
-are shared (DESIGN §4). Hyper-parameters are keyword-only and named as in the paper; each
+are shared (docs/ARCHITECTURE.md §4). Hyper-parameters are keyword-only and named as in the paper; each
 objective's config schema is a dataclass registered next to its function, so the registry, the
 Hydra schemas and conf/objective/*.yaml cannot drift apart (tests/test_objectives.py checks it).
 """

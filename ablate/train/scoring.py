@@ -1,4 +1,4 @@
-"""Batches of tokenised pairs and their summed completion log-probs (DESIGN §4).
+"""Batches of tokenised pairs and their summed completion log-probs (docs/ARCHITECTURE.md §4).
 
 Chosen and rejected go through ONE forward: a batch of B pairs becomes 2B right-padded
 sequences, chosen first (B unpaired KTO examples: B sequences). Log-probs are summed over
@@ -237,7 +237,7 @@ def score_pairs(model, data: TokenizedPairs | TokenizedExamples, *, batch_size: 
 
     `forward` (batch -> log-probs, token counts) replaces the lean path on `model`, e.g. a module
     sharded by FSDP; with `ranks` (ablate.train.distributed.Ranks) every rank scores its share of the
-    batches and receives everyone's scores.
+    batches and receives everyone's scores (collective: every rank must call it).
     """
     was_training = model.training
     model.eval()

@@ -1,4 +1,4 @@
-"""Inputs shared by every cell of a sweep: tokenised pairs and reference log-probs (DESIGN §4).
+"""Inputs shared by every cell of a sweep: tokenised pairs and reference log-probs (docs/ARCHITECTURE.md §4).
 
 Neither depends on the objective, the LoRA rank or the seed, so each is computed once per sweep
 and stored under <sweep_dir>/shared/, keyed by what it does depend on: tokens by (tokenizer, data),
@@ -311,7 +311,8 @@ def reference_logps(cfg, split: str, data: TokenizedPairs | TokenizedExamples, b
     shares one file whose values do not depend on which cell came first. Scores computed under
     autocast (`autocast`, e.g. bfloat16) get their own file: they differ by more than rounding.
     With `ranks` (a multi-task cell), the ranks score a share each and rank 0 writes the file;
-    `forward` as in `score_pairs`.
+    `forward` as in `score_pairs`. Collective with `ranks`: every rank must call it (it asks every
+    rank whether the file is there, and scores on every rank or none).
     """
     everything = indices is None or set(indices) == set(range(len(data)))
     scope = [] if everything else [config_hash(sorted(set(indices)))[:16]]

@@ -1,7 +1,13 @@
-"""The shared preference trainer: one loop for every objective (DESIGN §4).
+"""The shared preference trainer: one loop for every objective (docs/ARCHITECTURE.md §4).
 
-Reads top to bottom: setup (model, shared data, reference log-probs, adapter, optimiser), the loop
-(micro-batches, objective, clipping, step, log), periodic evaluation, final evaluation and files.
+    python -m ablate objective=dpo                                     one cell, one process
+    torchrun --nproc_per_node=2 -m ablate objective=dpo hydra.run.dir=outputs/c   one cell, two processes
+    python -m ablate -m objective=dpo,simpo hydra/launcher=ablate_slurm hydra.launcher.tasks_per_node=2
+
+Reads top to bottom: `train` (the loop: steps, logging, evaluation, stop on request, final files),
+`setup` (model, shared data, adapter, reference log-probs, optimiser: the adapter is added before the
+reference is scored, which is the policy with its adapter disabled), `training_step` (micro-batches,
+objective, clipping, optimiser step) and `evaluate` (one held-out scoring pass).
 The objective is the only thing that differs between arms; it declares whether it needs the
 reference model and a KL batch, and this loop provides exactly that.
 """
@@ -12,13 +18,17 @@ import json
 import math
 import threading
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import pandas as pd
 import torch
+from omegaconf import DictConfig
 
 from ablate.data.heldout import PAIR_COLUMNS, heldout_metrics
-from ablate.data.pairs import TokenizedPairs
+from ablate.data.pairs import TokenizedExamples, TokenizedPairs
 from ablate.data.readers import DataError
 from ablate.progress import track
 from ablate.sweepdir.atomic import atomic_write_bytes, atomic_write_json, atomic_write_text
@@ -48,26 +58,115 @@ class Interrupted(RuntimeError):
 
 def train(cfg, cell_dir: Path, shared_dir: Path, stop_requested: threading.Event | None = None,
           tracker=None) -> dict:
-    """Train one cell; write train_log.jsonl, eval_log.jsonl, heldout_pairs.parquet, metrics.json.
+    """Train one cell; write train_log.jsonl, eval_log.jsonl, heldout_pairs.parquet, metrics.json; return the metrics.
+
+    Runs as one process (`python -m ablate ...`, a local sweep), as each of several torchrun processes
+    (`torchrun --nproc_per_node=N -m ablate ... hydra.run.dir=<dir>`) or as each task of a SLURM job
+    (hydra.launcher.tasks_per_node=N). Invariants a change must keep:
+    - every rank makes the same collective calls in the same order: the `Ranks` methods marked
+      "Collective", FSDP forwards, DDP backwards. Never put one under `if ranks.is_main` or behind a
+      condition that can differ between ranks; decide on every rank (`ranks.any`) and act on every rank;
+    - rank 0 alone writes files; every rank computes the same metrics (their NaN checks must agree);
+    - `trainer.batch_size` counts pairs, or examples on unpaired (KTO) data; each rank takes an equal
+      share of every micro-batch;
+    - the batch of a step is a function of (seed, step) only (DataOrder): resume is exact.
 
     If <cell_dir>/checkpoint/ holds a checkpoint, training resumes from it. When `stop_requested` is
     set (by the SLURM job's preemption/timeout handler), the loop saves a checkpoint at the next
     step boundary and raises Interrupted.
     """
-    # ---------------------------------------------------------------------------------- setup
+    run = setup(cfg, Path(cell_dir), Path(shared_dir))
+    tc, ranks = cfg.trainer, run.ranks
+    logs = CellLogs(Path(cell_dir), ranks.is_main, tracker)
+    window = RunningMeans()
+    checkpoint = Checkpoint(Path(cell_dir) / "checkpoint" / "state.pt", run.model, run.optimizer, run.scheduler, ranks)
+
+    # ----------------------------------------------------------------------------------- loop
+    start = 0
+    if checkpoint.exists():
+        state = checkpoint.load(run.device)
+        window.sums, window.weights = state["window"]
+        logs.train[:], logs.eval[:] = state["train_log"], state["eval_log"]
+        start = state["step"]
+    else:
+        logs.record_eval(evaluate(run, 0)[0])  # step 0: the reference itself
+    run.model.train()
+    since, since_step = time.time(), start  # this attempt's speed, for `ablate status` (progress.json)
+    # a bar on a terminal; in a file (SLURM logs) one plain line per log_every steps, at most every 30 s
+    progress = track(range(start + 1, tc.max_steps + 1), initial=start, total=tc.max_steps, every=tc.log_every,
+                     desc=f"{cfg.objective.name} r={cfg.lora.r} seed={cfg.seed}")
+    for step in progress:
+        lr = training_step(run, step, window)
+        if step % tc.log_every == 0 or step == tc.max_steps:
+            window = window.summed(ranks)  # collective
+            entry = {"step": step, "epoch": step * tc.batch_size / len(run.train_data), "learning_rate": lr,
+                     **window.means()}
+            logs.record_train(entry)
+            shown = {"acc": entry["rewards/accuracies"]} if "rewards/accuracies" in entry else \
+                {"margin": entry.get("rewards/margins", math.nan)}  # unpaired (KTO) data have no accuracy
+            progress.set_postfix(loss=f"{entry['loss']:.3f}", **{k: f"{v:.2f}" for k, v in shown.items()})
+            logs.progress({"step": step, "max_steps": tc.max_steps, "since_step": since_step, "since": since,
+                           "at": time.time()})
+            window = RunningMeans()
+        if step % tc.eval_every == 0 and step != tc.max_steps:  # every rank scores a share
+            logs.record_eval(evaluate(run, step)[0])
+        # the stop request reaches rank 0 only (submitit's handler): every rank stops at this step
+        if ranks.any(stop_requested is not None and stop_requested.is_set()) and step != tc.max_steps:
+            checkpoint.save(step, (window.sums, window.weights), logs.train, logs.eval)
+            progress.close()
+            raise Interrupted(step)
+    progress.close()
+
+    # ---------------------------------------------------------------------------------- final
+    metrics, pairs = evaluate(run, tc.max_steps)  # every rank scores a share; rank 0 writes
+    if not ranks.is_main:
+        return {}
+    logs.record_eval(metrics)
+    atomic_write_bytes(Path(cell_dir) / "heldout_pairs.parquet", pairs.to_parquet(index=False))
+    atomic_write_json(Path(cell_dir) / "metrics.json", metrics)  # written last: its presence means finished
+    checkpoint.remove()
+    return metrics
+
+
+@dataclass
+class CellRun:
+    """Everything a cell's loop and evaluation use, built once by `setup`."""
+
+    cfg: DictConfig
+    ranks: Ranks
+    device: torch.device
+    amp: torch.dtype | None  # autocast dtype, None for none
+    objective: Callable
+    hparams: dict
+    model: torch.nn.Module  # the causal LM with its LoRA adapter; disable_adapter() gives the reference
+    logps_of: CompletionLogps  # summed completion log-probs (the lean path)
+    policy: torch.nn.Module  # logps_of, DDP-wrapped or FSDP-sharded with several ranks
+    params: list
+    pad_id: int
+    train_data: TokenizedPairs | TokenizedExamples
+    heldout_data: TokenizedPairs
+    paired: bool  # False: unpaired labelled completions (KTO data)
+    order: DataOrder
+    train_ref: dict | None  # reference log-probs of the visited training pairs (None: reference-free objective)
+    heldout_ref: dict
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    objective_inputs: ObjectiveInputs
+
+
+def setup(cfg, cell_dir: Path, shared_dir: Path) -> CellRun:
+    """Model, shared data, adapter, reference log-probs, optimiser and schedule, in the order that fixes the RNG."""
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     torch.use_deterministic_algorithms(True, warn_only=True)  # same config + seed -> same metrics
     ranks = Ranks(cfg.engine.parallel)  # one process unless the SLURM job (or torchrun) started several
     ranks.check_split(cfg.trainer)  # every rank takes an equal share of every micro-batch
-    ranks.same_everywhere(str(Path(cell_dir).resolve()), "the cell directory (torchrun: pass hydra.run.dir)")
+    ranks.same_everywhere(str(cell_dir.resolve()), "the cell directory (torchrun: pass hydra.run.dir)")
     device = ranks.device(resolve_device(cfg.device))
     objective = get_objective(cfg.objective.name)
-    hparams = {name: cfg.objective[name] for name in objective.hyperparameters}
     tc = cfg.trainer
 
     tokenizer = load_tokenizer(cfg.model)
-    pad_id = tokenizer.pad_token_id
     # FSDP: each rank loads the base model into CPU memory; sharding moves its own part to the GPU
     model = load_base_model(cfg.model, torch.device("cpu") if ranks.fsdp else device,
                             attn_implementation=cfg.engine.attn_implementation)
@@ -83,7 +182,7 @@ def train(cfg, cell_dir: Path, shared_dir: Path, stop_requested: threading.Event
     torch.manual_seed(cfg.seed)  # LoRA init and dropout
     model = add_lora(model, cfg.lora)
     engine.adapter_weights_in_float32(model)  # and so are their gradients and AdamW's state
-    logps_of = CompletionLogps(model, device, amp, cfg.engine.head_chunk)  # summed completion log-probs (lean)
+    logps_of = CompletionLogps(model, device, amp, cfg.engine.head_chunk)
     policy = ranks.parallelize(logps_of)  # training forwards: DDP-wrapped or FSDP-sharded with several ranks
     params = [p for p in model.parameters() if p.requires_grad]  # after FSDP, which replaces them by shards
 
@@ -93,141 +192,123 @@ def train(cfg, cell_dir: Path, shared_dir: Path, stop_requested: threading.Event
                       lengths=pair_lengths(train_data) if tc.group_by_length else None)
     with model.disable_adapter():
         scoring = dict(autocast=amp, forward=logps_of if ranks.fsdp else None, ranks=ranks)
+        pad_id = tokenizer.pad_token_id
         heldout_ref = reference_logps(cfg, "heldout", heldout_data, model, pad_id, shared_dir, **scoring)
         train_ref = (reference_logps(cfg, "train", train_data, model, pad_id, shared_dir, **scoring,
                                      indices=order.visited(tc.max_steps)) if objective.uses_reference else None)
     optimizer = torch.optim.AdamW(params, lr=tc.lr, weight_decay=tc.weight_decay)
     warmup = int(tc.warmup_ratio * tc.max_steps)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, partial(lr_factor, warmup=warmup, max_steps=tc.max_steps))
+    hparams = {name: cfg.objective[name] for name in objective.hyperparameters}
+    return CellRun(cfg, ranks, device, amp, objective, hparams, model, logps_of, policy, params, pad_id, train_data,
+                   heldout_data, paired, order, train_ref, heldout_ref, optimizer, scheduler,
+                   ObjectiveInputs(objective, logps_of, model, device, ranks))
 
-    def lr_factor(step: int) -> float:  # linear warm-up, then cosine to 0
-        if step < warmup:
-            return (step + 1) / (warmup + 1)
-        return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, tc.max_steps - warmup)))
 
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
+def lr_factor(step: int, *, warmup: int, max_steps: int) -> float:
+    """Linear warm-up, then cosine to 0."""
+    if step < warmup:
+        return (step + 1) / (warmup + 1)
+    return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, max_steps - warmup)))
+
+
+def training_step(run: CellRun, step: int, window: RunningMeans) -> float:
+    """One optimiser step over the step's batch (grad_accum micro-batches, each shared by the ranks); the
+    logged values go into `window`. Returns the learning rate the step used."""
+    tc, ranks, objective = run.cfg.trainer, run.ranks, run.objective
     micro_size = tc.batch_size // tc.grad_accum
+    idx = run.order.batch(step)
+    for micro in range(tc.grad_accum):
+        micro_idx = idx[micro * micro_size : (micro + 1) * micro_size]
+        mine = ranks.shard(micro_idx)  # all of it with one process, an equal share with several
+        with ranks.accumulating(run.policy, last=micro == tc.grad_accum - 1):  # DDP: gradients averaged at the last
+            batch, chosen, rejected = training_batch(run.train_data, mine, run.pad_id)
+            logps, tokens = run.policy(batch)  # (2B,) for pairs, (B,) for unpaired examples
+            ref = sequence_values(run.train_ref, mine) if run.train_ref else None
+            kl_batches = [mismatched_batch(run.train_data, micro_idx, run.pad_id, positions=ranks.shard(
+                list(range(len(micro_idx)))))] if objective.needs_kl_batch else []
+            inputs = run.objective_inputs(logps, tokens, ref, kl_batches, chosen, rejected, run.paired, True)
+            out = objective(SequenceLogps(**inputs), **run.hparams)
+            loss = out.losses.sum() / len(mine)  # averaged over ranks by DDP/FSDP: the micro-batch mean
+            if ranks.any(not torch.isfinite(loss)):  # a CPU-GPU sync point, but a NaN must stop the cell here
+                raise NonFiniteLoss(step, f"loss is {loss.item()} (objective {objective.name}, lr {tc.lr})")
+            (loss / tc.grad_accum).backward()
+        for values, weight in batch_metrics(out, inputs, len(mine)):
+            window.add(values, weight)
+    grad_norm = ranks.value(torch.nn.utils.clip_grad_norm_(run.params, tc.max_grad_norm))
+    if not torch.isfinite(grad_norm):
+        raise NonFiniteLoss(step, f"gradient norm is {grad_norm.item()}")
+    window.add({"grad_norm": grad_norm.item()}, 1)
+    lr = run.scheduler.get_last_lr()[0]
+    run.optimizer.step()
+    run.scheduler.step()
+    run.optimizer.zero_grad(set_to_none=True)
+    return lr
 
-    objective_inputs = ObjectiveInputs(objective, logps_of, model, device, ranks)
 
-    def evaluate(step: int) -> tuple[dict, pd.DataFrame]:
-        """TRL-named eval_* metrics and the neutral held-out metrics, from one scoring pass."""
-        model.eval()
-        with engine.compute_context(device, amp):
-            policy = score_pairs(model, heldout_data, batch_size=tc.eval_batch_size, pad_id=pad_id, desc="held-out",
-                                 head_chunk=cfg.engine.head_chunk, max_tokens=cfg.engine.eval_batch_tokens,
-                                 forward=logps_of if ranks.fsdp else None, ranks=ranks)
-        with torch.no_grad():
-            starts = range(0, len(heldout_data), tc.eval_batch_size)
-            kl_batches = [mismatched_batch(heldout_data, list(range(s, min(s + tc.eval_batch_size,
-                          len(heldout_data)))), pad_id) for s in starts] if objective.needs_kl_batch else []
-            logps = torch.cat([policy["chosen"], policy["rejected"]]).to(device)
-            tokens = torch.cat([policy["chosen_tokens"], policy["rejected_tokens"]]).to(device)
-            n = len(heldout_data)
-            inputs = objective_inputs(logps, tokens, sequence_values(heldout_ref, list(range(n))), kl_batches,
+def evaluate(run: CellRun, step: int) -> tuple[dict, pd.DataFrame]:
+    """TRL-named eval_* metrics and the neutral held-out metrics, from one scoring pass (every rank scores a
+    share; collective). Raises NonFiniteLoss when a held-out value is not finite."""
+    cfg, tc, heldout, ranks = run.cfg, run.cfg.trainer, run.heldout_data, run.ranks
+    run.model.eval()
+    with engine.compute_context(run.device, run.amp):
+        policy = score_pairs(run.model, heldout, batch_size=tc.eval_batch_size, pad_id=run.pad_id, desc="held-out",
+                             head_chunk=cfg.engine.head_chunk, max_tokens=cfg.engine.eval_batch_tokens,
+                             forward=run.logps_of if ranks.fsdp else None, ranks=ranks)
+    with torch.no_grad():
+        starts = range(0, len(heldout), tc.eval_batch_size)
+        kl_batches = [mismatched_batch(heldout, list(range(s, min(s + tc.eval_batch_size, len(heldout)))),
+                                       run.pad_id) for s in starts] if run.objective.needs_kl_batch else []
+        logps = torch.cat([policy["chosen"], policy["rejected"]]).to(run.device)
+        tokens = torch.cat([policy["chosen_tokens"], policy["rejected_tokens"]]).to(run.device)
+        n = len(heldout)
+        inputs = run.objective_inputs(logps, tokens, sequence_values(run.heldout_ref, list(range(n))), kl_batches,
                                       torch.arange(n), torch.arange(n, 2 * n))
-            eval_metrics = trl_metrics(objective(SequenceLogps(**inputs), **hparams), inputs)
-        model.train()
-        pairs = pd.DataFrame({
-            "pair_id": heldout_data.pair_ids, "slice": heldout_data.slices,
-            "chosen_logp": policy["chosen"].double().numpy(), "rejected_logp": policy["rejected"].double().numpy(),
-            "chosen_tokens": policy["chosen_tokens"].long().numpy(),
-            "rejected_tokens": policy["rejected_tokens"].long().numpy(),
-            "ref_chosen_logp": heldout_ref["chosen"].double().numpy(),
-            "ref_rejected_logp": heldout_ref["rejected"].double().numpy(),
-        })[PAIR_COLUMNS]  # fmt: skip
-        if any(heldout_data.splits):  # data.validation_pairs: the collector selects on one, decides on the other
-            pairs["split"] = heldout_data.splits
-        metrics = {"step": step, **{f"eval_{k}": v for k, v in eval_metrics.items()}, **heldout_metrics(pairs)}
-        broken = sorted(k for k, v in metrics.items() if isinstance(v, float) and not math.isfinite(v))
-        if broken:  # a NaN reached the held-out scores: no metrics.json may claim this cell is fine
-            raise NonFiniteLoss(step, f"evaluation produced non-finite {', '.join(broken[:5])}")
-        return metrics, pairs
+        eval_metrics = trl_metrics(run.objective(SequenceLogps(**inputs), **run.hparams), inputs)
+    run.model.train()
+    pairs = pd.DataFrame({
+        "pair_id": heldout.pair_ids, "slice": heldout.slices,
+        "chosen_logp": policy["chosen"].double().numpy(), "rejected_logp": policy["rejected"].double().numpy(),
+        "chosen_tokens": policy["chosen_tokens"].long().numpy(),
+        "rejected_tokens": policy["rejected_tokens"].long().numpy(),
+        "ref_chosen_logp": run.heldout_ref["chosen"].double().numpy(),
+        "ref_rejected_logp": run.heldout_ref["rejected"].double().numpy(),
+    })[PAIR_COLUMNS]  # fmt: skip
+    if any(heldout.splits):  # data.validation_pairs: the collector selects on one, decides on the other
+        pairs["split"] = heldout.splits
+    metrics = {"step": step, **{f"eval_{k}": v for k, v in eval_metrics.items()}, **heldout_metrics(pairs)}
+    broken = sorted(k for k, v in metrics.items() if isinstance(v, float) and not math.isfinite(v))
+    if broken:  # a NaN reached the held-out scores: no metrics.json may claim this cell is fine
+        raise NonFiniteLoss(step, f"evaluation produced non-finite {', '.join(broken[:5])}")
+    return metrics, pairs
 
-    train_log: list[dict] = []
-    eval_log: list[dict] = []
 
-    def record(log: list[dict], path: Path, entry: dict) -> None:
-        log.append(entry)  # the whole file is rewritten atomically: a reader never sees a torn line
-        if ranks.is_main:
-            atomic_write_text(path, "".join(json.dumps(e) + "\n" for e in log))
-            if tracker is not None:
-                tracker.log(entry)
+class CellLogs:
+    """train_log.jsonl, eval_log.jsonl and progress.json of a cell: kept on every rank, written by rank 0 (and
+    sent to W&B). Each log file is rewritten whole and renamed: a reader never sees a torn line."""
 
-    window = RunningMeans()
-    checkpoint = Checkpoint(cell_dir / "checkpoint" / "state.pt", model, optimizer, scheduler, ranks)
+    def __init__(self, cell_dir: Path, is_main: bool, tracker=None):
+        self.cell_dir, self.is_main, self.tracker = cell_dir, is_main, tracker
+        self.train: list[dict] = []
+        self.eval: list[dict] = []
 
-    # ----------------------------------------------------------------------------------- loop
-    start = 0
-    if checkpoint.exists():
-        state = checkpoint.load(device)
-        window.sums, window.weights = state["window"]
-        train_log[:], eval_log[:] = state["train_log"], state["eval_log"]
-        start = state["step"]
-    else:
-        record(eval_log, cell_dir / "eval_log.jsonl", evaluate(0)[0])  # step 0: the reference itself
-    model.train()
-    since, since_step = time.time(), start  # this attempt's speed, for `ablate status` (progress.json)
-    # a bar on a terminal; in a file (SLURM logs) one plain line per log_every steps, at most every 30 s
-    progress = track(range(start + 1, tc.max_steps + 1), initial=start, total=tc.max_steps, every=tc.log_every,
-                     desc=f"{cfg.objective.name} r={cfg.lora.r} seed={cfg.seed}")
-    for step in progress:
-        idx = order.batch(step)
-        for micro in range(tc.grad_accum):
-            micro_idx = idx[micro * micro_size : (micro + 1) * micro_size]
-            mine = ranks.shard(micro_idx)  # all of it with one process, an equal share with several
-            with ranks.accumulating(policy, last=micro == tc.grad_accum - 1):  # DDP: gradients averaged at the last
-                batch, chosen, rejected = training_batch(train_data, mine, pad_id)
-                logps, tokens = policy(batch)  # (2B,) for pairs, (B,) for unpaired examples
-                ref = sequence_values(train_ref, mine) if train_ref else None
-                kl_batches = [mismatched_batch(train_data, micro_idx, pad_id, positions=ranks.shard(
-                    list(range(len(micro_idx)))))] if objective.needs_kl_batch else []
-                inputs = objective_inputs(logps, tokens, ref, kl_batches, chosen, rejected, paired, True)
-                out = objective(SequenceLogps(**inputs), **hparams)
-                loss = out.losses.sum() / len(mine)  # averaged over ranks by DDP/FSDP: the micro-batch mean
-                if ranks.any(not torch.isfinite(loss)):  # a CPU-GPU sync point, but a NaN must stop the cell here
-                    raise NonFiniteLoss(step, f"loss is {loss.item()} (objective {objective.name}, lr {tc.lr})")
-                (loss / tc.grad_accum).backward()
-            for values, weight in batch_metrics(out, inputs, len(mine)):
-                window.add(values, weight)
-        grad_norm = ranks.value(torch.nn.utils.clip_grad_norm_(params, tc.max_grad_norm))
-        if not torch.isfinite(grad_norm):
-            raise NonFiniteLoss(step, f"gradient norm is {grad_norm.item()}")
-        window.add({"grad_norm": grad_norm.item()}, 1)
-        lr = scheduler.get_last_lr()[0]
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
+    def record_train(self, entry: dict) -> None:
+        self._record(self.train, "train_log.jsonl", entry)
 
-        if step % tc.log_every == 0 or step == tc.max_steps:
-            window = window.summed(ranks)
-            entry = {"step": step, "epoch": step * tc.batch_size / len(train_data), "learning_rate": lr,
-                     **window.means()}
-            record(train_log, cell_dir / "train_log.jsonl", entry)
-            shown = {"acc": entry["rewards/accuracies"]} if "rewards/accuracies" in entry else \
-                {"margin": entry.get("rewards/margins", math.nan)}  # unpaired (KTO) data have no accuracy
-            progress.set_postfix(loss=f"{entry['loss']:.3f}", **{k: f"{v:.2f}" for k, v in shown.items()})
-            if ranks.is_main:
-                atomic_write_json(cell_dir / "progress.json", {"step": step, "max_steps": tc.max_steps,
-                                  "since_step": since_step, "since": since, "at": time.time()})
-            window = RunningMeans()
-        if step % tc.eval_every == 0 and step != tc.max_steps:  # every rank scores a share
-            record(eval_log, cell_dir / "eval_log.jsonl", evaluate(step)[0])
-        # the stop request reaches rank 0 only (submitit's handler): every rank stops at this step
-        if ranks.any(stop_requested is not None and stop_requested.is_set()) and step != tc.max_steps:
-            checkpoint.save(step, (window.sums, window.weights), train_log, eval_log)
-            progress.close()
-            raise Interrupted(step)
-    progress.close()
+    def record_eval(self, entry: dict) -> None:
+        self._record(self.eval, "eval_log.jsonl", entry)
 
-    # ---------------------------------------------------------------------------------- final
-    metrics, pairs = evaluate(tc.max_steps)  # every rank scores a share; rank 0 writes
-    if not ranks.is_main:
-        return {}
-    record(eval_log, cell_dir / "eval_log.jsonl", metrics)
-    atomic_write_bytes(cell_dir / "heldout_pairs.parquet", pairs.to_parquet(index=False))
-    atomic_write_json(cell_dir / "metrics.json", metrics)  # written last: its presence means finished
-    checkpoint.remove()
-    return metrics
+    def progress(self, state: dict) -> None:
+        """progress.json: this attempt's first step and time, the latest ones (`ablate status`: speed, ETA)."""
+        if self.is_main:
+            atomic_write_json(self.cell_dir / "progress.json", state)
+
+    def _record(self, log: list[dict], name: str, entry: dict) -> None:
+        log.append(entry)
+        if self.is_main:
+            atomic_write_text(self.cell_dir / name, "".join(json.dumps(e) + "\n" for e in log))
+            if self.tracker is not None:
+                self.tracker.log(entry)
 
 
 class ObjectiveInputs:

@@ -117,7 +117,7 @@ def test_validate_cell_rejects_out_of_range(compose_cfg, overrides, key):
         (["data=files", "data.train_files=[a.jsonl]", "data.max_overlap=2"], "data.max_overlap = 2"),
         (["data=files", "data.train_files=[a.jsonl]", "data.format=hh"], "data.format = hh"),
         (["data=files", "data.train_files=[a.jsonl]", "data.columns={question: prompt}"],
-         "data.columns.question: unknown; maps one of prompt, chosen, rejected, id, slice"),
+         "data.columns.question: unknown; maps one of prompt, chosen, rejected, id, slice, completion, label"),
     ],
 )
 def test_unknown_keys_and_out_of_range_values_are_config_errors(compose_cfg, overrides, message):

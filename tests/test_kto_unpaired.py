@@ -57,6 +57,20 @@ def test_unpaired_rows_read_as_labelled_examples():
     assert examples[0].completion == " Paris." and examples[0].prompt.endswith("\n\nAssistant:")
 
 
+def test_unpaired_columns_can_be_mapped(compose_cfg, tmp_path):
+    """data.columns maps completion and label too (it once refused them: a stale copy of the column names)."""
+    from ablate.config import cell_problems
+    from ablate.data.pairs import RowFormat
+
+    columns = "data.columns={prompt: q, completion: answer, label: good}"
+    cfg = compose_cfg(["objective=kto", "data=files", "data.train_files=[kto.jsonl]", columns])
+    assert cell_problems(cfg) == []
+    path = write_jsonl(tmp_path / "kto.jsonl", [{"q": "2+2?", "answer": " 4", "good": True},
+                                                {"q": "2+2?", "answer": " 5", "good": False}])
+    examples = read_pairs_from_files([str(path)], id_prefix="t-", row_format=RowFormat.of(cfg.data))
+    assert [(e.prompt, e.completion, e.label) for e in examples] == [("2+2?", " 4", True), ("2+2?", " 5", False)]
+
+
 @pytest.mark.parametrize(
     ("row", "message"),
     [

@@ -5,6 +5,8 @@ The model is built once per test session under $ABLATE_CACHE (tests/conftest.py)
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from omegaconf import OmegaConf
@@ -143,6 +145,46 @@ def test_model_dir_is_cached_and_reused(model_cfg, model_dir, tmp_path_factory):
     assert {p.name: p.stat().st_mtime_ns for p in again.iterdir()} == before
     # no staging directories are left next to it
     assert [p.name for p in model_dir.parent.iterdir() if p.name.startswith(".")] == []
+
+
+def test_the_default_model_comes_from_the_shipped_weights(model_cfg, tmp_path, monkeypatch):
+    """The default config never warms up: its weights ship with the package, the same on every machine."""
+    from safetensors.torch import load_file
+
+    from ablate.train import embedded
+
+    monkeypatch.setenv("ABLATE_CACHE", str(tmp_path))
+    monkeypatch.setattr(embedded, "_warm_up", lambda *a: pytest.fail("the default model was warmed up"))
+    built = embedded_model_dir(model_cfg)
+    assert json.loads((built / "ablate_embedded.json").read_text())["weights"].startswith("shipped")
+    shipped, saved = load_file(embedded.SHIPPED_WEIGHTS), load_file(built / "model.safetensors")
+    assert shipped.keys() == saved.keys() and all(torch.equal(shipped[k], saved[k]) for k in shipped)
+
+
+def test_another_model_config_is_warmed_up_here(model_cfg, tmp_path, monkeypatch):
+    from ablate.train import embedded
+
+    monkeypatch.setenv("ABLATE_CACHE", str(tmp_path))
+    built = embedded_model_dir(OmegaConf.merge(model_cfg, {"warmup_steps": 2, "hidden_size": 32,
+                                                           "intermediate_size": 64}))
+    assert json.loads((built / "ablate_embedded.json").read_text())["weights"].startswith("warmed up here")
+    assert embedded._model_key(model_cfg) == embedded.SHIPPED_KEY  # the shipped file is the default's
+
+
+@pytest.mark.skipif(torch.backends.cpu.get_cpu_capability() != "AVX512",
+                    reason="the shipped weights were built with torch's AVX-512 kernels; this CPU's kernels sum in "
+                           "another order, and the warm-up amplifies that (ablate/train/embedded.py)")
+def test_the_shipped_weights_are_what_the_warm_up_builds(model_cfg):
+    """No hidden artifact: warming the default model up here gives the shipped tensors bit for bit."""
+    from safetensors.torch import load_file
+
+    from ablate.train import embedded
+
+    tokenizer = embedded.build_tokenizer()
+    model = embedded._warm_up(embedded._new_model(model_cfg, tokenizer), tokenizer, model_cfg)
+    shipped = load_file(embedded.SHIPPED_WEIGHTS)
+    state = model.state_dict()
+    assert all(torch.equal(state[k], shipped[k]) for k in shipped)
 
 
 def test_model_cache_key_follows_config(model_cfg, model_dir):

@@ -73,6 +73,7 @@ def test_the_wheel_ships_conf_sweeps_and_every_module(installed, repo_root):
     (metadata,) = [n for n in names if n.endswith(".dist-info/METADATA")]
     assert "\nName: ablate-po\n" in wheel.read(metadata).decode()  # a name free on the package index
     assert "ablate/__main__.py" in names  # the import package is still `ablate`
+    assert "ablate/train/embedded_warm.safetensors" in names  # the embedded model's shipped weights
     for folder in ("conf", "sweeps"):
         expected = {f"ablate/{folder}/{p.relative_to(repo_root / folder).as_posix()}"
                     for p in (repo_root / folder).rglob("*.yaml")}

@@ -4,6 +4,16 @@ Nothing is downloaded. The model is saved as an ordinary Hugging Face directory 
 safetensors, tokenizer files) in a cache keyed by its config, so the trainer loads it through the
 same code path as any hub model.
 
+The warm-up is chaotic: at its learning rate, float rounding differences grow until two machines
+whose kernels sum in another order (torch on AVX-512 vs AVX2) end with visibly different base models,
+and LoRA cells trained from them differ by up to 0.3 in held-out accuracy (docs/ARCHITECTURE.md §7).
+Training from the SAME base model on either kernel differs by a few pairs. So the default config's
+warmed-up weights ship with the package (embedded_warm.safetensors, 1.3 MB, exactly what `_warm_up`
+builds with torch's AVX-512 kernels; tests/test_embedded.py rebuilds and compares them where torch
+runs those kernels) and are used instead of warming up; any other model config is warmed up here.
+Rebuild the file after changing the recipe (and bump EMBEDDED_VERSION):
+    python -c "from ablate.train.embedded import write_shipped_weights; write_shipped_weights()"
+
 The task. A prompt is `echo x1 .. xk` with k odd symbols from a-p. An answer is `rev : <reversed>`
 or `copy : <copy>`; a hidden rule prefers `rev` when most symbols are in a-h. The warm-up SFT
 teaches the format with the mode chosen at random, so the preference data must teach the rule.
@@ -24,6 +34,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 
@@ -32,6 +43,10 @@ from ablate.sweepdir.atomic import clean_stale_temp_files
 
 # Bump when the vocabulary, task or warm-up recipe changes: it is part of the cache key.
 EMBEDDED_VERSION = 1
+# The default config's warmed-up weights, built by _warm_up on AVX-512 kernels (see the module docstring).
+SHIPPED_WEIGHTS = Path(__file__).with_name("embedded_warm.safetensors")
+SHIPPED_KEY = {"version": 1, "hidden_size": 128, "num_layers": 2, "num_heads": 4, "intermediate_size": 256,
+               "warmup_steps": 300, "warmup_lr": 0.003, "warmup_seed": 0}
 
 SYMBOLS = list("abcdefghijklmnop")
 REVERSE_SYMBOLS = set("abcdefgh")  # majority of these -> the preferred answer reverses
@@ -139,10 +154,22 @@ def embedded_model_dir(model_cfg) -> Path:
     staging = Path(tempfile.mkdtemp(prefix=f".{digest}-", dir=target.parent))
     try:
         tokenizer = build_tokenizer()
-        model = _warm_up(_new_model(model_cfg, tokenizer), tokenizer, model_cfg)
+        model = _new_model(model_cfg, tokenizer)
+        if key == SHIPPED_KEY and SHIPPED_WEIGHTS.exists():
+            from safetensors.torch import load_file
+
+            missing, unexpected = model.load_state_dict(load_file(SHIPPED_WEIGHTS), strict=False)
+            if unexpected or missing != ["lm_head.weight"]:  # the LM head is tied to the embeddings
+                raise RuntimeError(f"{SHIPPED_WEIGHTS} does not fit the embedded model: missing {missing}, "
+                                   f"unexpected {unexpected}")
+            model.eval()
+            origin = f"shipped: {SHIPPED_WEIGHTS.name}"
+        else:
+            model = _warm_up(model, tokenizer, model_cfg)
+            origin = f"warmed up here (torch {torch.__version__}, {torch.backends.cpu.get_cpu_capability()} kernels)"
         model.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
-        (staging / "ablate_embedded.json").write_text(json.dumps(key, indent=2) + "\n")
+        (staging / "ablate_embedded.json").write_text(json.dumps(key | {"weights": origin}, indent=2) + "\n")
         try:
             staging.rename(target)  # atomic: concurrent builders race, one wins, both see a full dir
         except OSError:
@@ -151,6 +178,18 @@ def embedded_model_dir(model_cfg) -> Path:
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return target
+
+
+def write_shipped_weights() -> Path:
+    """Warm the default config's model up here and write it as the shipped weights (maintainers only)."""
+    from safetensors.torch import save_file
+
+    tokenizer = build_tokenizer()
+    cfg = SimpleNamespace(**{k: v for k, v in SHIPPED_KEY.items() if k != "version"})
+    model = _warm_up(_new_model(cfg, tokenizer), tokenizer, cfg)
+    state = {k: v.contiguous() for k, v in model.state_dict().items() if k != "lm_head.weight"}  # tied
+    save_file(state, SHIPPED_WEIGHTS, metadata={"format": "pt"})
+    return SHIPPED_WEIGHTS
 
 
 def _new_model(model_cfg, tokenizer):

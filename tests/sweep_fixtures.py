@@ -30,6 +30,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ablate.data.heldout import PAIR_COLUMNS, heldout_metrics
+from ablate.sweepdir.layout import grid_axes, override_values
 
 SLICES = ("clean", "verbose_rejected")
 BASE_AVGLOGP = -2.0
@@ -108,21 +109,6 @@ def cell_id_of(overrides: Iterable[str]) -> str:
     return hashlib.sha256(" ".join(overrides).encode()).hexdigest()[:12]
 
 
-def _values(overrides: Iterable[str]) -> dict[str, str]:
-    return dict(o.partition("=")[::2] for o in overrides)
-
-
-def grid_axes(cells: Iterable[Cell]) -> dict[str, list[str]]:
-    """Like ablate.sweep.plan.grid_axes: swept keys (values in order of appearance) with more than one value."""
-    axes: dict[str, list[str]] = {}
-    for cell in cells:
-        for key, value in _values(cell.overrides).items():
-            axes.setdefault(key, [])
-            if value not in axes[key]:
-                axes[key].append(value)
-    return {k: v for k, v in axes.items() if len(v) > 1}
-
-
 def _jsonl(entries: list[dict]) -> str:
     return "".join(json.dumps(e) + "\n" for e in entries)
 
@@ -136,7 +122,7 @@ def _shifted(metrics: dict, delta: float) -> dict:
 def write_cell(sweep_dir: Path, cell: Cell) -> None:
     cell_dir = Path(sweep_dir) / "cells" / cell.cell_id
     cell_dir.mkdir(parents=True, exist_ok=True)
-    values = _values(cell.overrides)
+    values = override_values(cell.overrides)
     status = {
         "state": cell.state, "cell_id": cell.cell_id, "overrides": list(cell.overrides), "attempts": 1,
         "error": cell.error, "objective": values.get("objective", "dpo"), "lora_r": int(values.get("lora.r", 8)),
@@ -179,7 +165,7 @@ def write_sweep(sweep_dir: Path, cells: list[Cell], data: list[dict] | None = No
     """Write the whole sweep; `data` = the shared/data-*.json contents (default: one neutral file)."""
     sweep_dir = Path(sweep_dir)
     sweep_dir.mkdir(parents=True, exist_ok=True)
-    sweep = {"axes": grid_axes(cells), "launcher": "local",
+    sweep = {"axes": grid_axes([c.overrides for c in cells]), "launcher": "local",
              "cells": [{"cell_id": c.cell_id, "overrides": list(c.overrides)} for c in cells]}
     (sweep_dir / "sweep.json").write_text(json.dumps(sweep, indent=1))
     for cell in cells:

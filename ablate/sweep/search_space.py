@@ -14,6 +14,8 @@ import itertools
 import math
 from collections.abc import Mapping, Sequence
 
+from ablate.sweepdir.layout import override_values
+
 RESERVED = ("seed", "objective")  # the replication unit and the compared factor are never tuned
 
 
@@ -73,7 +75,7 @@ def expand(spaces: dict[str, dict[str, list[str]]], swept: dict[str, list[str]])
     """
     swept = dict(swept)
     if "objective" in swept:
-        named = [o.partition("=")[2] for o in swept.pop("objective")]
+        named = [override_values([o])["objective"] for o in swept.pop("objective")]
         if sorted(named) != sorted(spaces):
             raise TuningError(f"objective={','.join(named)}: a tuned sweep compares the objectives of "
                               f"hydra.sweeper.tune ({', '.join(spaces)}); drop objective= or make them agree")

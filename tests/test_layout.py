@@ -121,13 +121,12 @@ def test_architecture_and_readme_name_every_module():
 
 
 def test_nothing_points_outside_the_repository():
-    pattern = re.compile(r"DESIGN §|\.\./shared|shared/DESIGN")
+    pattern = re.compile("|".join(["DESIGN" + " §", r"\.\./" + "shared", "shared/" + "DESIGN"]))  # not itself a hit
     offenders = []
     for path in [*ROOT.glob("ablate/**/*"), *ROOT.glob("conf/**/*"), *ROOT.glob("docs/**/*"), *ROOT.glob("tests/**/*"),
                  *ROOT.glob("hydra_plugins/**/*"), *ROOT.glob("benchmarks/**/*"), *ROOT.glob("sweeps/**/*"),
                  *ROOT.glob("notebooks/**/*"), ROOT / "README.md", ROOT / "pyproject.toml"]:
-        if path.is_file() and path.suffix in {".py", ".md", ".yaml", ".toml", ".ipynb", ".sh", ".txt"} \
-                and path != Path(__file__).resolve():
+        if path.is_file() and path.suffix in {".py", ".md", ".yaml", ".toml", ".ipynb", ".sh", ".txt"}:
             if pattern.search(path.read_text(errors="replace")):
                 offenders.append(str(path.relative_to(ROOT)))
     assert not offenders, f"these files cite a design file outside the repository: {offenders}"

@@ -63,9 +63,22 @@ def _now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S%z")
 
 
+class _Record:
+    """A JSON record file as a dataclass: keys it does not know are ignored when read (a newer ablate may add
+    some); unset (None) fields are not written."""
+
+    @classmethod
+    def from_json(cls, obj: dict):
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in obj.items() if k in known})
+
+    def to_json(self) -> dict:
+        return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
+
+
 # ------------------------------------------------------------------------------------ status.json
 @dataclass
-class CellStatus:
+class CellStatus(_Record):
     """status.json of one cell. Unknown keys are refused when written (with the valid ones named) and
     ignored when read (a newer ablate may add some); values are stored as given."""
 
@@ -95,14 +108,6 @@ class CellStatus:
     seed: int | None = None
     max_steps: int | None = None
     format: int = FORMAT
-
-    @classmethod
-    def from_json(cls, obj: dict) -> CellStatus:
-        known = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in obj.items() if k in known})
-
-    def to_json(self) -> dict:
-        return dataclasses.asdict(self)
 
 
 def _check_fields(record_type, fields: dict) -> None:
@@ -196,7 +201,7 @@ def is_done(cell: Path) -> bool:
 
 # ------------------------------------------------------------------------------------ sweep.json
 @dataclass
-class SweepRecord:
+class SweepRecord(_Record):
     """sweep.json: what was planned and submitted. Cells of earlier runs of the sweep stay listed."""
 
     FORMAT = 1
@@ -219,14 +224,6 @@ class SweepRecord:
     slurm: dict | None = None
     select: dict | None = None
     format: int = FORMAT
-
-    @classmethod
-    def from_json(cls, obj: dict) -> SweepRecord:
-        known = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in obj.items() if k in known})
-
-    def to_json(self) -> dict:
-        return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
 
     def overrides_of(self) -> dict[str, list[str]]:
         """cell id -> its overrides (a list: values may hold spaces)."""

@@ -103,7 +103,7 @@ def _cancel(args) -> int:
     sweep = read_sweep(args.sweep_dir)
     table = reconcile(args.sweep_dir)
     jobs = [j for j, s in zip(table.job_id, table.slurm_state, strict=True) if j and s in ALIVE]
-    collectors = list(dict.fromkeys([*sweep.collector_jobs, sweep.collector_job]))
+    collectors = list(dict.fromkeys([*(sweep.collector_jobs or []), sweep.collector_job]))
     jobs += [job for job, state in slurm_states([c for c in collectors if c]).items() if state in ALIVE]
     if not jobs:
         print("no queued or running job in this sweep")
@@ -124,8 +124,9 @@ def _collect(args) -> int:
 def _wandb_report(args) -> int:
     from ablate.review.collector_run import DEFINITION, sync_offline_runs
     from ablate.review.wandb_report import publish_report, read_definition, write_definition
+    from ablate.sweepdir import layout
 
-    path = Path(args.sweep_dir) / "report" / DEFINITION
+    path = Path(args.sweep_dir) / layout.REPORT / DEFINITION
     if not path.exists():
         print(f"ablate wandb-report: no {path}: it is written when a sweep whose cells used logger=wandb is "
               f"collected (ablate collect {args.sweep_dir})", file=sys.stderr)

@@ -192,6 +192,7 @@ class SelectConfig:
     prefer_lower_rank: bool = True
     overoptimisation_tolerance: float = 0.0
     length_imbalance: float = 0.2
+    failed_cells: str = "undetermined"  # undetermined | worst: what a failed seed of a compared arm does
 
 
 SELECT_DEFAULTS = CONF_DIR / "select" / "default.yaml"

@@ -6,8 +6,6 @@ undetermined (summaries written before the third verdict only say `decisive`: tr
 
 from __future__ import annotations
 
-VERDICTS = ("decisive", "not decisive", "undetermined")
-
 
 def verdict_of(decision: dict) -> str:
     """decisive | not decisive | undetermined."""

@@ -117,6 +117,8 @@ def test_read_status_keeps_known_fields_and_ignores_new_ones(tmp_path):
     """A status.json from a newer ablate (an extra key) or an older one (no `format`) still reads."""
     (tmp_path / "status.json").write_text(json.dumps({"state": "done", "attempts": 2, "added_later": 1}))
     assert read_status(tmp_path) == CellStatus(state="done", attempts=2)
+    update_status(tmp_path, attempts=3)  # a key this version does not know is written back untouched
+    assert json.loads((tmp_path / "status.json").read_text())["added_later"] == 1
 
 
 def test_read_status_tolerates_corrupt_file(tmp_path):
@@ -129,7 +131,7 @@ def test_read_status_tolerates_corrupt_file(tmp_path):
 def test_sweep_record_round_trips_and_keeps_earlier_cells(tmp_path):
     with updating_sweep(tmp_path) as record:
         record.cells = [{"cell_id": "a" * 12, "overrides": ["seed=0"]}]
-        record.jobs["a" * 12] = "7_0"
+        record.jobs = {"a" * 12: "7_0"}
     first = read_sweep(tmp_path)
     assert first.created_at and first.format == SweepRecord.FORMAT and first.jobs == {"a" * 12: "7_0"}
     with updating_sweep(tmp_path) as record:

@@ -144,7 +144,7 @@ def test_a_rerun_heals_the_sweep_dir_and_leaves_a_claimed_cell_alone(tiny_sweep,
         other.kill()
     assert proc.returncode == 0, output(proc)
     log = proc.stdout + proc.stderr
-    assert f"cell {damaged} was done but its metrics.json is unreadable (JSONDecodeError" in log, output(proc)
+    assert f"cell {damaged} said done, but metrics.json is unreadable (JSONDecodeError" in log, output(proc)
     assert f"trained by pid {other.pid} on {socket.gethostname()} (another launcher), skipped" in log, output(proc)
     assert log.count("done already, skipped") == 2, output(proc)
     assert metrics.read_text() == intact  # retrained: deterministic on CPU

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ablate.collect import collect
+from ablate.collect import collect, select_config
 from ablate.data.heldout import PAIR_COLUMNS, heldout_metrics
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -91,7 +91,8 @@ def collected(tmp_path_factory) -> tuple[Path, dict]:
     sweep_dir = make_sweep(tmp_path_factory.mktemp("report"))
     with open(sweep_dir / "cells" / "cell000" / "train_log.jsonl", "a") as f:
         f.write('{"step": 70, "rewards/mar')  # a torn last line, as a killed writer leaves it
-    return sweep_dir, collect(sweep_dir)
+    # simpo r=16's failed fourth seed counts as the worst outcome (it would make the default rule undetermined)
+    return sweep_dir, collect(sweep_dir, select_config(["failed_cells=worst"]))
 
 
 def test_collect_writes_every_report_file(collected):
@@ -119,8 +120,9 @@ def test_report_states_decision_and_hides_nothing(collected):
     sweep_dir, summary = collected
     for name in ("report.md", "report.html"):
         text = (sweep_dir / "report" / name).read_text()
-        # simpo r=16's fourth seed failed: it is compared on its three finished seeds, and the failure is listed
+        # simpo r=16's fourth seed failed: scored as the worst outcome (failed_cells=worst), and the failure is listed
         assert "Winner: objective = dpo (decisive)" in text
+        assert "counted as the worst outcome" in text
         assert "verbose_rejected pairs" in text and "clean pairs" in text  # the per-slice decisions
         assert "objective=simpo lora.r=16" in text and "1 failed" in text
         assert "CUDA out of memory" in text  # a failed cell's error is shown, not just counted
@@ -131,6 +133,28 @@ def test_report_states_decision_and_hides_nothing(collected):
     md = (sweep_dir / "report" / "report.md").read_text()
     assert "(plots/decision.png)" in md and "\\| tried to allocate \\<2 GiB\\>" in md
     assert summary["not_finished"][0]["error"] == FAILURE
+
+
+def test_a_failed_seed_makes_the_default_rule_undetermined_naming_the_cell(tmp_path):
+    """Without a policy for it, a failed seed neither vanishes nor counts: the verdict waits for its rerun."""
+    sweep_dir = make_sweep(tmp_path)
+    summary = collect(sweep_dir, plots=False)
+    d = summary["decision"]
+    assert summary["verdict"] == d["verdict"] == "undetermined" and summary["winner"] is None
+    (cell,) = d["not_finished_cells"]
+    assert cell["arm"] == "objective=simpo lora.r=16" and cell["seed"] == 3 and cell["state"] == "failed"
+    assert "CUDA out of memory" in cell["what"] and "rerun: " in summary["explanation"]
+    assert d["rerun_command"].startswith("python -m ablate -m ") and "seed=0,1,2,3" in d["rerun_command"]
+    assert all(s["verdict"] == "undetermined" for s in summary["slices"].values())
+
+
+def test_worst_outcome_lowers_the_arm_with_the_failed_seed(tmp_path):
+    sweep_dir = make_sweep(tmp_path)
+    plain = collect(sweep_dir, plots=False)
+    worst = collect(sweep_dir, select_config(["failed_cells=worst"]), plots=False)
+    arm = "objective=simpo lora.r=16"
+    assert worst["decision"]["point"][arm] < plain["decision"]["point"][arm]  # 4 seeds, one of them all wrong
+    assert worst["decision"]["point"][arm] == pytest.approx(plain["decision"]["point"][arm] * 3 / 4)
 
 
 def test_no_decisive_winner_and_factorial_effects(tmp_path):

@@ -37,7 +37,7 @@ def test_identity_names_the_arm_as_the_collector_does(compose_cfg, tmp_path):
     cfg = compose_cfg([*CELL, "trainer.max_steps=6"])
     identity = cell_identity(cfg, tmp_path, [*CELL, "trainer.max_steps=6", "logger=wandb"])
     assert identity == {
-        "arm": "objective=dpo lora.r=16 trainer.max_steps=6",  # ablate.collect.load.arm_label; seed excluded
+        "arm": "objective=dpo lora.r=16 trainer.max_steps=6",  # ablate.sweepdir.layout.arm_label; seed excluded
         "name": "dpo r=16 max_steps=6 seed=1",
         "tags": ["objective=dpo", "lora.r=16", "seed=1", "trainer.max_steps=6"],  # swept values only
     }

@@ -12,7 +12,7 @@ from types import SimpleNamespace
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
-from ablate.collect.decide import PAIR_COLUMN, arm_stats, decide
+from ablate.collect.decide import FAILED_CELLS, PAIR_COLUMN, arm_stats, decide
 from ablate.collect.diagnostics import (
     chosen_shift,
     data_checks,
@@ -24,6 +24,7 @@ from ablate.collect.load import Sweep, load_sweep
 from ablate.collect.plan import add_seeds_command
 from ablate.collect.tuning import read_tuning, tuned_comparison, tuned_line
 from ablate.config import select_config
+from ablate.sweepdir import layout
 from ablate.sweepdir.atomic import atomic_write_bytes, atomic_write_json, replace_dir
 from ablate.verdicts import verdict_phrase
 
@@ -43,6 +44,8 @@ def check_select(select: DictConfig, sweep: Sweep | None = None) -> None:
     for key, low in (("alpha", 0.0), ("power", 0.0)):
         if not low < select[key] < 1:
             raise SelectError(f"select.{key} = {select[key]}: must be in (0, 1)")
+    if select.failed_cells not in FAILED_CELLS:
+        raise SelectError(f"select.failed_cells = {select.failed_cells!r}: must be one of {', '.join(FAILED_CELLS)}")
     if select.min_seeds < 2:
         raise SelectError(f"select.min_seeds = {select.min_seeds}: must be >= 2 (one seed says nothing about the "
                           f"variance between training runs)")
@@ -154,11 +157,11 @@ def collect(sweep_dir: str | Path, select: DictConfig | None = None, *, plots: b
             _guarded(sweep, "report", lambda: write_report(sweep, summary, staging), None)
             summary["problems"] = _json_safe(sweep.problems)  # plotting reads logs and may find more
         for name in OUTLIVE_A_COLLECTION:
-            if (sweep_dir / "report" / name).is_file():
-                shutil.copy2(sweep_dir / "report" / name, staging / name)
+            if (sweep_dir / layout.REPORT / name).is_file():
+                shutil.copy2(sweep_dir / layout.REPORT / name, staging / name)
         # compact: the indenting encoder is pure Python and cost a second at 1,000 cells
         atomic_write_json(staging / "summary.json", summary, indent=None)
-        replace_dir(staging, sweep_dir / "report")
+        replace_dir(staging, sweep_dir / layout.REPORT)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     from ablate.review.collector_run import review_in_wandb

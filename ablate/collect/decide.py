@@ -11,8 +11,12 @@ pairs (ablate.collect.stats). The winning value of `select.factor` (e.g. the obj
 - not decisive: all the evidence is there, but some rival is within noise (the report says how many
   seeds would resolve it);
 - undetermined: the evidence is not there: too few seeds (seed variance unknown), an arm with no
-  finished seed, or a finished cell whose per-pair results cannot be read, disagree on the pairs or
-  hold non-finite values. An arm is never left out to make a winner.
+  finished seed, a finished cell whose per-pair results cannot be read, disagree on the pairs or
+  hold non-finite values, or a planned cell of a compared arm that failed or has not finished (named,
+  with the command that reruns it). An arm is never left out to make a winner, and a failed seed
+  never silently drops out of its arm: with `select.failed_cells=worst` it counts instead as the
+  worst outcome (accuracy 0 on every pair; for margins, the lowest value any cell of the sweep has on
+  the pair), so a recipe that diverges is penalised, never flattered.
 
 Requiring every rival's CI to exclude zero is an intersection-union test: no multiplicity correction
 is needed for "beats all of them" to hold at level alpha/2 one-sided (tests/test_calibration.py
@@ -40,6 +44,7 @@ PAIR_COLUMN = {
 }
 ACCURACY_METRICS = ("avglogp_accuracy", "logratio_accuracy")
 UNFINISHED = ("pending", "running", "preempted", "missing", "unknown")
+FAILED_CELLS = ("undetermined", "worst")  # select.failed_cells
 
 
 def metric_key(metric: str, scope: str | None) -> str:
@@ -89,15 +94,16 @@ def _int_or_none(value):
 
 
 # ------------------------------------------------------------------------------------ evidence
-def evidence(sweep: Sweep, metric: str) -> dict:
+def evidence(sweep: Sweep, metric: str, failed_cells: str = "undetermined") -> dict:
     """Every arm's per-pair values of the metric on one reference set of held-out pairs (read once).
 
     {"values": {arm: (seeds, seeds x pairs matrix)}, "missing": {arm: [reasons]}, "pair_ids", "slices"}.
     An arm with ANY finished cell that cannot be used (unreadable or missing per-pair file, other
     pairs, non-finite values, a corrupt metrics.json) goes to `missing`, whole: its remaining seeds
-    could not speak for it.
+    could not speak for it. With failed_cells="worst", each failed cell adds its seed with the worst
+    outcome on every pair (see the module docstring).
     """
-    key = ("evidence", metric)
+    key = ("evidence", metric, failed_cells)
     if key in sweep.cache:
         return sweep.cache[key]
     cells = sweep.cells[sweep.cells.state.isin(["done", "corrupt"])]
@@ -133,11 +139,30 @@ def evidence(sweep: Sweep, metric: str) -> dict:
             missing[arm] = reasons
         elif rows:
             values[arm] = (seeds, np.vstack(rows))
+    if failed_cells == "worst" and reference is not None:
+        _add_worst_seeds(sweep, values, missing, column, reference_key, pairs, keys)
     result = {"values": values, "missing": missing,
               "pair_ids": None if reference is None else reference.pair_ids,
               "slices": None if reference is None else reference.slices}
     sweep.cache[key] = result
     return result
+
+
+def _add_worst_seeds(sweep: Sweep, values: dict, missing: dict, column: str, reference_key, pairs, keys) -> None:
+    """Each failed cell's seed joins its arm with the worst outcome on every pair (select.failed_cells=worst)."""
+    readable = [np.asarray(pairs[cid].outcomes[column], dtype=float) for cid, k in keys.items() if k == reference_key]
+    if column.endswith("_correct"):
+        worst = np.zeros_like(readable[0])
+    else:  # margins: the lowest value any finished cell of the sweep has on the pair
+        worst = np.nanmin(np.vstack(readable), axis=0)
+    failed = sweep.cells[sweep.cells.state == "failed"]
+    for arm, group in failed.groupby("arm", sort=False):
+        if arm in missing:
+            continue
+        seeds, x = values.get(arm, ([], np.empty((0, len(worst)))))
+        extra = [int(s) for s in group.seed if not pd.isna(s) and int(s) not in seeds]
+        if extra:
+            values[arm] = (seeds + extra, np.vstack([x, *[worst] * len(extra)]))
 
 
 def scope_strata(slices: np.ndarray, scope: str | None) -> tuple[np.ndarray, np.ndarray, dict]:
@@ -225,15 +250,21 @@ def decide(sweep: Sweep, select, scope: str | None, arms: list[dict]) -> dict:
     result = {"scope": scope or "all", "metric": metric, "factor": factor, "verdict": "undetermined",
               "winner": None, "decisive": False, "best_arm": None, "comparisons": [], "point": {},
               "arm_estimates": {}, "reasons": [], "seeds_needed": None}
-    ev = evidence(sweep, metric)
+    ev = evidence(sweep, metric, select.failed_cells)
     if ev["missing"]:
         result["reasons"] += [f"evidence missing for {arm}: {'; '.join(why)}" for arm, why in ev["missing"].items()]
     never = [a["arm"] for a in arms if a["arm"] not in ev["values"] and a["arm"] not in ev["missing"]]
     if never:
         result["reasons"].append(f"no finished seed in {', '.join(never)}")
-    unfinished = [a["arm"] for a in arms if a["unfinished"]]
-    result["unfinished_arms"] = unfinished
+    result["unfinished_arms"] = [a["arm"] for a in arms if a["unfinished"]]
     result["failed_arms"] = [a["arm"] for a in arms if a["failed"]]
+    not_finished = _not_finished(sweep, select)
+    if not_finished:
+        result["not_finished_cells"] = not_finished
+        result["rerun_command"] = rerun_command(sweep)
+        result["reasons"].append(f"{len(not_finished)} planned cell(s) not finished: "
+                                 + "; ".join(c["what"] for c in not_finished)
+                                 + f"; rerun: {result['rerun_command']}")
     values = ev["values"]
     if not values:
         result["explanation"] = "No arm has a finished seed with readable held-out pairs: nothing to compare."
@@ -256,7 +287,6 @@ def decide(sweep: Sweep, select, scope: str | None, arms: list[dict]) -> dict:
         result["reasons"].append("no arm with another value of the compared factor: nothing to decide")
     if result["reasons"]:
         result["verdict"], result["decisive"] = "undetermined", False
-    result["provisional"] = bool(unfinished) and result["verdict"] == "decisive"
     best = outcome["best_arm"]
     result["winner"] = factor_of[best] if result["decisive"] else None
     result["seeds_needed"] = _seeds_needed(result, select)
@@ -266,6 +296,35 @@ def decide(sweep: Sweep, select, scope: str | None, arms: list[dict]) -> dict:
     result["recommended_arm"], result["tie_break"] = recommended["arm"], recommended["reason"]
     result["explanation"] = _explain(result, select)
     return result
+
+
+def _not_finished(sweep: Sweep, select) -> list[dict]:
+    """Planned cells that did not finish, each with what happened to it: failed (error and step), still running,
+    never started. Corrupt cells are reported by the evidence; with failed_cells=worst failed ones are scored."""
+    states = UNFINISHED + (() if select.failed_cells == "worst" else ("failed",))
+    rows = []
+    for cell in sweep.cells[sweep.cells.state.isin(states)].itertuples(index=False):
+        seed = "?" if pd.isna(cell.seed) else int(cell.seed)
+        if cell.state == "failed":
+            step = "" if pd.isna(cell.failed_step) else f" at step {int(cell.failed_step)}"
+            what = f"failed{step}: {cell.error}" if isinstance(cell.error, str) and cell.error else f"failed{step}"
+        elif cell.state in ("missing", "unknown"):
+            what = "never ran"
+        else:
+            what = f"{cell.state}, not finished"
+        rows.append({"cell_id": cell.cell_id, "arm": cell.arm, "seed": seed, "state": cell.state,
+                     "what": f"{cell.arm} seed {seed} (cell {cell.cell_id}) {what}"})
+    return rows
+
+
+def rerun_command(sweep: Sweep) -> str:
+    """The command that trains the planned cells again without retraining the finished ones."""
+    from ablate.collect.plan import add_seeds_command
+
+    if isinstance(sweep.record.get("slurm"), dict):
+        return f"ablate resubmit {sweep.sweep_dir} --failed"
+    seeds = sweep.cells.seed.dropna()
+    return add_seeds_command(sweep, len(set(int(s) for s in seeds)))
 
 
 def _seeds_needed(result: dict, select) -> dict | None:
@@ -305,7 +364,7 @@ def _seeds_needed(result: dict, select) -> dict | None:
 
 
 def final_train_margin(sweep: Sweep, cell_id: str) -> float:
-    log = read_jsonl(sweep, cell_id, "train_log.jsonl")
+    log = read_jsonl(sweep, cell_id, layout.TRAIN_LOG)
     return float(log[-1]["rewards/margins"]) if log and "rewards/margins" in log[-1] else math.nan
 
 
@@ -358,8 +417,9 @@ def _explain(result: dict, select) -> str:
     if result["verdict"] == "decisive":
         lines.append(f"Decisive winner: {result['factor'] or 'arm'} = {result['winner']} (every rival's CI excludes 0 "
                      f"with {select.min_seeds}+ seeds and the gain meets the minimum).")
-        if result.get("provisional"):
-            lines.append(f"Provisional: cells of {', '.join(result['unfinished_arms'])} are not finished.")
+        if select.failed_cells == "worst" and result["failed_arms"]:
+            lines.append(f"Failed seeds of {', '.join(result['failed_arms'])} counted as the worst outcome "
+                         "(select.failed_cells=worst).")
     elif result["verdict"] == "undetermined":
         lines.append("Undetermined: " + "; ".join(result["reasons"]) + ".")
     else:

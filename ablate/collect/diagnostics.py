@@ -16,6 +16,7 @@ import numpy as np
 from ablate.collect.decide import evidence, metric_key, scope_strata
 from ablate.collect.load import Sweep, read_jsonl
 from ablate.collect.stats import contrast
+from ablate.sweepdir import layout
 
 
 def overoptimisation(sweep: Sweep, select, scope: str | None) -> list[dict]:
@@ -23,8 +24,8 @@ def overoptimisation(sweep: Sweep, select, scope: str | None) -> list[dict]:
     key = metric_key(select.metric, scope)
     rows = []
     for cell in sweep.done.itertuples():
-        train = [e for e in read_jsonl(sweep, cell.cell_id, "train_log.jsonl") if "rewards/margins" in e]
-        evals = [e for e in read_jsonl(sweep, cell.cell_id, "eval_log.jsonl") if key in e]
+        train = [e for e in read_jsonl(sweep, cell.cell_id, layout.TRAIN_LOG) if "rewards/margins" in e]
+        evals = [e for e in read_jsonl(sweep, cell.cell_id, layout.EVAL_LOG) if key in e]
         if len(train) < 2 or len(evals) < 2:
             continue
         half = train[-1]["step"] / 2

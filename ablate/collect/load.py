@@ -18,11 +18,11 @@ import pyarrow.parquet as pq
 
 from ablate.data.heldout import PAIR_COLUMNS, outcome_arrays
 from ablate.sweepdir import layout
-from ablate.sweepdir.layout import NOT_AXES, arm_label, is_finite_number, override_values
+from ablate.sweepdir.layout import arm_axes, arm_label, grid_axes, is_finite_number, override_values
 from ablate.sweepdir.liveness import local_cell_dead
 
-BASE_COLUMNS = ["cell_id", "overrides", "state", "error", "attempts", "elapsed_s", "objective", "lora_r", "seed",
-                "max_steps"]
+BASE_COLUMNS = ["cell_id", "overrides", "state", "error", "failed_step", "attempts", "elapsed_s", "objective",
+                "lora_r", "seed", "max_steps"]
 
 
 @dataclass
@@ -91,7 +91,7 @@ def load_sweep(sweep_dir: str | Path) -> Sweep:
     cells_root = sweep_dir / layout.CELLS
     present = sorted(p.name for p in cells_root.iterdir() if p.is_dir()) if cells_root.is_dir() else []
 
-    rows = []
+    rows, override_lists = [], []
     for cid in list(expected) + [c for c in present if c not in expected]:
         cell_dir = cells_root / cid
         status = _read_object(cell_dir / layout.STATUS_JSON, problems, cid) if cid in present else None
@@ -102,6 +102,7 @@ def load_sweep(sweep_dir: str | Path) -> Sweep:
                                         "no status.json): ignored"})
             continue
         overrides = _overrides_list((status or {}).get("overrides")) or expected.get(cid, [])
+        override_lists.append(overrides)
         row = {"cell_id": cid, "overrides": " ".join(overrides), **_prefixed(override_values(overrides))}
         if status is None:
             row["state"] = "missing" if cid not in present else "unknown"
@@ -125,12 +126,7 @@ def load_sweep(sweep_dir: str | Path) -> Sweep:
 
     cells = pd.DataFrame(rows).reindex(columns=list(dict.fromkeys(BASE_COLUMNS + [k for r in rows for k in r])))
     override_cols = [c for c in cells.columns if c.startswith("override:")]
-    axes = {}
-    for col in override_cols:
-        key = col.removeprefix("override:")
-        values = [v for v in dict.fromkeys(cells[col].dropna()) if v != ""]
-        if key not in NOT_AXES and len(values) > 1:
-            axes[key] = values
+    axes = arm_axes(grid_axes(override_lists))  # the launchers' and W&B's arms (ablate.sweepdir.layout)
     cells["arm"] = [arm_label({k: r.get(f"override:{k}") for k in axes if pd.notna(r.get(f"override:{k}"))}, axes)
                     for r in cells.to_dict("records")]
     for key in axes:

@@ -23,6 +23,7 @@ from matplotlib.patches import Patch
 from ablate.collect.decide import confidence, metric_key
 from ablate.collect.load import Sweep, read_jsonl
 from ablate.collect.stats import seed_summary
+from ablate.sweepdir import layout
 from ablate.sweepdir.atomic import atomic_write_bytes
 from ablate.sweepdir.layout import is_finite_number
 from ablate.verdicts import verdict_phrase
@@ -103,7 +104,7 @@ def ranked_arms(summary: dict, sweep: Sweep) -> list[str]:
 def base_model_value(sweep: Sweep, key: str) -> float | None:
     """The held-out metric at step 0 (the adapter starts at zero: it is the base model, same for all cells)."""
     for cell_id in sweep.done.cell_id:
-        for entry in read_jsonl(sweep, cell_id, "eval_log.jsonl"):
+        for entry in read_jsonl(sweep, cell_id, layout.EVAL_LOG):
             if entry.get("step") == 0 and is_finite_number(entry.get(key)):
                 return float(entry[key])
         return None
@@ -198,7 +199,7 @@ def curves_plot(sweep: Sweep, summary: dict, plots_dir: Path) -> Path | None:
         return None
     arm_info = {a["arm"]: a for a in summary["arms"]}
     labels = short_labels(list(arm_info))
-    logs = {arm: [(read_jsonl(sweep, c, "train_log.jsonl"), read_jsonl(sweep, c, "eval_log.jsonl"))
+    logs = {arm: [(read_jsonl(sweep, c, layout.TRAIN_LOG), read_jsonl(sweep, c, layout.EVAL_LOG))
                   for c in sweep.done[sweep.done.arm == arm].cell_id] for arm in arms}
     ncols = min(4, len(arms))
     nblocks = math.ceil(len(arms) / ncols)

@@ -92,10 +92,8 @@ def build_blocks(sweep: Sweep, summary: dict, plots: dict[str, Path]) -> list[tu
     ]
     verdict = verdict_of(summary)
     if verdict == "decisive":
-        provisional = (f"; provisional: cells of {', '.join(decision['unfinished_arms'])} not finished"
-                       if decision.get("provisional") else "")
-        blocks.append(("callout", f"Winner: {decision.get('factor') or 'arm'} = {summary['winner']} "
-                                  f"(decisive{provisional})", True))
+        blocks.append(("callout", f"Winner: {decision.get('factor') or 'arm'} = {summary['winner']} (decisive)",
+                       True))
     elif verdict == "undetermined":
         blocks.append(("callout", "Undetermined: " + "; ".join(decision.get("reasons", [])), False))
     else:

@@ -23,6 +23,7 @@ from pathlib import Path
 
 from ablate.review.tracking import describe_error, run_files_dir, start_run, sweep_group, wandb_run_id
 from ablate.review.wandb_report import publish_report, report_definition, write_definition
+from ablate.sweepdir import layout
 from ablate.sweepdir.ids import config_hash
 from ablate.verdicts import verdict_of
 
@@ -45,7 +46,7 @@ def review_in_wandb(sweep_dir: str | Path, summary: dict) -> dict | None:
 
 
 def _review(sweep_dir: Path, summary: dict, logger: dict) -> dict:
-    report_dir = sweep_dir / "report"
+    report_dir = sweep_dir / layout.REPORT
     group = logger.get("group") or sweep_group(sweep_dir)
     select = summary.get("select", {})
     tables = collector_tables(summary, report_dir / "cells.csv")

@@ -38,7 +38,7 @@ def run_cell(cfg: DictConfig, sweep_dir: Path, overrides: list[str] | tuple[str,
         return json.loads((cell_dir / layout.METRICS_JSON).read_text())
     problem = done_problem(cell_dir)
     if problem:  # said done, but its results are gone or damaged since: trained again, and the reason kept
-        print(f"ablate: cell {cid} was done but its {problem}: training it again", file=sys.stderr, flush=True)
+        print(f"ablate: cell {cid} said done, but {problem}: training it again", file=sys.stderr, flush=True)
 
     from ablate.train.trainer import train  # heavy imports (torch, transformers) only when training
 

@@ -171,7 +171,7 @@ def submit_cells(sweep_dir: Path, cells: list[tuple[DictConfig, list[str], str]]
     if launcher.collector.enabled and arrays:
         # The collector waits for the jobs just submitted AND for the sweep's cells still queued or running from an
         # earlier submission (a resubmission of failed cells while others still run), so its report is complete.
-        earlier = [job for cid, job in read_sweep(sweep_dir).jobs.items() if cid not in jobs]
+        earlier = [job for cid, job in (read_sweep(sweep_dir).jobs or {}).items() if cid not in jobs]
         still_alive = {job.split("_")[0] for job, state in slurm_states(earlier).items() if state in ALIVE}
         masters = ":".join(dict.fromkeys([a["job_id"] for a in arrays] + sorted(still_alive)))
         collector_resources = {key: launcher[key] for key in RESOURCE_KEYS} | dict(launcher.collector.resources)
@@ -183,11 +183,11 @@ def submit_cells(sweep_dir: Path, cells: list[tuple[DictConfig, list[str], str]]
         collector_job = str(executor.submit(CollectJob(str(sweep_dir), OmegaConf.to_container(select))).job_id)
 
     with updating_sweep(sweep_dir) as record:
-        record.jobs.update(jobs)
-        record.arrays.extend(arrays)
+        record.jobs = (record.jobs or {}) | jobs
+        record.arrays = (record.arrays or []) + arrays
         if collector_job:
             record.collector_job = collector_job  # the latest; every one, for `ablate cancel`, in collector_jobs
-            record.collector_jobs.append(collector_job)
+            record.collector_jobs = (record.collector_jobs or []) + [collector_job]
         record.slurm = OmegaConf.to_container(launcher, resolve=True)
         record.select = OmegaConf.to_container(select, resolve=True)
     return {"jobs": jobs, "arrays": arrays, "collector_job": collector_job}

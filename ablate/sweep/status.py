@@ -147,7 +147,7 @@ def survey(sweep_dir: str | Path) -> tuple[pd.DataFrame, list[Death]]:
     statuses = {cid: read_status(layout.cell_dir(sweep_dir, cid)) for cid in sweep.overrides_of()}
     # sweep.json holds the latest submission of each cell; status.json the job that last ran it (the same id
     # once it has started), or nothing (local runs, cells not yet started)
-    job_of = {cid: sweep.jobs.get(cid) or status.job_id for cid, status in statuses.items()}
+    job_of = {cid: (sweep.jobs or {}).get(cid) or status.job_id for cid, status in statuses.items()}
     slurm = slurm_states([j for j in job_of.values() if j])
     reasons = slurm_reasons([j for j in job_of.values() if j and slurm.get(j) in ALIVE])
     rows, deaths = [], []

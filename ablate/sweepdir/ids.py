@@ -31,9 +31,14 @@ ADDED_KEYS = {
 }
 
 
+def _as_before(value, before) -> bool:
+    """A flag whose "as before" is off counts as off for any false value (a hand-written config.yaml may say null)."""
+    return not value if before is False else value == before
+
+
 def _left_out(group: str, values: dict) -> set[str]:
     """Keys of `group` the id does not hash for these values."""
-    out = {key for key, before in ADDED_KEYS.get(group, {}).items() if values.get(key, before) == before}
+    out = {key for key, before in ADDED_KEYS.get(group, {}).items() if _as_before(values.get(key, before), before)}
     if group == "data" and "validation_pairs" in out:
         # the split's other keys go with it while it is off; split_seed came with the split for the embedded
         # task only (files and hub data had it before, for their train/held-out split)

@@ -31,6 +31,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 from ablate.sweepdir.atomic import atomic_write_json
 
@@ -49,8 +50,6 @@ HELDOUT_PAIRS = "heldout_pairs.parquet"
 METRICS_JSON = "metrics.json"
 CHECKPOINT = "checkpoint"
 
-STATES = ("pending", "running", "done", "failed", "preempted")
-
 # Keys of a cell's overrides that never make an arm: the seed is the replication, the rest say where files go.
 NOT_AXES = ("seed", "+sweeps", "sweeps", "hydra.sweep.dir", "hydra.run.dir")
 
@@ -63,17 +62,24 @@ def _now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S%z")
 
 
+@dataclass
 class _Record:
-    """A JSON record file as a dataclass: keys it does not know are ignored when read (a newer ablate may add
-    some); unset (None) fields are not written."""
+    """A JSON record file as a dataclass. Keys it does not declare (written by another version of ablate) are
+    kept in `extra` and written back untouched; `write_none` says whether unset (None) fields are written."""
+
+    write_none: ClassVar[bool] = True
+    extra: dict = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
     def from_json(cls, obj: dict):
-        known = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in obj.items() if k in known})
+        known = {f.name for f in dataclasses.fields(cls)} - {"extra"}
+        return cls(**{k: v for k, v in obj.items() if k in known},
+                   extra={k: v for k, v in obj.items() if k not in known})
 
     def to_json(self) -> dict:
-        return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
+        values = dataclasses.asdict(self)
+        extra = values.pop("extra")
+        return extra | {k: v for k, v in values.items() if self.write_none or v is not None}
 
 
 # ------------------------------------------------------------------------------------ status.json
@@ -111,9 +117,10 @@ class CellStatus(_Record):
 
 
 def _check_fields(record_type, fields: dict) -> None:
-    unknown = sorted(set(fields) - {f.name for f in dataclasses.fields(record_type)})
+    declared = [f.name for f in dataclasses.fields(record_type) if f.name != "extra"]
+    unknown = sorted(set(fields) - set(declared))
     if unknown:
-        valid = ", ".join(f.name for f in dataclasses.fields(record_type))
+        valid = ", ".join(declared)
         raise TypeError(f"{record_type.__name__} has no field(s) {', '.join(unknown)}; valid: {valid}")
 
 
@@ -163,7 +170,7 @@ def read_metrics(cell: Path) -> tuple[dict | None, str | None]:
     try:
         metrics = json.loads((Path(cell) / METRICS_JSON).read_bytes().decode("utf-8", errors="replace"))
     except FileNotFoundError:
-        return None, "state is done but metrics.json is missing"
+        return None, "metrics.json is missing"
     except (OSError, ValueError) as error:  # JSONDecodeError is a ValueError; a directory in its place is OSError
         return None, f"metrics.json is unreadable ({type(error).__name__}: {error})"
     if not isinstance(metrics, dict):
@@ -173,18 +180,18 @@ def read_metrics(cell: Path) -> tuple[dict | None, str | None]:
     return metrics, None
 
 
-def done_problem(cell: Path, *, pairs: bool = True) -> str | None:
+def done_problem(cell: Path) -> str | None:
     """Why a cell whose status.json says done cannot be trusted, else None (also None when it does not say done).
 
     Done means: status.json state `done`, metrics.json (written last) a JSON object of finite held-out
-    numbers, and heldout_pairs.parquet readable (its footer; `pairs=False` leaves that to a caller that
-    reads every pair anyway). A re-run trains a cell with a problem again instead of skipping it for ever.
+    numbers, and heldout_pairs.parquet readable (its footer). A re-run trains a cell with a problem
+    again instead of skipping it for ever.
     """
     cell = Path(cell)
     if read_status(cell).state != "done":
         return None
     _, problem = read_metrics(cell)
-    if problem is None and pairs:
+    if problem is None:
         try:
             import pyarrow.parquet as pq
 
@@ -205,6 +212,7 @@ class SweepRecord(_Record):
     """sweep.json: what was planned and submitted. Cells of earlier runs of the sweep stay listed."""
 
     FORMAT = 1
+    write_none: ClassVar[bool] = False  # a key is present once it has been set (e.g. `slurm`: launched there)
 
     cells: list = field(default_factory=list)  # [{"cell_id", "overrides"}], in planning order
     axes: dict = field(default_factory=dict)  # swept key -> values (every key with more than one value)
@@ -216,11 +224,12 @@ class SweepRecord(_Record):
     python: str | None = None
     versions: dict = field(default_factory=dict)
     git_sha: str | None = None
-    # SLURM: the latest job of each cell, the arrays, collector jobs, launcher and decision settings
-    jobs: dict = field(default_factory=dict)
-    arrays: list = field(default_factory=list)
+    # SLURM only (absent from a local sweep's file): the latest job of each cell, the arrays, collector jobs,
+    # launcher and decision settings
+    jobs: dict | None = None
+    arrays: list | None = None
     collector_job: str | None = None
-    collector_jobs: list = field(default_factory=list)
+    collector_jobs: list | None = None
     slurm: dict | None = None
     select: dict | None = None
     format: int = FORMAT

@@ -141,10 +141,20 @@ def _model_key(model_cfg) -> dict:
     return {"version": EMBEDDED_VERSION, **{k: model_cfg[k] for k in keys}}
 
 
+def weights_tag(model_cfg) -> str:
+    """Where this config's weights come from: `shipped-<hash of the file>` for the default config, else
+    `warmed-up` (on this machine). Part of the cache folder's key and of the reference log-probs' key, so a
+    cache or a sweep's shared/ files made from a locally warmed-up model are never taken for the shipped one."""
+    if _model_key(model_cfg) == SHIPPED_KEY and SHIPPED_WEIGHTS.exists():
+        return "shipped-" + hashlib.sha256(SHIPPED_WEIGHTS.read_bytes()).hexdigest()[:16]
+    return "warmed-up"
+
+
 def embedded_model_dir(model_cfg) -> Path:
     """The cached warmed-up model for this config; built on first use (tens of seconds, once)."""
     key = _model_key(model_cfg)
-    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+    tag = weights_tag(model_cfg)
+    digest = hashlib.sha256(json.dumps(key | {"weights": tag}, sort_keys=True).encode()).hexdigest()[:16]
     target = cache_root() / "embedded" / digest
     if (target / "config.json").exists():
         return target
@@ -155,7 +165,7 @@ def embedded_model_dir(model_cfg) -> Path:
     try:
         tokenizer = build_tokenizer()
         model = _new_model(model_cfg, tokenizer)
-        if key == SHIPPED_KEY and SHIPPED_WEIGHTS.exists():
+        if tag.startswith("shipped"):
             from safetensors.torch import load_file
 
             missing, unexpected = model.load_state_dict(load_file(SHIPPED_WEIGHTS), strict=False)

@@ -299,6 +299,17 @@ def length_stats(pairs: TokenizedPairs | TokenizedExamples) -> dict:
     }
 
 
+def model_identity(model_cfg) -> dict:
+    """What the base model's log-probs depend on: its config, and for the embedded model where its weights came
+    from (ablate.train.embedded.weights_tag: shipped, or warmed up on this machine)."""
+    plain = as_plain(model_cfg)
+    if plain.get("kind") == "embedded":
+        from ablate.train.embedded import weights_tag
+
+        return plain | {"weights": weights_tag(model_cfg)}
+    return plain
+
+
 def reference_logps(cfg, split: str, data: TokenizedPairs | TokenizedExamples, base_model, pad_id: int,
                     shared_dir: Path, indices: list[int] | None = None,
                     autocast: torch.dtype | None = None, forward=None, ranks=None) -> dict[str, torch.Tensor]:
@@ -317,7 +328,7 @@ def reference_logps(cfg, split: str, data: TokenizedPairs | TokenizedExamples, b
     everything = indices is None or set(indices) == set(range(len(data)))
     scope = [] if everything else [config_hash(sorted(set(indices)))[:16]]
     scope += [f"autocast={autocast}"] if autocast is not None else []
-    key = config_hash([as_plain(cfg.model), as_plain(cfg.data), split, *scope])[:16]
+    key = config_hash([model_identity(cfg.model), as_plain(cfg.data), split, *scope])[:16]
     path = shared_dir / f"reference-{split}-{key}.pt"
     cached = _load(path)
     # every rank scores, or none: another cell may write the file between two ranks' looks at it

@@ -31,6 +31,7 @@ from ablate.data.heldout import PAIR_COLUMNS, heldout_metrics
 from ablate.data.pairs import TokenizedExamples, TokenizedPairs
 from ablate.data.readers import DataError
 from ablate.progress import track
+from ablate.sweepdir import layout
 from ablate.sweepdir.atomic import atomic_write_bytes, atomic_write_json, atomic_write_text
 from ablate.train import engine
 from ablate.train.checkpoint import Checkpoint
@@ -79,7 +80,8 @@ def train(cfg, cell_dir: Path, shared_dir: Path, stop_requested: threading.Event
     tc, ranks = cfg.trainer, run.ranks
     logs = CellLogs(Path(cell_dir), ranks.is_main, tracker)
     window = RunningMeans()
-    checkpoint = Checkpoint(Path(cell_dir) / "checkpoint" / "state.pt", run.model, run.optimizer, run.scheduler, ranks)
+    checkpoint = Checkpoint(Path(cell_dir) / layout.CHECKPOINT / "state.pt", run.model, run.optimizer, run.scheduler,
+                            ranks)
 
     # ----------------------------------------------------------------------------------- loop
     start = 0
@@ -122,8 +124,8 @@ def train(cfg, cell_dir: Path, shared_dir: Path, stop_requested: threading.Event
     if not ranks.is_main:
         return {}
     logs.record_eval(metrics)
-    atomic_write_bytes(Path(cell_dir) / "heldout_pairs.parquet", pairs.to_parquet(index=False))
-    atomic_write_json(Path(cell_dir) / "metrics.json", metrics)  # written last: its presence means finished
+    atomic_write_bytes(Path(cell_dir) / layout.HELDOUT_PAIRS, pairs.to_parquet(index=False))
+    atomic_write_json(Path(cell_dir) / layout.METRICS_JSON, metrics)  # written last: its presence means finished
     checkpoint.remove()
     return metrics
 
@@ -293,15 +295,15 @@ class CellLogs:
         self.eval: list[dict] = []
 
     def record_train(self, entry: dict) -> None:
-        self._record(self.train, "train_log.jsonl", entry)
+        self._record(self.train, layout.TRAIN_LOG, entry)
 
     def record_eval(self, entry: dict) -> None:
-        self._record(self.eval, "eval_log.jsonl", entry)
+        self._record(self.eval, layout.EVAL_LOG, entry)
 
     def progress(self, state: dict) -> None:
         """progress.json: this attempt's first step and time, the latest ones (`ablate status`: speed, ETA)."""
         if self.is_main:
-            atomic_write_json(self.cell_dir / "progress.json", state)
+            atomic_write_json(self.cell_dir / layout.PROGRESS_JSON, state)
 
     def _record(self, log: list[dict], name: str, entry: dict) -> None:
         log.append(entry)

@@ -192,6 +192,7 @@ class SelectConfig:
     prefer_lower_rank: bool = True
     overoptimisation_tolerance: float = 0.0
     length_imbalance: float = 0.2
+    collapse_gap: float = 0.2  # a seed this far below its arm's median (decision metric) counts as collapsed
     failed_cells: str = "undetermined"  # undetermined | worst: what a failed seed of a compared arm does
 
 

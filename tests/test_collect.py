@@ -30,12 +30,14 @@ from sweep_fixtures import (
     golden_sweep,
     grid_cells,
     large_sweep,
+    pairs_table,
     prefix_correct,
+    slice_layout,
     truncate_file,
     write_sweep,
 )
 
-from ablate.collect import collect
+from ablate.collect import collect, describe
 from ablate.collect.stats import (
     contrast,
     equivalent,
@@ -751,3 +753,55 @@ def test_collect_1000_cells_within_5_seconds(large):
     # obj6 has the highest correctness rate (0.79 + 0.005 lr index): the winner
     assert summary["decision"]["best_arm"].startswith("objective=obj6")
     assert elapsed <= 5.0, f"collect() took {elapsed:.2f} s for 1008 cells (bound: 5 s)"
+
+
+# ------------------------------------------------------------------------------ failed cells count
+def test_a_failed_seed_never_turns_a_comparison_decisive(tmp_path):
+    """One of four seeds of an arm failed (a NaN, say): whatever the rest shows, the verdict is undetermined with
+    the cell named, until it is rerun or the user counts it as the worst outcome (select.failed_cells=worst).
+    The old rule compared the arm on its three finished seeds: a recipe whose bad seed diverged looked better."""
+    rng = np.random.default_rng(7)
+    ids, slices = slice_layout({"clean": 100, "verbose_rejected": 100})
+    for sweep in range(8):
+        cells = []
+        for objective, skill in (("dpo", 0.2), ("simpo", 0.2 + 0.15 * (sweep % 2))):
+            for seed in range(4):
+                failed = objective == "dpo" and seed == sweep % 4
+                overrides = [f"objective={objective}", f"seed={seed}"]
+                if failed:
+                    cells.append(Cell(overrides, state="failed", error="NonFiniteLoss: step 40: loss is nan",
+                                      extra_status={"failed_step": 40}))
+                else:
+                    margins = skill + rng.normal(0, 0.3, 200) + rng.normal(0, 0.05)  # pairs + this seed
+                    cells.append(Cell(overrides, pairs=pairs_table(margins, slices, ids)))
+        summary = run(write_sweep(tmp_path / f"s{sweep}", cells))
+        d = summary["decision"]
+        assert d["verdict"] == "undetermined" and summary["winner"] is None
+        (cell,) = d["not_finished_cells"]
+        assert cell["arm"] == "objective=dpo" and cell["seed"] == sweep % 4
+        assert "failed at step 40: NonFiniteLoss" in cell["what"] and "rerun: " in summary["explanation"]
+        assert all(s["verdict"] == "undetermined" for s in summary["slices"].values())
+        worst = run(tmp_path / f"s{sweep}", "failed_cells=worst")
+        assert worst["decision"]["verdict"] != "undetermined"  # decided, with the failed seed counted
+        assert worst["winner"] in (None, "simpo")  # the arm with the failure can only lose by it
+
+
+def test_what_the_seeds_can_exclude(tmp_path):
+    """Per arm: failed and collapsed seeds, and the upper bound on the rate of runs gone wrong (rule of three)."""
+    from scipy.stats import beta
+
+    ids, slices = slice_layout({"clean": 50, "verbose_rejected": 50})
+    good = pairs_table(np.full(100, 1.0), slices, ids)  # every pair right
+    half = pairs_table(np.r_[np.full(50, 1.0), np.full(50, -1.0)], slices, ids)  # accuracy 0.5: collapsed
+    cells = [Cell(["objective=dpo", f"seed={s}"], pairs=good) for s in range(3)]
+    cells += [Cell(["objective=simpo", f"seed={s}"], pairs=half if s == 1 else good) for s in range(3)]
+    cells += [Cell(["objective=simpo", "seed=3"], state="failed", error="NonFiniteLoss")]
+    summary = run(write_sweep(tmp_path, cells), "failed_cells=worst")
+    rows = {r["arm"]: r for r in summary["diagnostics"]["seed_outcomes"]}
+    dpo, simpo = rows["objective=dpo"], rows["objective=simpo"]
+    assert (dpo["seeds"], dpo["gone_wrong"]) == (3, 0)
+    assert dpo["rate_upper"] == pytest.approx(1 - 0.05 ** (1 / 3))  # 0.632: three good seeds exclude little
+    assert (simpo["failed_seeds"], simpo["collapsed_seeds"], simpo["seeds"]) == ([3], [1], 4)
+    assert simpo["rate_upper"] == pytest.approx(beta.ppf(0.95, 3, 2))
+    out = describe(summary)
+    assert "runs gone wrong" in out and "objective=simpo 2 of 4" in out

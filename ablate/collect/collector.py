@@ -12,13 +12,15 @@ from types import SimpleNamespace
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
-from ablate.collect.decide import FAILED_CELLS, PAIR_COLUMN, arm_stats, decide
+from ablate.collect.decide import FAILED_CELLS, PAIR_COLUMN, arm_stats, confidence, decide
 from ablate.collect.diagnostics import (
     chosen_shift,
     data_checks,
+    exclusion_line,
     factorial_effects,
     length_artifacts,
     overoptimisation,
+    seed_outcomes,
 )
 from ablate.collect.load import Sweep, load_sweep
 from ablate.collect.plan import add_seeds_command
@@ -103,6 +105,7 @@ def summarise(sweep: Sweep, select: DictConfig) -> dict:
             "chosen_logp_shift": _guarded(sweep, "chosen_logp_shift", lambda: chosen_shift(sweep), []),
             "length": _guarded(sweep, "length", lambda: length_artifacts(sweep, select), []),
             "data_checks": _guarded(sweep, "data_checks", lambda: data_checks(sweep), []),
+            "seed_outcomes": _guarded(sweep, "seed_outcomes", lambda: seed_outcomes(sweep, select), []),
             "factorial": _guarded(sweep, "factorial", lambda: factorial_effects(sweep, select, select.slice, arms),
                                   {"factors": [], "main_effects": [], "interactions": [], "note": "failed"}),
         },
@@ -177,6 +180,9 @@ def describe(summary: dict) -> str:
         lines.append(tuned_line(group, summary["decision"]["scope"]))
     for scope, decision in summary["slices"].items():
         lines.append(f"  slice {scope}: {verdict_phrase(decision)} (best arm {decision.get('best_arm')})")
+    exclusion = exclusion_line(summary["diagnostics"].get("seed_outcomes", []), confidence(summary["select"]["alpha"]))
+    if exclusion:
+        lines.append(f"  {exclusion}")
     flagged = [r for r in summary["diagnostics"]["overoptimisation"] if r["flagged"]]
     if flagged:
         lines.append(f"  overoptimisation flagged in {len(flagged)} cell(s): held-out gains stalled while "

@@ -3,6 +3,7 @@
 - overoptimisation: a cell's training margins keep rising while its held-out behaviour does not;
 - chosen log-prob shift: the policy makes even the chosen answers less likely than the reference;
 - length artifacts: chosen answers systematically longer (verbosity) or shorter (brevity) in training;
+- seed outcomes: per arm, the runs that failed or collapsed, and the rate of such runs its seeds cannot exclude;
 - factorial effects: main effect of each swept factor and the two-way interactions, with CIs.
 """
 
@@ -12,6 +13,7 @@ import itertools
 import math
 
 import numpy as np
+import pandas as pd
 
 from ablate.collect.decide import evidence, metric_key, scope_strata
 from ablate.collect.load import Sweep, read_jsonl
@@ -45,6 +47,45 @@ def overoptimisation(sweep: Sweep, select, scope: str | None) -> list[dict]:
                      "heldout_mid_step": mid["step"], "heldout_mid": mid[key], "heldout_final": final[key],
                      "heldout_margin_gain": margin_gain, "flagged": flagged})
     return rows
+
+
+def seed_outcomes(sweep: Sweep, select) -> list[dict]:
+    """What each arm's seeds can and cannot exclude about runs that go wrong.
+
+    A seed went wrong when its cell failed, or when it collapsed: its decision metric (all held-out
+    pairs) lies more than `select.collapse_gap` below the median of its arm's finished seeds. With k
+    of n seeds gone wrong, the one-sided (1 - alpha) upper confidence bound on the rate (Clopper-Pearson;
+    with k = 0 it is 1 - alpha^(1/n), the "rule of three" 3/n at alpha 0.05) is a rate the seeds cannot
+    exclude: 3 fine seeds of 3 still allow a recipe that fails 63% of the time.
+    """
+    from scipy.stats import beta
+
+    key = metric_key(select.metric, None)
+    rows = []
+    for arm, group in sweep.cells.groupby("arm", sort=False):
+        finished = group[group.state == "done"]
+        values = pd.to_numeric(finished[key], errors="coerce") if key in finished else pd.Series(dtype=float)
+        median = values.median() if values.notna().any() else math.nan
+        collapsed = sorted(int(s) for s, v in zip(finished.seed, values, strict=True)
+                           if not pd.isna(s) and math.isfinite(median) and v < median - select.collapse_gap)
+        failed = sorted(int(s) for s in group[group.state == "failed"].seed if not pd.isna(s))
+        n, k = len(finished) + len(failed), len(collapsed) + len(failed)
+        upper = (1.0 if k >= n else float(beta.ppf(1 - select.alpha, k + 1, n - k))) if n else math.nan
+        rows.append({"arm": arm, "seeds": n, "failed_seeds": failed, "collapsed_seeds": collapsed,
+                     "gone_wrong": k, "rate_upper": upper})
+    return rows
+
+
+def exclusion_line(rows: list[dict], level: str) -> str | None:
+    """One sentence for the console and the report: the largest rate of runs gone wrong no arm can exclude."""
+    rows = [r for r in rows if r["seeds"]]
+    if not rows:
+        return None
+    worst = max(rows, key=lambda r: r["rate_upper"])
+    seen = [f"{r['arm']} {r['gone_wrong']} of {r['seeds']}" for r in rows if r["gone_wrong"]]
+    where = f"seen in {'; '.join(seen)}" if seen else f"none in any arm ({min(r['seeds'] for r in rows)}+ seeds each)"
+    return (f"runs gone wrong (failed, or collapsed below their arm's median): {where}; a rate up to "
+            f"{worst['rate_upper']:.0%} is not excluded ({level} upper bound, {worst['arm']})")
 
 
 def chosen_shift(sweep: Sweep) -> list[dict]:

@@ -17,6 +17,7 @@ from pathlib import Path
 import pandas as pd
 
 from ablate.collect.decide import confidence
+from ablate.collect.diagnostics import exclusion_line
 from ablate.collect.load import Sweep
 from ablate.collect.plots import all_plots, arm_seed_stats, decisions_by_scope, scope_label, slice_names
 from ablate.sweepdir.atomic import atomic_write_text
@@ -181,6 +182,17 @@ def _diagnostics(diag: dict, metric: str, level: str) -> list[tuple]:
                  fmt(r.get("heldout_margin_gain"), 2), "FLAGGED" if r["flagged"] else "no"] for r in over]
         blocks.append(("table", ["cell", "arm", "seed", "training margin, 1st → 2nd half", f"held-out {metric}, "
                                  "mid → final", "held-out log-ratio margin gain (nats)", "flag"], rows, flagged))
+
+    outcomes = diag.get("seed_outcomes", [])
+    blocks += [("h3", "What the seeds can exclude"),
+               ("p", f"A run went wrong when its cell failed or its {metric} collapsed below its arm's median by "
+                     "more than select.collapse_gap. A few good seeds cannot show a recipe is safe: the bound is the "
+                     "largest rate of such runs the seeds do not exclude. " + (exclusion_line(outcomes, level) or ""))]
+    if outcomes:
+        rows = [[r["arm"], str(r["seeds"]), ", ".join(map(str, r["failed_seeds"])) or "—",
+                 ", ".join(map(str, r["collapsed_seeds"])) or "—", f"{r['rate_upper']:.0%}"] for r in outcomes]
+        blocks.append(("table", ["arm", "seeds", "failed", "collapsed", f"rate not excluded ({level} bound)"], rows,
+                       [i for i, r in enumerate(outcomes) if r["gone_wrong"]]))
 
     shift = pd.DataFrame(diag.get("chosen_logp_shift", []))
     blocks += [("h3", "Chosen log-prob shift"),

@@ -287,6 +287,18 @@ def test_tie_break_prefers_an_equivalent_lower_rank_with_lower_margins(tmp_path)
     assert d["winner"] == "dpo"  # the tie-break picks an arm, not another winner
 
 
+def test_tie_break_recommends_a_lower_rank_only_if_it_beats_every_rival_itself(tmp_path):
+    """dpo r=8 is equivalent to dpo r=16 (1 pair behind) with lower margins, but only 9 pairs ahead of simpo r=16
+    (below min_extra_pairs = 10, which r=16 meets): recommending it would name an arm the evidence does not back."""
+    counts = dict(GOLDEN_COUNTS) | {("dpo", "8"): [(44, 40), (44, 39), (45, 40)],
+                                    ("simpo", "16"): [(40, 35), (39, 34), (41, 36)]}
+    d = run(write_sweep(tmp_path, grid_cells(counts, final_margin={"8": 2.0, "16": 3.0})))["decision"]
+    assert d["verdict"] == "decisive" and d["best_arm"] == DPO16
+    assert comparisons(d)[DPO8]["equivalent"] is True
+    assert d["recommended_arm"] == DPO16
+    assert "does not itself beat objective=simpo lora.r=16 decisively" in d["tie_break"]
+
+
 def test_tie_break_needs_equivalence_not_just_no_significant_difference(golden):
     # golden: dpo r=8 is 2 pairs behind dpo r=16 and NOT decisively worse, but its 90% CI reaches beyond
     # ±0.03: not shown to be equivalent, so the lower rank is not preferred (though its margins are lower)
@@ -358,6 +370,23 @@ def test_contrast_gives_no_interval_without_replication_or_without_variation():
     assert one_seed["seeds"] == 1 and math.isnan(one_seed["ci_low"]) and math.isnan(one_seed["se"])
     same = contrast([HAND, HAND], [1.0, -1.0], *ONE_SLICE, 0.05, paired=True)
     assert same["estimate"] == 0 and math.isnan(same["ci_low"])  # never a zero-width [0, 0]
+
+
+def test_a_perfectly_separated_comparison_has_no_interval_that_rounds_to_zero_width():
+    """Weighted sums of 0/1 outcomes leave float dust (variance ~1e-30): that is no variation, not a CI
+    like [0.9999999999999957, 1.0000000000000064]."""
+    pairs = 300
+    strata = np.array(["clean"] * 100 + ["verbose_rejected"] * 200)
+    weights = {"clean": 1 / 3, "verbose_rejected": 2 / 3}
+    rng = np.random.default_rng(0)
+    best, rival = np.ones((3, pairs)), np.zeros((3, pairs))
+    for seed in range(3):  # every seed of the rival gets 37 + 81 pairs right, each seed other ones
+        rival[seed, rng.permutation(100)[:37]] = 1
+        rival[seed, 100 + rng.permutation(200)[:81]] = 1
+    result = contrast([best, rival], [1.0, -1.0], strata, weights, 0.05, paired=True)
+    assert 0 < result["seed_var"] < 1e-30 and result["pair_var"] == 0  # float dust only (here it once gave a CI)
+    assert result["estimate"] == pytest.approx(1 - (37 / 100 / 3 + 81 / 200 * 2 / 3))
+    assert math.isnan(result["ci_low"]) and math.isnan(result["ci_high"])
 
 
 def test_contrast_weighs_slices_as_the_scope_says():
@@ -805,3 +834,28 @@ def test_what_the_seeds_can_exclude(tmp_path):
     assert simpo["rate_upper"] == pytest.approx(beta.ppf(0.95, 3, 2))
     out = describe(summary)
     assert "runs gone wrong" in out and "objective=simpo 2 of 4" in out
+
+
+def test_extra_pairs_is_a_count_under_macro_weighting(tmp_path):
+    """Under slice=macro the difference is a mean of slice means; "extra pairs" stays the number of pairs."""
+    sizes = {"clean": 100, "verbose_rejected": 10}
+    counts = {"dpo": {"clean": 80, "verbose_rejected": 9}, "simpo": {"clean": 70, "verbose_rejected": 1}}
+    cells = [Cell([f"objective={o}", f"seed={s}"], pairs=counts_table(counts[o], sizes))
+             for o in counts for s in range(3)]
+    summary = run(write_sweep(tmp_path, cells), "slice=macro")
+    (comparison,) = summary["decision"]["comparisons"]
+    assert comparison["difference"] == pytest.approx(0.5 * 0.10 + 0.5 * 0.80)  # slices weigh the same
+    assert comparison["extra_pairs"] == pytest.approx((80 + 9) - (70 + 1))  # 18 pairs, not 0.45 x 110
+
+
+def test_a_one_pair_slice_under_macro_weighting_adds_variance():
+    """Macro weighting gives a 1-pair slice half the weight; its variance, not estimable on its own, is borrowed
+    from the scope's pooled pair variance instead of being skipped (which made the CI too narrow)."""
+    rng = np.random.default_rng(3)
+    strata = np.array(["big"] * 100 + ["tiny"])
+    easy_for_a, easy_for_b = rng.random(101), rng.random(101)  # each arm has its own easy and hard pairs
+    a, b = ((rng.random((3, 101)) < p).astype(float) for p in (easy_for_a, easy_for_b))
+    macro = contrast([a, b], [1.0, -1.0], strata, {"big": 0.5, "tiny": 0.5}, 0.05, paired=True)
+    big_only = contrast([a[:, :100], b[:, :100]], [1.0, -1.0], strata[:100], {"big": 0.5}, 0.05, paired=True)
+    assert big_only["pair_var"] > 0  # what the tiny slice added before: nothing beyond this
+    assert macro["pair_var"] > big_only["pair_var"] * 10  # weight 0.5 on ONE pair: most of the variance

@@ -197,36 +197,8 @@ def compare_arms(values: dict[str, tuple[list[int], np.ndarray]], strata: np.nda
     arm_estimates = {arm: contrast([x], [1.0], strata, weights, alpha, paired=False) for arm, (_, x) in values.items()}
     point = {arm: e["estimate"] for arm, e in arm_estimates.items()}
     best = max(point, key=point.get)
-    best_seeds, best_x = values[best]
-    w = pair_weights(strata, weights)
-    comparisons = []
-    for arm, (seeds, x) in values.items():
-        if arm == best:
-            continue
-        common = sorted(set(best_seeds) & set(seeds))
-        if len(common) >= 2:  # seed k of both arms: same data order, so compare seed by seed
-            a = best_x[[best_seeds.index(s) for s in common]]
-            b = x[[seeds.index(s) for s in common]]
-            result = contrast([a, b], [1.0, -1.0], strata, weights, alpha, paired=True)
-        else:
-            a, b = best_x, x
-            result = contrast([a, b], [1.0, -1.0], strata, weights, alpha, paired=False)
-        diff = result["estimate"]
-        comparison = {"arm": arm, "difference": diff, "se": result["se"], "df": result["df"],
-                      "ci_low": result["ci_low"], "ci_high": result["ci_high"], "paired": result["paired"],
-                      "seeds": result["seeds"], "seed_values": sorted(common) if result["paired"] else None,
-                      "p_improvement": probability_of_improvement(a @ w, b @ w),
-                      "equivalent": equivalent(result, select.equivalence_margin, alpha),
-                      "one_seed_var": result["one_seed_var"], "pair_var": result["pair_var"]}
-        if accuracy:
-            comparison["extra_pairs"] = diff * n_pairs
-            enough = diff * n_pairs >= select.min_extra_pairs - 1e-9  # diff is a float mean of counts
-        else:
-            enough = diff > select.min_margin_gain
-        comparison["replicated"] = result["seeds"] >= select.min_seeds
-        comparison["decisive"] = bool(comparison["replicated"] and result["ci_low"] > 0 and enough)
-        comparison["enough_gain"] = bool(enough)
-        comparisons.append(comparison)
+    comparisons = [versus(values, best, arm, strata, weights, select, accuracy=accuracy)
+                   for arm in values if arm != best]
     rivals = [c for c in comparisons if factor_of[c["arm"]] != factor_of[best]]
     too_few = sorted(arm for arm, (seeds, _) in values.items() if len(seeds) < select.min_seeds)
     if not rivals:
@@ -240,6 +212,43 @@ def compare_arms(values: dict[str, tuple[list[int], np.ndarray]], strata: np.nda
     return {"verdict": verdict, "decisive": verdict == "decisive", "best_arm": best, "point": point,
             "arm_estimates": arm_estimates, "comparisons": comparisons, "rivals": [c["arm"] for c in rivals],
             "too_few_seeds": too_few, "pairs": n_pairs}
+
+
+def versus(values: dict[str, tuple[list[int], np.ndarray]], best: str, arm: str, strata: np.ndarray, weights: dict,
+           select, *, accuracy: bool) -> dict:
+    """`best` against `arm` on the same pairs: seed by seed when they share 2+ seeds, else per arm."""
+    alpha = select.alpha
+    w = pair_weights(strata, weights)
+    best_seeds, best_x = values[best]
+    seeds, x = values[arm]
+    common = sorted(set(best_seeds) & set(seeds))
+    if len(common) >= 2:  # seed k of both arms: same data order, so compare seed by seed
+        a = best_x[[best_seeds.index(s) for s in common]]
+        b = x[[seeds.index(s) for s in common]]
+        result = contrast([a, b], [1.0, -1.0], strata, weights, alpha, paired=True)
+    else:
+        a, b = best_x, x
+        result = contrast([a, b], [1.0, -1.0], strata, weights, alpha, paired=False)
+    diff = result["estimate"]
+    comparison = {"arm": arm, "difference": diff, "se": result["se"], "df": result["df"],
+                  "ci_low": result["ci_low"], "ci_high": result["ci_high"], "paired": result["paired"],
+                  "seeds": result["seeds"], "seed_values": sorted(common) if result["paired"] else None,
+                  "p_improvement": probability_of_improvement(a @ w, b @ w),
+                  "p_improvement_pairs": len(a) * len(b),  # seed pairs behind it: with 3 v 3, steps of 1/9
+                  "equivalent": equivalent(result, select.equivalence_margin, alpha),
+                  "one_seed_var": result["one_seed_var"], "pair_var": result["pair_var"]}
+    if accuracy:
+        # a count under every weighting: how many more of the scope's pairs the best arm gets right, per seed
+        # (with slices weighted by size this is difference x pairs; under macro it is not)
+        extra = float(a.mean(axis=0).sum() - b.mean(axis=0).sum())
+        comparison["extra_pairs"] = extra
+        enough = extra >= select.min_extra_pairs - 1e-9  # a float mean of counts
+    else:
+        enough = diff > select.min_margin_gain
+    comparison["replicated"] = result["seeds"] >= select.min_seeds
+    comparison["decisive"] = bool(comparison["replicated"] and result["ci_low"] > 0 and enough)
+    comparison["enough_gain"] = bool(enough)
+    return comparison
 
 
 def decide(sweep: Sweep, select, scope: str | None, arms: list[dict]) -> dict:
@@ -293,6 +302,16 @@ def decide(sweep: Sweep, select, scope: str | None, arms: list[dict]) -> dict:
     same_factor = [info[c["arm"]] for c in result["comparisons"]
                    if factor_of[c["arm"]] == factor_of[best] and c["equivalent"]]
     recommended = _tie_break(sweep, select, info[best], same_factor)
+    if recommended["arm"] != best and result["decisive"]:
+        # the lower rank is recommended in the winner's place only if it, too, beats every rival decisively
+        accuracy = metric in ACCURACY_METRICS
+        beaten = [versus(values, recommended["arm"], r, strata, weights, select, accuracy=accuracy)
+                  for r in outcome["rivals"]]
+        if not all(c["decisive"] for c in beaten):
+            close = [c["arm"] for c in beaten if not c["decisive"]]
+            recommended = {"arm": best, "reason": f"{recommended['arm']} would be preferred (equivalent to {best}, "
+                           f"lower rank and training margins) but does not itself beat {', '.join(close)} "
+                           f"decisively: the best arm stays"}
     result["recommended_arm"], result["tie_break"] = recommended["arm"], recommended["reason"]
     result["explanation"] = _explain(result, select)
     return result
@@ -409,7 +428,7 @@ def _explain(result: dict, select) -> str:
             interval = f"no CI ({how}: the variance between seeds is unknown)"
         verdict = "beaten decisively" if c["decisive"] else "NOT beaten decisively"
         lines.append(f"vs {c['arm']} ({point[c['arm']]:.3f}): difference {c['difference']:+.3f}, {interval}{extra}, "
-                     f"P(better) {c['p_improvement']:.2f}: {verdict}.")
+                     f"P(better) {c['p_improvement']:.2f} over {c['p_improvement_pairs']} seed pairs: {verdict}.")
     same = [c["arm"] for c in result["comparisons"] if c["arm"] not in result["rivals"] and c["equivalent"]]
     if same:
         lines.append(f"{', '.join(same)} {'is' if len(same) == 1 else 'are'} equivalent to {best} within "

@@ -141,7 +141,9 @@ def build_blocks(sweep: Sweep, summary: dict, plots: dict[str, Path]) -> list[tu
                ("p", f"Difference = best arm − other arm, mean over seeds and pairs. {level} CI: seed by seed when "
                      f"both arms ran the same seeds (paired), else per arm (unpaired). Extra pairs = difference × "
                      f"held-out pairs in the scope. P(better) = share of (seed of best, seed of other) pairs in which "
-                     f"the best arm scores higher (descriptive). Equivalent = two one-sided tests within "
+                     f"the best arm scores higher: it describes the seeds that ran and is not a test (with 3 seeds "
+                     f"per arm it moves in steps of 1/9, and two arms of ONE recipe show 1.00 with probability 1/20). "
+                     f"Equivalent = two one-sided tests within "
                      f"±{fmt(margin) if margin else '—'}. Decisive = CI above 0 with {select['min_seeds']}+ seeds "
                      f"and the minimum gain met."),
                ("table", ["scope", "best arm", "vs arm", "difference", f"{level} CI", "seeds", "extra pairs",

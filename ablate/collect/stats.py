@@ -74,6 +74,12 @@ def pair_weights(strata: np.ndarray, stratum_weights: dict) -> np.ndarray:
     return w
 
 
+# A variance (in squared metric units) below this, relative to the estimate's square, is float rounding, not data.
+NO_VARIATION = 1e-20
+# A stratum with fewer pairs than this borrows the scope's pooled between-pair variance (see contrast).
+MIN_STRATUM_PAIRS = 3
+
+
 def contrast(arms: Sequence[np.ndarray], coefs: Sequence[float], strata: np.ndarray, stratum_weights: dict,
              alpha: float, paired: bool) -> dict:
     """Estimate and CI of sum_a c_a * (arm a's scope value, mean over its seeds); see the module doc.
@@ -100,20 +106,33 @@ def contrast(arms: Sequence[np.ndarray], coefs: Sequence[float], strata: np.ndar
         seed_var = sum(var / len(v) for var, v in zip(arm_vars, per_seed, strict=True))
         tables = list(zip(coefs, arms, strict=True))
     m = sum(c * x.mean(axis=0) for c, x in zip(coefs, arms, strict=True))  # (P,) per-pair contrast
+
+    def excess(members: np.ndarray) -> float:
+        """Between-pair variance of the contrast beyond the seed x pair interaction, on these pairs."""
+        between = float(m[members].var(ddof=1))
+        interaction = sum(c * c * _interaction_mean_square(x[:, members]) / len(x) for c, x in tables if len(x) > 1)
+        return max(between - interaction, 0.0)
+
     pair_var = 0.0
+    pooled = None  # the scope's pooled excess, for strata too small to estimate their own
     for stratum, weight in stratum_weights.items():
         members = strata == stratum
         size = int(members.sum())
-        if size < 2:  # a one-pair stratum has no estimable variance
+        if size < MIN_STRATUM_PAIRS:
+            # A stratum of a pair or two has no usable variance of its own, yet under macro weighting it may
+            # carry half the weight: skipping it made the CI too narrow. It borrows the pooled variance.
+            if pooled is None:
+                pooled = excess(np.ones(len(strata), bool)) if len(strata) > 2 else 0.0
+            pair_var += weight * weight * pooled / size
             continue
-        between = float(m[members].var(ddof=1))
-        interaction = sum(c * c * _interaction_mean_square(x[:, members]) / len(x) for c, x in tables if len(x) > 1)
-        pair_var += weight * weight * max(between - interaction, 0.0) / size
+        pair_var += weight * weight * excess(members) / size
     result = {"estimate": estimate, "se": math.nan, "df": math.nan, "ci_low": math.nan, "ci_high": math.nan,
               "seed_var": seed_var, "one_seed_var": one_seed_var, "pair_var": pair_var, "seeds": n_seeds,
               "paired": bool(paired)}
-    if not math.isfinite(seed_var) or seed_var + pair_var <= 0:
-        return result  # one seed (seed variance unknown) or no variation at all: no honest interval
+    if not math.isfinite(seed_var) or seed_var + pair_var <= NO_VARIATION * max(1.0, estimate * estimate):
+        # one seed (seed variance unknown), or no variation beyond float rounding (a perfectly separated
+        # comparison sums to 1e-30, not 0): no honest interval, never one like [0.9999999999999957, 1.00000000000001]
+        return result
     df = n_seeds - 1
     half = math.sqrt(t_quantile(1 - alpha / 2, df) ** 2 * seed_var + z_quantile(1 - alpha / 2) ** 2 * pair_var)
     return result | {"se": math.sqrt(seed_var + pair_var), "df": float(df), "ci_low": estimate - half,

@@ -32,7 +32,14 @@ import numpy as np
 import pandas as pd
 
 from ablate.collect.load import Sweep, read_jsonl, read_pairs
-from ablate.collect.stats import contrast, equivalent, pair_weights, probability_of_improvement, seeds_to_resolve
+from ablate.collect.stats import (
+    contrast,
+    equivalent,
+    pair_weights,
+    partly_paired_contrast,
+    probability_of_improvement,
+    seeds_to_resolve,
+)
 from ablate.sweepdir import layout
 
 PAIR_COLUMN = {
@@ -222,7 +229,11 @@ def versus(values: dict[str, tuple[list[int], np.ndarray]], best: str, arm: str,
     best_seeds, best_x = values[best]
     seeds, x = values[arm]
     common = sorted(set(best_seeds) & set(seeds))
-    if len(common) >= 2:  # seed k of both arms: same data order, so compare seed by seed
+    if len(common) >= 2 and len(common) < max(len(best_seeds), len(seeds)):
+        # some seeds shared, some not (an arm resumed or extended on its own): every seed counts
+        a, b = best_x, x
+        result = partly_paired_contrast(a, b, best_seeds, seeds, strata, weights, alpha)
+    elif len(common) >= 2:  # seed k of both arms: same data order, so compare seed by seed
         a = best_x[[best_seeds.index(s) for s in common]]
         b = x[[seeds.index(s) for s in common]]
         result = contrast([a, b], [1.0, -1.0], strata, weights, alpha, paired=True)
@@ -233,6 +244,7 @@ def versus(values: dict[str, tuple[list[int], np.ndarray]], best: str, arm: str,
     comparison = {"arm": arm, "difference": diff, "se": result["se"], "df": result["df"],
                   "ci_low": result["ci_low"], "ci_high": result["ci_high"], "paired": result["paired"],
                   "seeds": result["seeds"], "seed_values": sorted(common) if result["paired"] else None,
+                  "shared_seeds": len(common),
                   "p_improvement": probability_of_improvement(a @ w, b @ w),
                   "p_improvement_pairs": len(a) * len(b),  # seed pairs behind it: with 3 v 3, steps of 1/9
                   "equivalent": equivalent(result, select.equivalence_margin, alpha),
@@ -421,7 +433,9 @@ def _explain(result: dict, select) -> str:
         if c["arm"] not in result["rivals"]:
             continue
         extra = f", {c['extra_pairs']:+.1f} pairs" if "extra_pairs" in c else ""
-        how = f"seed by seed over {c['seeds']} seeds" if c["paired"] else f"{c['seeds']}+ seeds per arm, unpaired"
+        how = (f"seed by seed over {c['seeds']} seeds" if c["paired"]
+               else f"{c['seeds']}+ seeds per arm, {c['shared_seeds']} shared" if c.get("shared_seeds", 0) >= 2
+               else f"{c['seeds']}+ seeds per arm, unpaired")
         if math.isfinite(c["ci_low"]):
             interval = f"{level} CI [{c['ci_low']:+.3f}, {c['ci_high']:+.3f}] ({how})"
         else:

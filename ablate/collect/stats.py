@@ -106,6 +106,44 @@ def contrast(arms: Sequence[np.ndarray], coefs: Sequence[float], strata: np.ndar
         seed_var = sum(var / len(v) for var, v in zip(arm_vars, per_seed, strict=True))
         tables = list(zip(coefs, arms, strict=True))
     m = sum(c * x.mean(axis=0) for c, x in zip(coefs, arms, strict=True))  # (P,) per-pair contrast
+    pair_var = _pair_variance(m, tables, strata, stratum_weights)
+    result = {"estimate": estimate, "se": math.nan, "df": math.nan, "ci_low": math.nan, "ci_high": math.nan,
+              "seed_var": seed_var, "one_seed_var": one_seed_var, "pair_var": pair_var, "seeds": n_seeds,
+              "paired": bool(paired)}
+    return _with_interval(result, alpha)
+
+
+def partly_paired_contrast(a: np.ndarray, b: np.ndarray, seeds_a: list[int], seeds_b: list[int], strata: np.ndarray,
+                           stratum_weights: dict, alpha: float) -> dict:
+    """A − B when the arms share some seeds but not all (an arm resumed or extended on its own): every seed
+    counts, not only the shared ones.
+
+    With per-seed scope values a_k, b_k, the seed part of the variance of mean(a) − mean(b) is
+    s_A²/n_A + s_B²/n_B − 2 c s_AB / (n_A n_B): c shared seeds, s_AB their covariance (seed k of both arms
+    shares its data order). It is the paired variance when every seed is shared and Welch's when none
+    is. t on min(n_A, n_B) − 1 df; the pair part is the unpaired one (each arm's seed x pair interaction
+    within its own table). Calibration: tests/test_calibration.py (partial overlap).
+    """
+    w = pair_weights(strata, stratum_weights)
+    va, vb = a @ w, b @ w
+    common = sorted(set(seeds_a) & set(seeds_b))
+    na, nb, c = len(va), len(vb), len(common)
+    var_a = float(va.var(ddof=1)) if na > 1 else math.nan
+    var_b = float(vb.var(ddof=1)) if nb > 1 else math.nan
+    cov = 0.0
+    if c >= 2:
+        cov = float(np.cov(va[[seeds_a.index(s) for s in common]], vb[[seeds_b.index(s) for s in common]])[0, 1])
+    seed_var = max(var_a / na + var_b / nb - 2 * c * cov / (na * nb), 0.0)
+    m = a.mean(axis=0) - b.mean(axis=0)
+    pair_var = _pair_variance(m, [(1.0, a), (-1.0, b)], strata, stratum_weights)
+    result = {"estimate": float(va.mean() - vb.mean()), "se": math.nan, "df": math.nan, "ci_low": math.nan,
+              "ci_high": math.nan, "seed_var": seed_var, "one_seed_var": max(var_a + var_b - 2 * cov, 0.0),
+              "pair_var": pair_var, "seeds": min(na, nb), "paired": False, "shared_seeds": c}
+    return _with_interval(result, alpha)
+
+
+def _pair_variance(m: np.ndarray, tables: list, strata: np.ndarray, stratum_weights: dict) -> float:
+    """The pair part B of a contrast whose per-pair values are `m`, less the seed x pair interaction of `tables`."""
 
     def excess(members: np.ndarray) -> float:
         """Between-pair variance of the contrast beyond the seed x pair interaction, on these pairs."""
@@ -126,9 +164,12 @@ def contrast(arms: Sequence[np.ndarray], coefs: Sequence[float], strata: np.ndar
             pair_var += weight * weight * pooled / size
             continue
         pair_var += weight * weight * excess(members) / size
-    result = {"estimate": estimate, "se": math.nan, "df": math.nan, "ci_low": math.nan, "ci_high": math.nan,
-              "seed_var": seed_var, "one_seed_var": one_seed_var, "pair_var": pair_var, "seeds": n_seeds,
-              "paired": bool(paired)}
+    return pair_var
+
+
+def _with_interval(result: dict, alpha: float) -> dict:
+    """The CI estimate ± sqrt(t(n−1)² seed part + z² pair part), when there is an honest one."""
+    estimate, seed_var, pair_var, n_seeds = result["estimate"], result["seed_var"], result["pair_var"], result["seeds"]
     if not math.isfinite(seed_var) or seed_var + pair_var <= NO_VARIATION * max(1.0, estimate * estimate):
         # one seed (seed variance unknown), or no variation beyond float rounding (a perfectly separated
         # comparison sums to 1e-30, not 0): no honest interval, never one like [0.9999999999999957, 1.00000000000001]

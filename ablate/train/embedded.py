@@ -26,6 +26,7 @@ claim about which objective is better.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -146,8 +147,14 @@ def weights_tag(model_cfg) -> str:
     `warmed-up` (on this machine). Part of the cache folder's key and of the reference log-probs' key, so a
     cache or a sweep's shared/ files made from a locally warmed-up model are never taken for the shipped one."""
     if _model_key(model_cfg) == SHIPPED_KEY and SHIPPED_WEIGHTS.exists():
-        return "shipped-" + hashlib.sha256(SHIPPED_WEIGHTS.read_bytes()).hexdigest()[:16]
+        return "shipped-" + _shipped_digest()
     return "warmed-up"
+
+
+@functools.cache
+def _shipped_digest() -> str:
+    """The shipped file's hash, read once per process (every cell asks for it several times)."""
+    return hashlib.sha256(SHIPPED_WEIGHTS.read_bytes()).hexdigest()[:16]
 
 
 def embedded_model_dir(model_cfg) -> Path:

@@ -4,6 +4,7 @@
     ablate resubmit <sweep_dir> [--failed] [--cells ID ...] [--force]   submit again what did not finish (SLURM)
     ablate cancel   <sweep_dir>                         scancel every queued or running job of the sweep
     ablate collect  <sweep_dir> [key=value ...]         decision, statistics and report (conf/select overrides)
+    ablate confirm  <sweep_dir> [--seeds N] [--print]   a tuned sweep's selected settings on fresh seeds
     ablate wandb-report <sweep_dir> [--sync] [--new]    publish the W&B Report (after `wandb sync`, or --sync)
 """
 
@@ -114,11 +115,35 @@ def _cancel(args) -> int:
 
 
 def _collect(args) -> int:
+    from omegaconf import OmegaConf
+
     from ablate.collect import collect, describe
     from ablate.config import select_config
+    from ablate.sweepdir.ledger import read_ledger
 
-    print(describe(collect(args.sweep_dir, select_config(args.overrides), plots=not args.no_plots)))
+    # the rule starts from the sweep's primary test (its first collection's), so a plain `ablate collect` is a
+    # look of that test; an override that changes it makes this collection exploratory
+    entries, _ = read_ledger(args.sweep_dir)
+    primary = entries[0].get("select") if entries else None
+    base = OmegaConf.create(primary) if isinstance(primary, dict) else None
+    print(describe(collect(args.sweep_dir, select_config(args.overrides, base=base), plots=not args.no_plots)))
     return 0
+
+
+def _confirm(args) -> int:
+    from ablate.sweep.confirm import ConfirmError, confirm_plan
+
+    try:
+        plan = confirm_plan(args.sweep_dir, args.seeds, dict(g.split("=", 1) for g in args.group or []))
+    except ConfirmError as error:
+        print(f"ablate confirm: {error}", file=sys.stderr)
+        return 2
+    picks = "; ".join(f"{o}: {' '.join(f'{k}={v}' for k, v in s.items())}" for o, s in plan["settings"].items())
+    print(f"confirming {picks} on fresh seeds {','.join(map(str, plan['seeds']))} in {plan['dir']}:\n"
+          f"  {plan['command']}")
+    if args.print:
+        return 0
+    return subprocess.run([sys.executable, "-m", "ablate", *plan["argv"]], check=False).returncode
 
 
 def _wandb_report(args) -> int:
@@ -177,6 +202,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("overrides", nargs="*", help="decision-rule overrides (conf/select/default.yaml), e.g. slice=clean")
     p.add_argument("--no-plots", action="store_true", help="summary.json and cells.csv only")
     p.set_defaults(func=_collect)
+
+    p = sub.add_parser("confirm", help="retrain a tuned sweep's selected settings on fresh seeds (the decisive stage)")
+    p.add_argument("sweep_dir")
+    p.add_argument("--seeds", type=int, help="fresh seeds per objective (default: as many as the tuning sweep ran)")
+    p.add_argument("--group", nargs="+", metavar="KEY=VALUE", help="which group's selection, when there are several")
+    p.add_argument("--print", action="store_true", help="print the command instead of running it")
+    p.set_defaults(func=_confirm)
 
     p = sub.add_parser("wandb-report", help="publish the sweep's W&B Report from report/wandb_report.json")
     p.add_argument("sweep_dir")

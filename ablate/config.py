@@ -194,6 +194,7 @@ class SelectConfig:
     length_imbalance: float = 0.2
     collapse_gap: float = 0.2  # a seed this far below its arm's median (decision metric) counts as collapsed
     failed_cells: str = "undetermined"  # undetermined | worst: what a failed seed of a compared arm does
+    max_seeds: int = 6  # the seeds per arm over which the primary test spends alpha across looks
 
 
 SELECT_DEFAULTS = CONF_DIR / "select" / "default.yaml"

@@ -156,9 +156,11 @@ def test_selection_finds_the_known_best_setting_and_decides_on_test_pairs(tmp_pa
     means = {r["setting"]["objective.beta"]: r["mean"] for r in selection["dpo"]["table"]}
     assert means == pytest.approx({"0.05": 20 / 40, "0.1": 26 / 40, "0.3": 32 / 40})  # validation pairs only
     tuned, defaults = group["tuned"]["all"], group["at_defaults"]["all"]
-    assert tuned["verdict"] == "decisive" and tuned["winner"] == "dpo"
+    # selected on these runs: the rule's conditions hold, but the claim is exploratory (confirmed by `ablate confirm`)
+    assert tuned["verdict"] == "exploratory" and tuned["lead"] == "dpo" and tuned["winner"] is None
+    assert not tuned["decisive"] and "ablate confirm" in tuned["exploratory"]
     assert tuned["point"]["objective=dpo objective.beta=0.3"] == pytest.approx(50 / 60)  # test pairs only
-    assert defaults["verdict"] == "decisive" and defaults["winner"] == "simpo"
+    assert defaults["verdict"] == "exploratory" and defaults["lead"] == "simpo"
     assert defaults["point"]["objective=simpo objective.beta=2"] == pytest.approx(45 / 60)
     # 0.3 is the largest beta searched for DPO: the optimum may lie above it; SimPO's 5 is inside its space
     assert tuning["warnings"] == ["dpo: objective.beta = 0.3 is the largest value searched (0.05, 0.1, 0.3); "
@@ -208,7 +210,7 @@ def test_a_setting_without_finished_seeds_leaves_the_tuned_verdict_undetermined(
     group = tuning["groups"][0]
     assert group["tuned"]["all"]["verdict"] == "undetermined"
     assert any("simpo: no usable finished seeds in 1 of 3 settings" in r for r in group["tuned"]["all"]["reasons"])
-    assert group["at_defaults"]["all"]["winner"] == "simpo"  # the default arms are all there
+    assert group["at_defaults"]["all"]["lead"] == "simpo"  # the default arms are all there
 
 
 def test_a_sweep_without_a_split_says_so(tmp_path):
@@ -233,8 +235,9 @@ def test_report_shows_selection_both_decisions_split_sizes_edges_and_sensitivity
         in section
     assert "The test pairs played no part in selection" in section
     assert "| dpo | objective.beta=0.3 | objective.beta=0.1 | 0.800 ± 0.025 (3 seeds) |" in section
-    assert "Tuned, on test pairs: decisive: dpo" in section
-    assert "| all pairs | decisive: dpo;" in section and "| decisive: simpo;" in section
+    lead = "exploratory lead {} (confirm it on fresh seeds: ablate confirm)"
+    assert f"Tuned, on test pairs: {lead.format('dpo')}" in section
+    assert f"| all pairs | {lead.format('dpo')};" in section and f"| {lead.format('simpo')};" in section
     assert "objective.beta = 0.3 is the largest value searched" in section
     assert (sweep_dir / "report" / "plots" / "sensitivity.png").stat().st_size > 10_000
     assert "Sensitivity: validation avglogp_accuracy" in (sweep_dir / "report" / "report.html").read_text()
@@ -266,7 +269,7 @@ def test_a_damaged_tuned_sweep_is_reported_never_a_crash(tmp_path, damage):
     elif damage == "truncated parquet":  # a setting of one objective lacks evidence: its best is not known
         assert summary["tuning"]["groups"][0]["tuned"]["all"]["verdict"] == "undetermined"
     else:  # the split is the sweep's: the other cells record it, this cell's pairs are the same pairs
-        assert summary["tuning"]["groups"][0]["tuned"]["all"]["winner"] == "dpo"
+        assert summary["tuning"]["groups"][0]["tuned"]["all"]["lead"] == "dpo"
 
 
 # --------------------------------------------------------------------------------- end to end
@@ -298,3 +301,24 @@ def test_a_shrunken_fair_sweep_end_to_end(repo_root, tmp_path):
     assert "tuned (all test pairs)" in proc.stdout + proc.stderr
     assert not [p for p in summary["problems"] if "internal error" in p["problem"]], summary["problems"]
     assert "## Tuned comparison" in (sweep_dir / "report" / "report.md").read_text()
+    # a tuning sweep claims nothing: its verdicts are exploratory until confirmed on fresh seeds
+    assert summary["decisive"] is False and summary["decision"]["exploratory"].startswith("a tuning sweep")
+    assert group["tuned"]["all"]["decisive"] is False
+
+    # the confirmation stage: the selected settings, 3 fresh seeds, through `ablate confirm`
+    confirm = subprocess.run([sys.executable, "-m", "ablate.cli", "confirm", str(sweep_dir), "--seeds", "3"],
+                             cwd=repo_root, env=os.environ.copy(), capture_output=True, text=True, timeout=600)
+    assert confirm.returncode == 0, confirm.stdout[-3000:] + confirm.stderr[-3000:]
+    confirm_dir = sweep_dir.with_name("sweep_confirm")
+    picked = {o: e["selected"] for o, e in group["selection"].items()}
+    assert f"on fresh seeds 1,2,3 in {confirm_dir}" in confirm.stdout
+    record = json.loads((confirm_dir / "tuning.json").read_text())
+    assert record["confirms"] == str(sweep_dir.resolve())
+    assert record["spaces"] == {o: {k: [v] for k, v in s.items()} for o, s in picked.items()}
+    assert record["budget"]["dpo"] == {"settings": 1, "seeds": 3, "cells": 3}
+    confirmed = json.loads((confirm_dir / "report" / "summary.json").read_text())
+    assert "tuning" not in confirmed  # nothing left to select
+    assert confirmed["decision"]["exploratory"] is None and confirmed["decision"]["look"]["look"] == 1
+    assert confirmed["explanation"].startswith(f"Confirmation of {sweep_dir.resolve()}")
+    assert confirmed["decision"]["pairs"] == 32 - 12  # the test pairs only
+    assert sorted(a["seeds"] == [1, 2, 3] for a in confirmed["arms"]) == [True, True]

@@ -95,7 +95,8 @@ def test_report_is_built_offline_with_curves_grouped_by_arm(summary, monkeypatch
     slice_metrics = [grid.panels[0].metrics for grid in cell_grids[2:]]
     assert slice_metrics == [["heldout/clean/avglogp_accuracy"], ["heldout/verbose_rejected/avglogp_accuracy"]]
     headings = [block.text for block in report.blocks if isinstance(block, wr.H3)]
-    assert headings == ["Slice clean: no decisive winner", "Slice verbose_rejected: decisive winner dpo"]
+    assert headings == ["Slice clean: no decisive winner",
+                        "Slice verbose_rejected: exploratory lead dpo (not a decisive claim)"]
     (collector,) = collector_grid.runsets
     assert collector.filters == "ID = 'c0ffee'"
     *tables, media = collector_grid.panels

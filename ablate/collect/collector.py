@@ -12,7 +12,7 @@ from types import SimpleNamespace
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
-from ablate.collect.decide import FAILED_CELLS, PAIR_COLUMN, arm_stats, confidence, decide
+from ablate.collect.decide import FAILED_CELLS, PAIR_COLUMN, arm_stats, confidence, decide, evidence, scope_label
 from ablate.collect.diagnostics import (
     chosen_shift,
     data_checks,
@@ -24,10 +24,13 @@ from ablate.collect.diagnostics import (
 )
 from ablate.collect.load import Sweep, load_sweep
 from ablate.collect.plan import add_seeds_command
-from ablate.collect.tuning import read_tuning, tuned_comparison, tuned_line
+from ablate.collect.sequential import ledger_entry, look_line, plan_look
+from ablate.collect.tuning import EXPLORATORY as EXPLORATORY_TUNING
+from ablate.collect.tuning import read_tuning, test_pairs, tuned_comparison, tuned_line
 from ablate.config import select_config
 from ablate.sweepdir import layout
 from ablate.sweepdir.atomic import atomic_write_bytes, atomic_write_json, replace_dir
+from ablate.sweepdir.ledger import append_entry, read_ledger
 from ablate.verdicts import verdict_phrase
 
 # report/ is replaced whole at every collection, but the published W&B Report's id must survive it,
@@ -74,15 +77,34 @@ def summarise(sweep: Sweep, select: DictConfig) -> dict:
     select = SimpleNamespace(**OmegaConf.to_container(select, resolve=True))
     arms = arm_stats(sweep)
     slices = sweep.slices
-    headline = decide(sweep, select, select.slice, arms)
-    # every other scope too, so a report decided on one slice still says what happens elsewhere
+    tuning = read_tuning(sweep)  # a tuned sweep: selection on validation pairs, decision on test pairs
+    ev = evidence(sweep, select.metric, select.failed_cells)
+    confirms = (tuning or {}).get("confirms")
+    # a confirmation stage decides on its test pairs only; a tuning sweep (selection on its own runs) claims nothing
+    pairs = test_pairs(sweep, ev["pair_ids"]) if confirms and ev["pair_ids"] is not None else None
+    look = plan_look(*read_ledger(sweep.sweep_dir), select, {arm: seeds for arm, (seeds, _) in ev["values"].items()})
+    if tuning and not confirms and not look["exploratory"]:
+        look["exploratory"] = EXPLORATORY_TUNING
+    if look["exploratory"]:
+        headline = decide(sweep, select, select.slice, arms, exploratory=look["exploratory"], pairs=pairs)
+    else:  # the primary test, at the level this look may spend
+        at_look = SimpleNamespace(**(vars(select) | {"alpha": look["nominal_alpha"]}))
+        headline = decide(sweep, at_look, select.slice, arms, alpha_at=look["alpha_at"], plan_limit=select.max_seeds,
+                          pairs=pairs)
+    headline["look"] = {key: value for key, value in look.items() if key != "alpha_at"}
+    stage = (f"Confirmation of {confirms}: its selected settings on fresh seeds, decided on the test pairs only. "
+             if confirms else "")
+    headline["explanation"] = f"{stage}{look_line(look, headline)} {headline['explanation']}"
+    # every other scope too, so a report decided on one slice still says what happens elsewhere: exploratory,
+    # since the primary test (and its alpha) is the one scope declared in advance
     scopes = ([None] if select.slice is not None else []) + [s for s in slices if s != select.slice]
-    per_slice = {s or "all": decide(sweep, select, s, arms) for s in scopes}
+    secondary = f"a secondary scope (the primary test is on {scope_label(select.slice)})"
+    per_slice = {s or "all": decide(sweep, select, s, arms, exploratory=secondary, pairs=pairs) for s in scopes}
     plan = headline.get("seeds_needed")
     if plan and plan.get("seeds"):
         plan["command"] = add_seeds_command(sweep, plan["seeds"])
     counts = sweep.cells.state.value_counts().to_dict()
-    tuning = read_tuning(sweep)  # a tuned sweep: selection on validation pairs, decision on test pairs
+    tuning = tuning if tuning and not confirms else None  # a confirmation stage has nothing left to select
     return {
         "sweep_dir": str(sweep.sweep_dir),
         "collected_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -167,6 +189,10 @@ def collect(sweep_dir: str | Path, select: DictConfig | None = None, *, plots: b
         replace_dir(staging, sweep_dir / layout.REPORT)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+    # the report now shows this verdict: the ledger remembers it (the next collection's look depends on it)
+    decision = summary["decision"]
+    append_entry(sweep_dir, ledger_entry(decision["look"], select, decision, summary["collected_at"],
+                                         summary["select"]))
     from ablate.review.collector_run import review_in_wandb
 
     review_in_wandb(sweep_dir, summary)  # W&B collector run + Report when the cells used logger=wandb; never raises
@@ -179,7 +205,7 @@ def describe(summary: dict) -> str:
     for group in (summary.get("tuning") or {}).get("groups", []):
         lines.append(tuned_line(group, summary["decision"]["scope"]))
     for scope, decision in summary["slices"].items():
-        lines.append(f"  slice {scope}: {verdict_phrase(decision)} (best arm {decision.get('best_arm')})")
+        lines.append(f"  slice {scope} (exploratory): {verdict_phrase(decision)} (best arm {decision.get('best_arm')})")
     exclusion = exclusion_line(summary["diagnostics"].get("seed_outcomes", []), confidence(summary["select"]["alpha"]))
     if exclusion:
         lines.append(f"  {exclusion}")

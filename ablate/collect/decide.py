@@ -54,14 +54,19 @@ UNFINISHED = ("pending", "running", "preempted", "missing", "unknown")
 FAILED_CELLS = ("undetermined", "worst")  # select.failed_cells
 
 
+def scope_label(scope: str | None) -> str:
+    names = {None: "all pairs", "all": "all pairs", "macro": "macro (slices weigh the same)"}
+    return names.get(scope, f"{scope} pairs")
+
+
 def metric_key(metric: str, scope: str | None) -> str:
     """The metrics.json key of a metric in a scope (None: all pairs). 'macro' has no single key."""
     return f"heldout/{metric}" if scope in (None, "all", "macro") else f"heldout/{scope}/{metric}"
 
 
 def confidence(alpha: float) -> str:
-    """'95%' for alpha 0.05, '99.5%' for 0.005: every label follows the configured alpha."""
-    return f"{100 * (1 - alpha):.10g}%"
+    """'95%' for alpha 0.05, '99.5%' for 0.005, '96.9%' at a look tested at 0.031: labels follow the level used."""
+    return f"{100 * (1 - alpha):.4g}%"
 
 
 def arm_stats(sweep: Sweep) -> list[dict]:
@@ -263,12 +268,21 @@ def versus(values: dict[str, tuple[list[int], np.ndarray]], best: str, arm: str,
     return comparison
 
 
-def decide(sweep: Sweep, select, scope: str | None, arms: list[dict]) -> dict:
-    """The decision for one scope: all pairs (None), one slice, or 'macro' (slices weigh the same)."""
+def decide(sweep: Sweep, select, scope: str | None, arms: list[dict], *, exploratory: str | None = None,
+           alpha_at=None, plan_limit: int = 100, pairs: np.ndarray | None = None) -> dict:
+    """The decision for one scope: all pairs (None), one slice, or 'macro' (slices weigh the same).
+
+    `exploratory`: why this decision may not claim anything (another scope or metric than the sweep's
+    primary test, or a test whose alpha is spent; ablate.collect.sequential): where the rule's conditions
+    hold, the verdict is "exploratory" with a `lead`, never "decisive". `alpha_at(n)`: the level a next
+    look at n seeds per arm would get, for seed planning up to `plan_limit` seeds (default: select.alpha).
+    `pairs`: a mask of the reference held-out pairs to decide on (a confirmation stage's test pairs); None: all.
+    """
     metric = select.metric
     factor = select.factor if select.factor in sweep.axes else None
     info = {a["arm"]: a for a in arms}
     result = {"scope": scope or "all", "metric": metric, "factor": factor, "verdict": "undetermined",
+              "alpha_used": select.alpha,
               "winner": None, "decisive": False, "best_arm": None, "comparisons": [], "point": {},
               "arm_estimates": {}, "reasons": [], "seeds_needed": None}
     ev = evidence(sweep, metric, select.failed_cells)
@@ -291,7 +305,11 @@ def decide(sweep: Sweep, select, scope: str | None, arms: list[dict]) -> dict:
         result["explanation"] = "No arm has a finished seed with readable held-out pairs: nothing to compare."
         return result
 
-    mask, strata, weights = scope_strata(ev["slices"], scope)
+    slices = ev["slices"]
+    if pairs is not None:  # a confirmation stage: the validation pairs chose its settings, the test pairs decide
+        values = {arm: (seeds, x[:, pairs]) for arm, (seeds, x) in values.items()}
+        slices = slices[pairs]
+    mask, strata, weights = scope_strata(slices, scope)
     if not mask.any():  # a slice named in some metrics.json but absent from the per-pair files
         result["reasons"].append(f"no held-out pairs of slice {scope!r} in the per-pair files")
         result["explanation"] = f"Undetermined: {result['reasons'][-1]}."
@@ -310,11 +328,16 @@ def decide(sweep: Sweep, select, scope: str | None, arms: list[dict]) -> dict:
         result["verdict"], result["decisive"] = "undetermined", False
     best = outcome["best_arm"]
     result["winner"] = factor_of[best] if result["decisive"] else None
-    result["seeds_needed"] = _seeds_needed(result, select)
+    result["exploratory"] = exploratory
+    if exploratory and result["decisive"]:
+        result["verdict"], result["decisive"], result["lead"], result["winner"] = ("exploratory", False,
+                                                                                   result["winner"], None)
+    result["seeds_needed"] = (None if exploratory else
+                              seeds_needed(result, select, alpha_at=alpha_at, limit=plan_limit))
     same_factor = [info[c["arm"]] for c in result["comparisons"]
                    if factor_of[c["arm"]] == factor_of[best] and c["equivalent"]]
     recommended = _tie_break(sweep, select, info[best], same_factor)
-    if recommended["arm"] != best and result["decisive"]:
+    if recommended["arm"] != best and result["verdict"] in ("decisive", "exploratory"):
         # the lower rank is recommended in the winner's place only if it, too, beats every rival decisively
         accuracy = metric in ACCURACY_METRICS
         beaten = [versus(values, recommended["arm"], r, strata, weights, select, accuracy=accuracy)
@@ -358,11 +381,12 @@ def rerun_command(sweep: Sweep) -> str:
     return add_seeds_command(sweep, len(set(int(s) for s in seeds)))
 
 
-def _seeds_needed(result: dict, select) -> dict | None:
+def seeds_needed(result: dict, select, *, alpha_at=None, limit: int = 100) -> dict | None:
     """How many seeds per arm would settle what the evidence has not: {"seeds": n or None, "current", "why"}.
 
     Planned from the observed seed-to-seed spread of each unresolved comparison, for its observed
-    difference (or select.min_effect) at select.alpha and select.power. None when the decision is
+    difference (or select.min_effect) at select.power and the level a look at that many seeds would
+    get (`alpha_at(n)`; select.alpha without one), up to `limit` seeds. None when the decision is
     decisive or blocked by missing evidence (no number of seeds fixes an unreadable file).
     """
     if result["verdict"] == "decisive" or any(r.startswith(("evidence missing", "no finished"))
@@ -380,11 +404,13 @@ def _seeds_needed(result: dict, select) -> dict | None:
                        f"would not make it decisive")
             continue
         effect = select.min_effect or abs(c["difference"])
-        n = seeds_to_resolve(effect, c["one_seed_var"], c["pair_var"], select.alpha, select.power,
-                             start=c["seeds"] + 1)
+        n = seeds_to_resolve(effect, c["one_seed_var"], c["pair_var"], alpha_at or select.alpha, select.power,
+                             start=c["seeds"] + 1, limit=limit)
         plans.append(n)
-        why.append(f"vs {c['arm']}: {'more than 100' if n is None else n} seeds for a {select.power:.0%} chance to "
-                   f"resolve a difference of {effect:.3g} at alpha {select.alpha:g}")
+        level = (f"the level a look at {n} seeds gets ({alpha_at(n):.3g})" if alpha_at and n
+                 else f"alpha {select.alpha:g}")
+        why.append(f"vs {c['arm']}: {f'more than {limit}' if n is None else n} seeds for a {select.power:.0%} chance "
+                   f"to resolve a difference of {effect:.3g} at {level}")
     if current < select.min_seeds:
         seeds = max([select.min_seeds, *[n for n in plans if n]])
     elif plans and all(n is not None for n in plans):
@@ -450,13 +476,17 @@ def _explain(result: dict, select) -> str:
     if result["verdict"] == "decisive":
         lines.append(f"Decisive winner: {result['factor'] or 'arm'} = {result['winner']} (every rival's CI excludes 0 "
                      f"with {select.min_seeds}+ seeds and the gain meets the minimum).")
-        if select.failed_cells == "worst" and result["failed_arms"]:
-            lines.append(f"Failed seeds of {', '.join(result['failed_arms'])} counted as the worst outcome "
-                         "(select.failed_cells=worst).")
+    elif result["verdict"] == "exploratory":
+        lines.append(f"Exploratory lead: {result['factor'] or 'arm'} = {result['lead']} (every rival's {level} CI "
+                     f"excludes 0, but this is {result['exploratory']}: not a decisive claim).")
     elif result["verdict"] == "undetermined":
         lines.append("Undetermined: " + "; ".join(result["reasons"]) + ".")
     else:
-        lines.append("No decisive winner: at least one rival is within noise or below the minimum gain.")
+        lines.append("No decisive winner: at least one rival is within noise or below the minimum gain"
+                     + (f" (and this is {result['exploratory']})." if result.get("exploratory") else "."))
+    if result["verdict"] in ("decisive", "exploratory") and select.failed_cells == "worst" and result["failed_arms"]:
+        lines.append(f"Failed seeds of {', '.join(result['failed_arms'])} counted as the worst outcome "
+                     "(select.failed_cells=worst).")
     plan = result.get("seeds_needed")
     if plan and plan["seeds"]:
         lines.append(f"Run {plan['seeds']} seeds per arm (now {plan['current']}) to settle it.")

@@ -20,7 +20,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
-from ablate.collect.decide import confidence, metric_key
+from ablate.collect.decide import confidence, metric_key, scope_label
 from ablate.collect.load import Sweep, read_jsonl
 from ablate.collect.stats import seed_summary
 from ablate.sweepdir import layout
@@ -53,11 +53,6 @@ def short_labels(arms: list[str]) -> dict[str, str]:
 
 def metric_label(metric: str) -> str:
     return f"held-out {metric} ({UNITS.get(metric, 'value')})"
-
-
-def scope_label(scope: str | None) -> str:
-    names = {None: "all pairs", "all": "all pairs", "macro": "macro (slices weigh the same)"}
-    return names.get(scope, f"{scope} pairs")
 
 
 def decisions_by_scope(summary: dict) -> dict[str, dict]:

@@ -16,10 +16,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from ablate.collect.decide import confidence
+from ablate.collect.decide import confidence, scope_label
 from ablate.collect.diagnostics import exclusion_line
 from ablate.collect.load import Sweep
-from ablate.collect.plots import all_plots, arm_seed_stats, decisions_by_scope, scope_label, slice_names
+from ablate.collect.plots import all_plots, arm_seed_stats, decisions_by_scope, slice_names
 from ablate.sweepdir.atomic import atomic_write_text
 from ablate.verdicts import verdict_of
 
@@ -87,14 +87,20 @@ def build_blocks(sweep: Sweep, summary: dict, plots: dict[str, Path]) -> list[tu
               f"held-out pairs, with {level} CIs that count the variance between training runs and between held-out "
               f"pairs. Decisive = every rival's CI above 0, at least {select['min_seeds']} seeds behind each "
               f"comparison, and a gain of at least {select['min_extra_pairs']} held-out pairs (accuracy) or "
-              f"{select['min_margin_gain']} (margins). Change it without retraining: "
-              f"ablate collect <sweep_dir> metric=... slice=... alpha=..."),
+              f"{select['min_margin_gain']} (margins). This is the sweep's primary test, fixed at its first "
+              f"collection; each collection on more seeds is a new look that spends part of alpha (Pocock-type "
+              f"spending up to {select.get('max_seeds')} seeds per arm), so the CIs of the decision are wider than "
+              f"{level}. Every other scope, metric or rule is exploratory: "
+              f"ablate collect <sweep_dir> metric=... slice=... shows it, never as a decisive winner."),
         ("h2", "Decision"),
     ]
     verdict = verdict_of(summary)
     if verdict == "decisive":
         blocks.append(("callout", f"Winner: {decision.get('factor') or 'arm'} = {summary['winner']} (decisive)",
                        True))
+    elif verdict == "exploratory":
+        blocks.append(("callout", f"Exploratory lead: {decision.get('factor') or 'arm'} = {decision.get('lead')} "
+                                  f"({decision.get('exploratory')}; not a decisive claim)", False))
     elif verdict == "undetermined":
         blocks.append(("callout", "Undetermined: " + "; ".join(decision.get("reasons", [])), False))
     else:
@@ -110,6 +116,7 @@ def build_blocks(sweep: Sweep, summary: dict, plots: dict[str, Path]) -> list[tu
     if decision.get("recommended_arm") and decision["recommended_arm"] != decision.get("best_arm"):
         blocks.append(("p", f"Recommended arm after the tie-break: {decision['recommended_arm']}."))
 
+    blocks += _looks(decision.get("look"), verdict)
     decisions = decisions_by_scope(summary)
     verdicts = [_scope_verdict(scope, d, scope == headline) for scope, d in decisions.items()]
     blocks += [("h2", "Decision per scope: all pairs and each held-out slice"), ("list", verdicts)]
@@ -131,14 +138,16 @@ def build_blocks(sweep: Sweep, summary: dict, plots: dict[str, Path]) -> list[tu
                      f"held-out pairs (none with one seed: the variance between training runs is unknown)."),
                ("table", headers, rows, [])]
 
-    rows = [[scope_label(s), d.get("best_arm", "—"), c["arm"], f"{c['difference']:+.3f}", ci(c["ci_low"], c["ci_high"]),
+    rows = [[scope_label(s), d.get("best_arm", "—"), c["arm"], f"{c['difference']:+.3f}",
+             f"{ci(c['ci_low'], c['ci_high'])} ({confidence(d.get('alpha_used', select['alpha']))})",
              f"{c['seeds']} ({'paired' if c['paired'] else 'unpaired'})", fmt(c.get("extra_pairs"), 1),
              fmt(c.get("p_improvement"), 2), {True: "yes", False: "no", None: "—"}[c.get("equivalent")],
              "yes" if c["decisive"] else "no"]
             for s, d in decisions.items() for c in d.get("comparisons", [])]
     margin = select.get("equivalence_margin")
     blocks += [("h2", "Pairwise comparisons (best arm vs each other arm, same held-out pairs)"),
-               ("p", f"Difference = best arm − other arm, mean over seeds and pairs. {level} CI: seed by seed when "
+               ("p", f"Difference = best arm − other arm, mean over seeds and pairs. CI (at the decision's level: "
+                     f"the look's for the primary test, {level} for exploratory scopes): seed by seed when "
                      f"both arms ran the same seeds (paired), else per arm (unpaired). Extra pairs = difference × "
                      f"held-out pairs in the scope. P(better) = share of (seed of best, seed of other) pairs in which "
                      f"the best arm scores higher: it describes the seeds that ran and is not a test (with 3 seeds "
@@ -146,7 +155,7 @@ def build_blocks(sweep: Sweep, summary: dict, plots: dict[str, Path]) -> list[tu
                      f"Equivalent = two one-sided tests within "
                      f"±{fmt(margin) if margin else '—'}. Decisive = CI above 0 with {select['min_seeds']}+ seeds "
                      f"and the minimum gain met."),
-               ("table", ["scope", "best arm", "vs arm", "difference", f"{level} CI", "seeds", "extra pairs",
+               ("table", ["scope", "best arm", "vs arm", "difference", "CI (level)", "seeds", "extra pairs",
                           "P(better)", "equivalent", "decisive"], rows, [])]
     blocks += _diagnostics(summary["diagnostics"], metric, level)
     blocks += _unfinished(sweep, summary)
@@ -163,10 +172,32 @@ def _scope_verdict(scope: str, d: dict, is_headline: bool) -> str:
     best = f"best arm {d['best_arm']} ({fmt(d['point'][d['best_arm']])})"
     if d["decisive"]:
         return f"{name}: {d.get('factor') or 'arm'} = {d['winner']} wins decisively; {best}."
+    if d.get("verdict") == "exploratory":
+        return (f"{name}: exploratory lead {d.get('factor') or 'arm'} = {d.get('lead')} (every rival's CI excludes 0, "
+                f"but this is {d.get('exploratory')}); {best}.")
     if d.get("verdict") == "undetermined":
         return f"{name}: undetermined ({'; '.join(d.get('reasons', []))}); {best}."
     close = [c["arm"] for c in d["comparisons"] if not c["decisive"]]
     return f"{name}: no arm wins decisively; {best}, not decisively better than {', '.join(close)}."
+
+
+def _looks(look: dict | None, verdict: str) -> list[tuple]:
+    """The primary test's looks so far, from the decision ledger (decisions.jsonl)."""
+    if not look:
+        return []
+    rows = [[str(h["look"]), str(h["n"]), fmt(h["nominal_alpha"], 4), fmt(h["alpha_spent"], 4), h["verdict"],
+             h.get("winner") or "—", h.get("collected_at") or "—"] for h in look.get("history", [])]
+    if look.get("new_look") and not look.get("exploratory") and verdict != "undetermined":
+        rows.append([f"{look['look']} (this one)", str(look["n"]), fmt(look["nominal_alpha"], 4),
+                     fmt(look["alpha_spent"], 4), "—", "—", "now"])
+    if not rows:
+        return []
+    return [("h2", "Looks of the primary test (decision ledger)"),
+            ("p", f"Each collection of the primary test on more seeds is a look; a look tests at the level its share "
+                  f"of alpha allows, so the error over all looks stays at most {fmt(look['alpha'])} (re-collecting the "
+                  f"same seeds is the same look; an undetermined collection spends nothing)."),
+            ("table", ["look", "seeds per arm", "tested at", "alpha spent", "verdict", "winner", "collected"], rows,
+             [])]
 
 
 def _diagnostics(diag: dict, metric: str, level: str) -> list[tuple]:
@@ -230,14 +261,16 @@ def _diagnostics(diag: dict, metric: str, level: str) -> list[tuple]:
                             "prompt among the training prompts (shared/data-*.json)."))
 
     fact = diag.get("factorial", {})
-    blocks.append(("h3", "Factorial effects"))
+    blocks.append(("h3", "Factorial effects (exploratory)"))
     if not fact.get("main_effects"):
         blocks.append(("p", f"Not estimated: {fact.get('note', 'no effects computed')} "
                             f"(swept factors: {', '.join(fact.get('factors', [])) or 'none'})."))
         return blocks
     note = f" Note: {fact['note']}." if fact.get("note") else ""
-    blocks.append(("p", f"Contrasts of arm means of held-out {metric} (averaged over the other factors), {level} CIs "
-                        f"over seeds and held-out pairs, like the comparisons.{note}"))
+    blocks.append(("p", f"Exploratory: contrasts of arm means of held-out {metric} (averaged over the other "
+                        f"factors), {level} CIs over seeds and held-out pairs, each unadjusted for the others and for "
+                        f"looks. A CI that excludes 0 here suggests where to look next; it is not a decisive "
+                        f"claim.{note}"))
 
     def excludes(effect: dict) -> str:
         return "—" if missing(effect["ci_low"]) else "yes" if effect["excludes_zero"] else "no"

@@ -206,10 +206,11 @@ def probability_of_improvement(a: Sequence[float], b: Sequence[float]) -> float:
     return float(((a > b) + 0.5 * (a == b)).mean())
 
 
-def seeds_to_resolve(effect: float, one_seed_var: float, pair_var: float, alpha: float, power: float,
+def seeds_to_resolve(effect: float, one_seed_var: float, pair_var: float, alpha, power: float,
                      *, start: int = 2, limit: int = 100) -> int | None:
     """Fewest seeds per arm at which `contrast` would call `effect` (two-sided, level alpha) with
-    probability `power`.
+    probability `power`. `alpha` may be a function of the seeds per arm (the level a look at n seeds
+    gets under alpha spending, ablate.collect.sequential); 0 there means no look at n can decide.
 
     `one_seed_var` is the variance of ONE seed's contrast (var(D) paired; var_A + var_B unpaired),
     `pair_var` the held-out-pair part B, which more seeds cannot shrink. The test statistic is taken
@@ -219,14 +220,18 @@ def seeds_to_resolve(effect: float, one_seed_var: float, pair_var: float, alpha:
     effect = abs(effect)
     if effect == 0 or not math.isfinite(one_seed_var):
         return None
-    z = z_quantile(1 - alpha / 2)
+    level_at = alpha if callable(alpha) else (lambda n: alpha)
     for n in range(max(start, 2), limit + 1):
+        level = level_at(n)
+        if level <= 0:
+            continue
         seed_var = one_seed_var / n
         se = math.sqrt(seed_var + pair_var)
         if se == 0:
             return n
         df = n - 1
-        half = math.sqrt(t_quantile(1 - alpha / 2, df) ** 2 * seed_var + z * z * pair_var)
+        z = z_quantile(1 - level / 2)
+        half = math.sqrt(t_quantile(1 - level / 2, df) ** 2 * seed_var + z * z * pair_var)
         if float(stats.nct.sf(half / se, df, effect / se)) >= power:
             return n
     return None

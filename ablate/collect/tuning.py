@@ -31,6 +31,8 @@ from ablate.collect.stats import pair_weights
 from ablate.sweepdir.layout import TUNING_JSON, override_values
 
 TIE = 1e-12  # seed means this close are equal (accuracies are counts over the same pairs)
+EXPLORATORY = ("a tuning sweep: the settings were selected on these same runs, so only their confirmation on fresh "
+               "seeds may be decisive (ablate confirm <sweep_dir>)")
 
 
 # ------------------------------------------------------------------------------ tuning.json
@@ -52,7 +54,9 @@ def read_tuning(sweep: Sweep) -> dict | None:
                                                            "[values]}}, defaults}): no tuned comparison")
         return None
     defaults = {o: (defaults.get(o) if isinstance(defaults.get(o), dict) else {}) for o in spaces}
-    return {"spaces": spaces, "defaults": defaults, "budget": record.get("budget")}
+    confirms = record.get("confirms")
+    return {"spaces": spaces, "defaults": defaults, "budget": record.get("budget"),
+            "confirms": confirms if isinstance(confirms, str) else None}
 
 
 def same_value(a, b) -> bool:
@@ -175,6 +179,12 @@ def _reference_splits(sweep: Sweep, pair_ids: np.ndarray) -> tuple[np.ndarray | 
     return np.array(seen.pop()), None
 
 
+def test_pairs(sweep: Sweep, pair_ids: np.ndarray) -> np.ndarray | None:
+    """Mask of the reference pairs tagged `test` (a confirmation stage decides on these); None without a split."""
+    splits, _ = _reference_splits(sweep, pair_ids)
+    return None if splits is None else splits == "test"
+
+
 def _split_sizes(splits: np.ndarray, slices) -> dict:
     sizes = {}
     for name in ("validation", "test"):
@@ -273,9 +283,12 @@ def _decide_on_test(ev, test, slices, scope, arm_of: dict[str, str], select, rea
     if outcome["too_few_seeds"]:
         why.append(f"fewer than select.min_seeds = {select.min_seeds} seeds in {', '.join(outcome['too_few_seeds'])}")
     verdict = "undetermined" if why else outcome["verdict"]
-    return {**outcome, "verdict": verdict, "decisive": verdict == "decisive", "reasons": why, "arms": arm_of,
-            "winner": factor_of[outcome["best_arm"]] if verdict == "decisive" else None,
-            "best_objective": factor_of[outcome["best_arm"]]}
+    # Selected on the same training runs (validation pairs of these seeds): a tuned verdict is exploratory. Only a
+    # confirmation on fresh seeds (`ablate confirm`, ablate/sweep/confirm.py) may be decisive.
+    lead = factor_of[outcome["best_arm"]] if verdict == "decisive" else None
+    return {**outcome, "verdict": "exploratory" if lead else verdict, "decisive": False, "reasons": why,
+            "arms": arm_of, "winner": None, "lead": lead, "best_objective": factor_of[outcome["best_arm"]],
+            "exploratory": EXPLORATORY}
 
 
 def tuned_line(group: dict, scope: str) -> str:
@@ -283,8 +296,8 @@ def tuned_line(group: dict, scope: str) -> str:
     def verdict(d: dict | None) -> str:
         if not d or d.get("verdict") == "not run":
             return "not run"
-        if d["verdict"] == "decisive":
-            return f"decisive winner {d['winner']}"
+        if d["verdict"] == "exploratory":
+            return f"exploratory lead {d['lead']}"
         return f"{d['verdict']} (best {d.get('best_objective')})"
 
     where = " ".join(f"{k}={v}" for k, v in group["group"].items())

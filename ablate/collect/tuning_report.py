@@ -8,8 +8,8 @@ from pathlib import Path
 
 from matplotlib.figure import Figure
 
-from ablate.collect.decide import confidence
-from ablate.collect.plots import _save, scope_label
+from ablate.collect.decide import confidence, scope_label
+from ablate.collect.plots import _save
 from ablate.sweepdir.layout import is_finite_number
 
 CAPTION = ("Sensitivity: validation {metric} (mean over seeds, bars: seed std) against each tuned key, one line per "
@@ -31,7 +31,8 @@ def _verdict(d: dict | None, level: str) -> str:
         f", {level} CI [{c['ci_low']:+.3f}, {c['ci_high']:+.3f}]" if is_finite_number(c["ci_low"])
         and is_finite_number(c["ci_high"])
         else ", no CI") for c in rivals)
-    head = {"decisive": f"decisive: {d.get('winner')}", "not decisive": f"no decisive winner (best {best})"}.get(
+    head = {"exploratory": f"exploratory lead {d.get('lead')} (confirm it on fresh seeds: ablate confirm)",
+            "not decisive": f"no decisive winner (best {best})"}.get(
         d["verdict"], f"undetermined (best {best})" if best else "undetermined")
     why = f" — {'; '.join(d['reasons'])}" if d["verdict"] == "undetermined" and d.get("reasons") else ""
     return f"{head}; {detail}{why}" if detail else head + why

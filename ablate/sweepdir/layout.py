@@ -3,6 +3,7 @@
     <sweep_dir>/
       sweep.json                  SweepRecord: grid axes, cells, launcher, job ids, versions, git sha
       tuning.json                 the search spaces of a tuned sweep (ablate.sweep.search_space)
+      decisions.jsonl             the decision ledger: what every collection tested (ablate.sweepdir.ledger)
       shared/                     tokens, reference log-probs and data records shared by the cells
       cells/<cell_id>/
         config.yaml               the cell's resolved config

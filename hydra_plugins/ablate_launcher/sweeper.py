@@ -29,6 +29,7 @@ class AblateSweeperConf:
     max_batch_size: Any = None
     params: Any = field(default_factory=dict)
     tune: Any = field(default_factory=dict)  # {objective: {key: [values]}}: a tuned comparison (empty: off)
+    confirms: Any = None  # the tuning sweep whose selected settings this sweep confirms on fresh seeds (ablate confirm)
 
 
 ConfigStore.instance().store(group="hydra/sweeper", name="ablate", node=AblateSweeperConf, provider="ablate")
@@ -38,9 +39,10 @@ log = logging.getLogger(__name__)
 
 
 class AblateSweeper(hydra_api.basic_sweeper_class()):
-    def __init__(self, max_batch_size=None, params=None, tune=None) -> None:
+    def __init__(self, max_batch_size=None, params=None, tune=None, confirms=None) -> None:
         super().__init__(max_batch_size=max_batch_size, params=params)
         self.tune = tune
+        self.confirms = confirms
 
     def sweep(self, arguments):
         if not self.tune:
@@ -65,7 +67,8 @@ class AblateSweeper(hydra_api.basic_sweeper_class()):
         sweep_dir.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
         atomic_write_json(sweep_dir / TUNING_JSON, {"spaces": spaces, "defaults": self._defaults(spaces, swept),
-                                                    "budget": budget})
+                                                    "budget": budget,
+                                                    **({"confirms": str(self.confirms)} if self.confirms else {})})
         log.info("tuned comparison: %s", ", ".join(f"{o} {b['settings']} settings" for o, b in budget.items()))
         batches = list(self.split_overrides_to_chunks(jobs, self.max_batch_size))
         returns, initial_job_idx = [], 0

@@ -24,6 +24,8 @@ from ablate.collect.diagnostics import (
 )
 from ablate.collect.load import Sweep, load_sweep
 from ablate.collect.plan import add_seeds_command
+from ablate.collect.race import EXPLORATORY as EXPLORATORY_RACE
+from ablate.collect.race import race_line, race_summary
 from ablate.collect.sequential import ledger_entry, look_line, plan_look
 from ablate.collect.tuning import EXPLORATORY as EXPLORATORY_TUNING
 from ablate.collect.tuning import read_tuning, test_pairs, tuned_comparison, tuned_line
@@ -85,6 +87,9 @@ def summarise(sweep: Sweep, select: DictConfig) -> dict:
     look = plan_look(*read_ledger(sweep.sweep_dir), select, {arm: seeds for arm, (seeds, _) in ev["values"].items()})
     if tuning and not confirms and not look["exploratory"]:
         look["exploratory"] = EXPLORATORY_TUNING
+    race = race_summary(sweep.sweep_dir)
+    if race is not None:  # the race's decision is the claim; the collector's own is exploratory beside it
+        look["exploratory"] = EXPLORATORY_RACE
     if look["exploratory"]:
         headline = decide(sweep, select, select.slice, arms, exploratory=look["exploratory"], pairs=pairs)
     else:  # the primary test, at the level this look may spend
@@ -105,6 +110,12 @@ def summarise(sweep: Sweep, select: DictConfig) -> dict:
         plan["command"] = add_seeds_command(sweep, plan["seeds"])
     counts = sweep.cells.state.value_counts().to_dict()
     tuning = tuning if tuning and not confirms else None  # a confirmation stage has nothing left to select
+    verdict = {"verdict": headline["verdict"], "winner": headline["winner"], "decisive": headline["decisive"]}
+    if race is not None:  # the race's own decision is the claim (ablate.collect.race)
+        verdict = {"verdict": "decisive" if race["stop"] == "winner" else
+                   "not decisive" if race["stop"] else "undetermined",
+                   "winner": race["winner"], "decisive": race["stop"] == "winner"}
+        headline["explanation"] = f"{race_line(race, select.factor)} {headline['explanation']}"
     return {
         "sweep_dir": str(sweep.sweep_dir),
         "collected_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -112,10 +123,9 @@ def summarise(sweep: Sweep, select: DictConfig) -> dict:
         "axes": sweep.axes,
         "cell_counts": {str(k): int(v) for k, v in counts.items()},
         "complete": counts.get("done", 0) == len(sweep.cells),
-        "verdict": headline["verdict"],
-        "winner": headline["winner"],
-        "decisive": headline["decisive"],
+        **verdict,
         "explanation": headline["explanation"],
+        **({"race": race} if race is not None else {}),
         "decision": headline,
         "slices": per_slice,
         "arms": arms,

@@ -116,6 +116,7 @@ def build_blocks(sweep: Sweep, summary: dict, plots: dict[str, Path]) -> list[tu
     if decision.get("recommended_arm") and decision["recommended_arm"] != decision.get("best_arm"):
         blocks.append(("p", f"Recommended arm after the tie-break: {decision['recommended_arm']}."))
 
+    blocks += _race(summary)
     blocks += _looks(decision.get("look"), verdict)
     decisions = decisions_by_scope(summary)
     verdicts = [_scope_verdict(scope, d, scope == headline) for scope, d in decisions.items()]
@@ -179,6 +180,29 @@ def _scope_verdict(scope: str, d: dict, is_headline: bool) -> str:
         return f"{name}: undetermined ({'; '.join(d.get('reasons', []))}); {best}."
     close = [c["arm"] for c in d["comparisons"] if not c["decisive"]]
     return f"{name}: no arm wins decisively; {best}, not decisively better than {', '.join(close)}."
+
+
+def _race(summary: dict) -> list[tuple]:
+    """A race's rounds (race.json): who ran how many seeds, who was dropped and why, the stop, cells spent."""
+    race = summary.get("race")
+    if not race:
+        return []
+    from ablate.collect.race import race_line
+
+    rows = []
+    for r in race.get("rounds", []):
+        drops = "; ".join(f"{arm} (beaten by {why['by']}, {why['difference']:+.3f}, CI [{fmt(why['ci_low'])}, "
+                          f"{fmt(why['ci_high'])}] at {why['level']:.3g})" for arm, why in r["drops"].items())
+        rows.append([str(r["round"]), str(r["n"]), str(len(r["ran"])), str(len(r["new_cells"])), fmt(r["level"], 4),
+                     fmt(r["spent"], 4), drops or "—", (r["stop"] or "continue") + (f": {r['winner']}"
+                                                                                 if r.get("winner") else "")])
+    return [("h2", "Race: rounds of seeds"),
+            ("p", race_line(race, summary["select"]["factor"]) + " Each round is a look at the level alpha spending "
+                  "allows; an arm is dropped when Holm's step-down over the best arm's comparisons rejects it (the "
+                  "claim 'it is not the best' holds at that level), and the race stops at a winner, equivalence, "
+                  "futility or the budget. The collector's own comparison below is exploratory."),
+            ("table", ["round", "seeds per live arm", "arms run", "new cells", "level", "alpha spent", "dropped",
+                       "then"], rows, [])]
 
 
 def _looks(look: dict | None, verdict: str) -> list[tuple]:

@@ -4,6 +4,7 @@
       sweep.json                  SweepRecord: grid axes, cells, launcher, job ids, versions, git sha
       tuning.json                 the search spaces of a tuned sweep (ablate.sweep.search_space)
       decisions.jsonl             the decision ledger: what every collection tested (ablate.sweepdir.ledger)
+      race.json                   a race's settings, arms and rounds (ablate.sweep.race)
       shared/                     tokens, reference log-probs and data records shared by the cells
       cells/<cell_id>/
         config.yaml               the cell's resolved config
@@ -38,6 +39,7 @@ from ablate.sweepdir.atomic import atomic_write_json
 
 SWEEP_JSON = "sweep.json"
 TUNING_JSON = "tuning.json"
+RACE_JSON = "race.json"
 SHARED = "shared"
 CELLS = "cells"
 REPORT = "report"

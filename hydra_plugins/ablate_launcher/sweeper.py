@@ -30,6 +30,7 @@ class AblateSweeperConf:
     params: Any = field(default_factory=dict)
     tune: Any = field(default_factory=dict)  # {objective: {key: [values]}}: a tuned comparison (empty: off)
     confirms: Any = None  # the tuning sweep whose selected settings this sweep confirms on fresh seeds (ablate confirm)
+    race: Any = None  # {enabled, max_seeds, round_seeds, max_cells, futility_power}: run in rounds (ablate.sweep.race)
 
 
 ConfigStore.instance().store(group="hydra/sweeper", name="ablate", node=AblateSweeperConf, provider="ablate")
@@ -39,12 +40,15 @@ log = logging.getLogger(__name__)
 
 
 class AblateSweeper(hydra_api.basic_sweeper_class()):
-    def __init__(self, max_batch_size=None, params=None, tune=None, confirms=None) -> None:
+    def __init__(self, max_batch_size=None, params=None, tune=None, confirms=None, race=None) -> None:
         super().__init__(max_batch_size=max_batch_size, params=params)
         self.tune = tune
         self.confirms = confirms
+        self.race = race
 
     def sweep(self, arguments):
+        if self.race:
+            return self._race(arguments)
         if not self.tune:
             return super().sweep(arguments)
         from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -79,6 +83,54 @@ class AblateSweeper(hydra_api.basic_sweeper_class()):
             initial_job_idx += len(batch)
             returns.append(results)
         return returns
+
+    def _race(self, arguments):
+        """The grid in rounds of seeds, arms dropped as they are beaten (ablate.sweep.race)."""
+        from types import SimpleNamespace
+
+        from hydra.core.override_parser.overrides_parser import OverridesParser
+        from omegaconf import OmegaConf
+
+        from ablate.config import select_config
+        from ablate.sweep.race import RaceError, plan_arms, run_race, settings_of
+
+        parser = OverridesParser.create(config_loader=self.hydra_context.config_loader)
+        overrides = parser.parse_overrides([*hydra_api.sweeper_config_overrides(self), *arguments])
+        swept = OrderedDict(zip(_keys(overrides), _lists(overrides), strict=True))
+        if not any(a.lstrip("+~").startswith("seed=") for a in arguments):
+            swept.pop("seed", None)  # the config's default seeds (hydra.sweeper.params): the race picks its own
+        select = SimpleNamespace(**OmegaConf.to_container(select_config(base=self.config.select), resolve=True))
+        try:
+            settings = settings_of(OmegaConf.to_container(self.race, resolve=True)
+                                   if OmegaConf.is_config(self.race) else self.race)
+            if settings is None:
+                return super().sweep(arguments)
+            if "slurm" in str(self.config.hydra.launcher.get("_target_", "")).lower():
+                raise RaceError("racing runs on the local launcher only for now: on SLURM each round needs a "
+                                "dependent job that decides and submits the next one, which is not built yet")
+            if self.tune:
+                raise RaceError("hydra.sweeper.race with hydra.sweeper.tune: racing a tuned comparison is not "
+                                "built yet; race the selected settings after `ablate confirm --print`")
+            arms = plan_arms(swept, settings, select.min_seeds)
+            sweep_dir = Path(self.config.hydra.sweep.dir)
+            sweep_dir.mkdir(parents=True, exist_ok=True)
+            counter = {"idx": 0}
+
+            def launch(jobs):
+                self.launcher.launch(jobs, initial_job_idx=counter["idx"])
+                counter["idx"] += len(jobs)
+
+            record = run_race(sweep_dir, arms, settings, select, launch, log=lambda line: print(line, flush=True))
+            from ablate.collect import collect, describe
+
+            # the launcher collected before the round's look: once more, so the report shows the race's decision
+            print(describe(collect(sweep_dir, select_config(base=self.config.select))), flush=True)
+            if record.get("incomplete"):  # a cell of the round failed: no look; the same command carries on
+                raise SystemExit(1)
+        except RaceError as error:  # before anything is run (or between rounds, with the cells kept)
+            print(f"RaceError: {error}", file=sys.stderr, flush=True)
+            raise SystemExit(2) from None
+        return []
 
     def _defaults(self, spaces: dict, swept: dict) -> dict:
         """Each tuned key's value without the search space: the objective's own config (paper defaults,

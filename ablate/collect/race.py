@@ -1,0 +1,175 @@
+"""Racing: seeds in rounds, arms dropped once decisively beaten, the race stopped at a decision.
+
+A fixed design spends the same seeds on every arm, also on arms beaten after three. A race runs the
+grid in rounds of shared seed ids (round 1: select.min_seeds seeds per arm, then `round_seeds` more
+per live arm) and after each round decides, on the live arms' seeds (paired: the same seed ids in
+every live arm), with the rule of ablate.collect.decide at this look's level:
+
+- the LEVEL of look k is the alpha-spending boundary of ablate.collect.sequential over information
+  n / max_seeds, so every claim the race makes holds at alpha over all its rounds;
+- DROP: the best live arm is compared with every other live arm; Holm's step-down over those
+  comparisons (the strongest at level/(m-1), the next at level/(m-2), ...) drops each arm it rejects:
+  "X is not the best" is a claim, and Holm keeps the chance of any false one at the look's level;
+- STOP, winner: every arm with another value of select.factor has been dropped (each beaten
+  decisively, with the minimum gain, when it was dropped; the winner beats the live ones now);
+- STOP, equivalent: every live rival is equivalent to the best within select.equivalence_margin (two
+  one-sided tests at the look's level): no winner, and more seeds would not make one worth having;
+- STOP, futile: some live rival could not be resolved within max_seeds with probability
+  `futility_power` (seed planning at the levels the later looks would get, for select.min_effect or
+  the observed difference). Futility claims nothing, so it costs power, never error;
+- STOP, budget: max_seeds reached (or the cell budget cannot pay another round).
+
+`race_look` does no I/O: tests/test_race.py simulates races with it, and ablate.sweep.race runs them;
+`race_summary` reads a race's record (race.json) for the collector's report.
+"""
+
+from __future__ import annotations
+
+import math
+from types import SimpleNamespace
+
+import numpy as np
+
+from ablate.collect.decide import versus
+from ablate.collect.sequential import boundary, nominal_alpha, spent_by
+from ablate.collect.stats import equivalent, seeds_to_resolve
+
+STOPS = ("winner", "equivalent", "futile", "budget")
+EXPLORATORY = "a race: its claim is the race's own decision, round by round (race.json)"
+
+
+def at_level(select, alpha: float) -> SimpleNamespace:
+    return SimpleNamespace(**(vars(select) | {"alpha": alpha}))
+
+
+def race_look(values: dict[str, tuple[list[int], np.ndarray]], strata: np.ndarray, weights: dict,
+              factor_of: dict[str, object], select, history: list[dict], dropped: dict[str, dict], *,
+              max_seeds: int, accuracy: bool, futility_power: float = 0.3) -> dict:
+    """The decision after one round. `values`: the LIVE arms' (seeds, seeds x pairs), the same seeds in each;
+    `history`: earlier looks ({"n", "z"}); `dropped`: arms dropped before (arm -> why).
+
+    {"look", "n", "level", "z", "spent", "best", "drops": {arm: why}, "stop": None or one of STOPS, "winner",
+     "comparisons"}."""
+    alpha = select.alpha
+    n = min(len(seeds) for seeds, _ in values.values())
+    past = tuple((h["n"], h["z"]) for h in history)
+    spent = spent_by(alpha, history[-1]["n"] / max_seeds) if history else 0.0
+    increment = spent_by(alpha, n / max_seeds) - spent
+    z = boundary(past, n, increment)
+    level = nominal_alpha(z) if math.isfinite(z) else 0.0
+    point = {arm: float(x.mean(axis=0) @ _w(strata, weights)) for arm, (_, x) in values.items()}
+    best = max(point, key=point.get)
+    out = {"look": len(history) + 1, "n": n, "level": level, "z": z, "spent": spent + max(increment, 0.0),
+           "best": best, "point": point, "drops": {}, "stop": None, "winner": None, "comparisons": []}
+    others = [arm for arm in values if arm != best]
+    if level > 0 and others:
+        rule = at_level(select, level)
+        first = {arm: versus(values, best, arm, strata, weights, rule, accuracy=accuracy) for arm in others}
+        out["comparisons"] = list(first.values())
+        order = sorted(others, key=lambda a: _strength(first[a]), reverse=True)
+        for i, arm in enumerate(order):  # Holm's step-down: stop at the first comparison it cannot reject
+            step = versus(values, best, arm, strata, weights, at_level(select, level / (len(order) - i)),
+                          accuracy=accuracy)
+            if not step["decisive"]:
+                break
+            out["drops"][arm] = {"look": out["look"], "seeds": n, "by": best, "difference": step["difference"],
+                                 "ci_low": step["ci_low"], "ci_high": step["ci_high"],
+                                 "level": level / (len(order) - i)}
+    gone = set(dropped) | set(out["drops"])
+    rivals_live = [a for a in values if a not in gone and factor_of[a] != factor_of[best]]
+    rivals_all = [a for a in factor_of if factor_of[a] != factor_of[best]]
+    if rivals_all and not rivals_live and all(a in gone for a in rivals_all):
+        out["stop"], out["winner"] = "winner", factor_of[best]
+        return out
+    if level > 0 and rivals_live and select.equivalence_margin:
+        rule = at_level(select, level)
+        same = [equivalent(_contrast(values, best, a, strata, weights, rule), select.equivalence_margin, level)
+                for a in rivals_live]
+        if all(same):
+            out["stop"] = "equivalent"
+            return out
+    if n >= max_seeds:
+        out["stop"] = "budget"
+        return out
+    history_now = (*past, (n, z)) if math.isfinite(z) else past
+    spent_now = out["spent"]
+
+    def alpha_at(m: int) -> float:
+        return nominal_alpha(boundary(history_now, m, spent_by(alpha, m / max_seeds) - spent_now))
+
+    for arm in rivals_live:
+        c = next((c for c in out["comparisons"] if c["arm"] == arm), None)
+        if c is None or not math.isfinite(c["one_seed_var"]):
+            continue
+        effect = select.min_effect or abs(c["difference"])
+        if seeds_to_resolve(effect, c["one_seed_var"], c["pair_var"], alpha_at, futility_power, start=n + 1,
+                            limit=max_seeds) is None:
+            out["stop"] = "futile"
+            out["futile_against"] = arm
+            return out
+    return out
+
+
+def _w(strata: np.ndarray, weights: dict) -> np.ndarray:
+    from ablate.collect.stats import pair_weights
+
+    return pair_weights(strata, weights)
+
+
+def _strength(comparison: dict) -> float:
+    se = comparison["se"]
+    return comparison["difference"] / se if se and math.isfinite(se) and se > 0 else -math.inf
+
+
+def _contrast(values, best, arm, strata, weights, rule) -> dict:
+    from ablate.collect.stats import contrast
+
+    (seeds_a, a), (seeds_b, b) = values[best], values[arm]
+    common = sorted(set(seeds_a) & set(seeds_b))
+    a = a[[seeds_a.index(s) for s in common]]
+    b = b[[seeds_b.index(s) for s in common]]
+    return contrast([a, b], [1.0, -1.0], strata, weights, rule.alpha, paired=True)
+
+
+def race_summary(sweep_dir) -> dict | None:
+    """The race's record, as the report shows it: rounds, drops, the stop, cells spent vs the fixed design."""
+    import json
+    from pathlib import Path
+
+    from ablate.sweepdir.layout import RACE_JSON
+
+    path = Path(sweep_dir) / RACE_JSON
+    try:
+        record = json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as error:
+        return {"problem": f"{path}: unreadable ({error})", "rounds": []}
+    rounds = record.get("rounds") or []
+    last = rounds[-1] if rounds else {}
+    arms = len(record.get("arms") or [])
+    max_seeds = (record.get("settings") or {}).get("max_seeds")
+    return {"rounds": rounds, "settings": record.get("settings"), "arms": arms,
+            "stop": last.get("stop"), "winner": last.get("winner"), "stop_reason": last.get("stop_reason"),
+            "cells": sum(len(r.get("new_cells", [])) for r in rounds),
+            "fixed_cells": arms * max_seeds if max_seeds else None}
+
+
+def race_line(race: dict, factor: str) -> str:
+    """One sentence for the console and the report."""
+    if race.get("problem"):
+        return f"Race: {race['problem']}."
+    rounds = race["rounds"]
+    if not rounds:
+        return "Race: no round finished yet."
+    last = rounds[-1]
+    dropped = sum(len(r.get("drops", {})) for r in rounds)
+    spent = f"{race['cells']} cells spent (a fixed design at max_seeds: {race['fixed_cells']})"
+    if race["stop"] == "winner":
+        head = f"Race: decisive winner {factor} = {race['winner']} at round {len(rounds)}"
+    elif race["stop"]:
+        head = f"Race: ended at round {len(rounds)} without a winner ({race['stop']})"
+    else:
+        head = f"Race: round {len(rounds)} done, {len(last['live'])} arm(s) live"
+    return (f"{head}; {dropped} arm(s) dropped, {last['n']} seeds per live arm, level {last['level']:.3g}, alpha "
+            f"spent {last['spent']:.3g}; {spent}.")

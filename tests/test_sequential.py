@@ -171,6 +171,16 @@ def test_an_undetermined_collection_spends_nothing(tmp_path):
     assert first["look"]["look"] == 1 and first["alpha_used"] == pytest.approx(spent_by(ALPHA, 3 / MAX_SEEDS))
 
 
+def test_a_horizon_of_no_seeds_is_refused_before_anything_is_written(tmp_path):
+    from ablate.collect.collector import SelectError
+
+    sweep_dir = tmp_path / "sweep"
+    grow(sweep_dir, range(3))
+    with pytest.raises(SelectError, match="select.max_seeds = 0"):
+        collect(sweep_dir, select_config(["max_seeds=0"]), plots=False)
+    assert not (sweep_dir / LEDGER).exists() and not (sweep_dir / "report").exists()
+
+
 # ------------------------------------------------------------------------------- the user's whole path
 def user_path(rng, scenario: str, how: str, *, delta: float = 0.0, arms: int = 2, paired: bool = True,
               select=None, sequential: bool = True) -> tuple[bool, int]:

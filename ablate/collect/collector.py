@@ -53,6 +53,9 @@ def check_select(select: DictConfig, sweep: Sweep | None = None) -> None:
             raise SelectError(f"select.{key} = {select[key]}: must be in (0, 1)")
     if select.failed_cells not in FAILED_CELLS:
         raise SelectError(f"select.failed_cells = {select.failed_cells!r}: must be one of {', '.join(FAILED_CELLS)}")
+    if select.max_seeds < 1:
+        raise SelectError(f"select.max_seeds = {select.max_seeds}: must be >= 1 (the seeds per arm over which the "
+                          f"primary test spends alpha across looks)")
     if select.min_seeds < 2:
         raise SelectError(f"select.min_seeds = {select.min_seeds}: must be >= 2 (one seed says nothing about the "
                           f"variance between training runs)")

@@ -1,4 +1,5 @@
-"""Looks of a sweep's primary test and the alpha each may spend (docs/ARCHITECTURE.md §6, "Looks and scopes").
+"""Looks of a sweep's primary test and the alpha each may spend (docs/ARCHITECTURE.md §6, "Looks, the primary test
+and exploratory claims").
 
 A sweep invites repeated collection: collect at 3 seeds, add the seeds the collector asks for, collect
 again. Testing each look at the full alpha calls a false winner ~9-14% of the time over a sweep's life

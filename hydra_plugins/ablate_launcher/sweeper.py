@@ -31,6 +31,7 @@ class AblateSweeperConf:
     tune: Any = field(default_factory=dict)  # {objective: {key: [values]}}: a tuned comparison (empty: off)
     confirms: Any = None  # the tuning sweep whose selected settings this sweep confirms on fresh seeds (ablate confirm)
     race: Any = None  # {enabled, max_seeds, round_seeds, max_cells, futility_power}: run in rounds (ablate.sweep.race)
+    confirm: Any = None  # a tuned sweep: true or a number of seeds runs `ablate confirm` as the next local step
 
 
 ConfigStore.instance().store(group="hydra/sweeper", name="ablate", node=AblateSweeperConf, provider="ablate")
@@ -40,11 +41,12 @@ log = logging.getLogger(__name__)
 
 
 class AblateSweeper(hydra_api.basic_sweeper_class()):
-    def __init__(self, max_batch_size=None, params=None, tune=None, confirms=None, race=None) -> None:
+    def __init__(self, max_batch_size=None, params=None, tune=None, confirms=None, race=None, confirm=None) -> None:
         super().__init__(max_batch_size=max_batch_size, params=params)
         self.tune = tune
         self.confirms = confirms
         self.race = race
+        self.confirm = confirm
 
     def sweep(self, arguments):
         if self.race:
@@ -82,7 +84,31 @@ class AblateSweeper(hydra_api.basic_sweeper_class()):
                 _ = r.return_value  # as BasicSweeper: a failed job raises here
             initial_job_idx += len(batch)
             returns.append(results)
+        if self.confirm and not self.confirms:
+            self._confirm(sweep_dir)
         return returns
+
+    def _confirm(self, sweep_dir: Path) -> None:
+        """The confirmation stage as the next local step: the selected settings on fresh seeds (ablate confirm)."""
+        import subprocess
+
+        from ablate.sweep.confirm import ConfirmError, confirm_plan
+
+        if "slurm" in str(self.config.hydra.launcher.get("_target_", "")).lower():
+            print(f"hydra.sweeper.confirm: on SLURM, run `ablate confirm {sweep_dir}` once the collector job has "
+                  f"written the report", flush=True)
+            return
+        seeds = None if self.confirm is True else int(self.confirm)
+        try:
+            plan = confirm_plan(sweep_dir, seeds)
+        except ConfirmError as error:
+            print(f"ablate confirm: {error}", file=sys.stderr, flush=True)
+            raise SystemExit(2) from None
+        print(f"confirming the selected settings on fresh seeds {','.join(map(str, plan['seeds']))} in "
+              f"{plan['dir']}:\n  {plan['command']}", flush=True)
+        code = subprocess.run([sys.executable, "-m", "ablate", *plan["argv"]], check=False).returncode
+        if code:
+            raise SystemExit(code)
 
     def _race(self, arguments):
         """The grid in rounds of seeds, arms dropped as they are beaten (ablate.sweep.race)."""

@@ -130,8 +130,8 @@ def run_ablate(repo_root, *args: str, timeout: int = 900):
     (["objective=dpo,simpo", "hydra.sweeper.race={max_seeds:2}"], "max_seeds = 2 is below one round"),
     (["objective=dpo,simpo", "hydra.sweeper.race={max_cells:5}"], "max_cells = 5 is below one round: 2 arms x 3"),
     (["objective=dpo,simpo", "hydra.sweeper.race={max_seed:5}"], "unknown key(s) max_seed"),
-    (["objective=dpo,simpo", "hydra/launcher=ablate_slurm"], "racing runs on the local launcher only for now"),
-], ids=["one arm", "seeds given", "max_seeds", "max_cells", "typo", "slurm"])
+    (["objective=dpo,simpo", "hydra.sweeper.race=3"], "hydra.sweeper.race = 3: true, false, or a mapping"),
+], ids=["one arm", "seeds given", "max_seeds", "max_cells", "typo", "not a mapping"])
 def test_a_race_that_cannot_run_is_refused_before_anything_runs(repo_root, tmp_path, args, message):
     sweep_dir = tmp_path / "race"
     race = [] if any(a.startswith("hydra.sweeper.race=") for a in args) else ["hydra.sweeper.race=true"]

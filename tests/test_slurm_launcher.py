@@ -583,3 +583,44 @@ def test_two_launchers_started_together_submit_each_cell_once(slurm_cluster, tmp
         assert len(set(read_json(sweep_dir / "sweep.json")["jobs"].values())) == 3
     finally:
         cli(slurm_cluster, "cancel", str(sweep_dir))
+
+
+# ----------------------------------------------------------------------------------------------- races
+def test_a_race_runs_round_after_round_on_slurm_with_no_terminal_attached(slurm_cluster, embedded_model, tmp_path):
+    """`hydra.sweeper.race` on SLURM: the command submits round 1 and returns; after each round a race job takes the
+    look, writes the report and submits the next round, until the race stops (race.json, the report)."""
+    sweep_dir = tmp_path / "race"
+    # futility and equivalence stops off, so that the tiny cells (which barely learn) run both rounds: 3 and 4 seeds
+    args = ["-m", "objective=dpo,simpo", "hydra.sweeper.race={max_seeds:4,futility_power:0}",
+            "select.equivalence_margin=null", *SLURM, "hydra.launcher.gpus_per_node=0", f"hydra.sweep.dir={sweep_dir}",
+            *TINY]
+    proc = run_ablate(slurm_cluster, *args)
+    assert proc.returncode == 0, output(proc)
+    assert "race round 1: 2 arms x seeds 0..2" in proc.stdout, output(proc)
+    assert sweep_jobs(slurm_cluster, sweep_dir), "the command waited for the race instead of returning"
+
+    def race_ended():
+        record = read_json(sweep_dir / "race.json")
+        return record["rounds"] and record["rounds"][-1]["stop"] and not sweep_jobs(slurm_cluster, sweep_dir)
+
+    wait_for(race_ended, 3 * ENDED, "the race to end", slurm_cluster)
+    record = read_json(sweep_dir / "race.json")
+    rounds = record["rounds"]
+    print(f"\nrace on SLURM: {len(rounds)} round(s), {[len(r['new_cells']) for r in rounds]} new cells, "
+          f"stop {rounds[-1]['stop']}")
+    assert [r["n"] for r in rounds] == list(range(3, 3 + len(rounds))) and "pending" not in record
+    assert len(rounds) == 2 or rounds[0]["stop"] == "winner", rounds  # round 2 was submitted by the race job
+    sweep = read_json(sweep_dir / "sweep.json")
+    assert len(sweep["collector_jobs"]) == len(rounds)  # one race job after each round
+    for job in sweep["collector_jobs"]:
+        assert slurm_cluster.wait_job(job, timeout=60) == {job: "COMPLETED"}
+    assert len(sweep["cells"]) == sum(len(r["new_cells"]) for r in rounds)
+    for cell in sweep["cells"]:
+        assert status_of(sweep_dir, cell["cell_id"])["state"] == "done", cell
+    summary = read_json(sweep_dir / "report" / "summary.json")
+    assert summary["race"]["stop"] == rounds[-1]["stop"] and len(summary["race"]["rounds"]) == len(rounds)
+    assert summary["decisive"] == (rounds[-1]["stop"] == "winner")
+
+    again = run_ablate(slurm_cluster, *args)  # the ended race: nothing is submitted
+    assert again.returncode == 0 and "race already ended" in again.stdout, output(again)
+    assert not sweep_jobs(slurm_cluster, sweep_dir)

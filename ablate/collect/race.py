@@ -97,7 +97,7 @@ def race_look(values: dict[str, tuple[list[int], np.ndarray]], strata: np.ndarra
     def alpha_at(m: int) -> float:
         return nominal_alpha(boundary(history_now, m, spent_by(alpha, m / max_seeds) - spent_now))
 
-    for arm in rivals_live:
+    for arm in rivals_live if futility_power > 0 else []:  # futility_power 0: no futility stop
         c = next((c for c in out["comparisons"] if c["arm"] == arm), None)
         if c is None or not math.isfinite(c["one_seed_var"]):
             continue

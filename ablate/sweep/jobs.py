@@ -103,3 +103,4 @@ class CollectJob:
         summary = collect(self.sweep_dir, select_config(base=OmegaConf.create(self.select)))
         print(describe(summary), flush=True)
         return {"winner": summary["winner"], "decisive": summary["decisive"]}
+

@@ -11,8 +11,10 @@ that is interrupted and started again with the same command continues from it an
 look; a command with another grid or other race settings is refused (RaceError, exit 2) before
 anything runs. The collector reports the race (ablate.collect.race.race_summary).
 
-Local launcher only: on SLURM each round would need a dependent job that decides and submits the
-next one, which is not built yet (refused with a clear error).
+On SLURM (`hydra/launcher=slurm`) the command submits round 1 and returns: after each round's cells a
+race job (afterany; RaceJob below) takes the look, writes the report and submits the next
+round's cells (their configs: the arm's config.yaml with the seed changed) with the next race job, so
+no terminal needs to stay open. `ablate status` follows the cells; race.json and the report the rounds.
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ class RaceSettings:
     max_seeds: int = 8  # seeds per arm at most; also the horizon over which alpha is spent
     round_seeds: int = 1  # seeds added per live arm per round
     max_cells: int | None = None  # cells in all (every round, every arm) at most
-    futility_power: float = 0.3  # stop when a live rival cannot be resolved within max_seeds this often
+    futility_power: float = 0.3  # stop when a live rival cannot be resolved within max_seeds this often; 0: never
 
 
 def settings_of(race) -> RaceSettings | None:
@@ -90,79 +92,174 @@ def read_record(sweep_dir: Path) -> dict | None:
     return record
 
 
-def run_race(sweep_dir: Path, arms: list[list[str]], settings: RaceSettings, select,
-             launch: Callable[[list[list[str]]], None], log: Callable[[str], None] = print) -> dict:
-    """Run (or continue) the race in sweep_dir; `launch(jobs)` trains the given cells and returns when they ended."""
-    from ablate.collect.decide import ACCURACY_METRICS, evidence, scope_strata
-    from ablate.collect.load import load_sweep
-    from ablate.collect.race import race_look
-
-    sweep_dir = Path(sweep_dir)
+def open_race(sweep_dir: Path, arms: list[list[str]], settings: RaceSettings, select) -> dict:
+    """The race's record: a new one, or the one in sweep_dir when it is this race (else RaceError)."""
     record = read_record(sweep_dir)
     if record is None:
         record = {"format": 1, "settings": asdict(settings), "select": _plain(select), "arms": arms, "rounds": []}
     elif record.get("arms") != arms or record.get("settings") != asdict(settings):
-        raise RaceError(f"{sweep_dir / RACE_JSON}: this race ran another grid or other race settings "
+        raise RaceError(f"{Path(sweep_dir) / RACE_JSON}: this race ran another grid or other race settings "
                         f"({record.get('arms')} with {record.get('settings')}); run it with its own command, or "
                         f"start a new race in another hydra.sweep.dir")
-    atomic_write_json(sweep_dir / RACE_JSON, record)  # from the first round on, the collector reports a race
+    Path(sweep_dir).mkdir(parents=True, exist_ok=True)
+    atomic_write_json(Path(sweep_dir) / RACE_JSON, record)  # from the first round on, the collector reports a race
+    return record
+
+
+def ended(record: dict) -> bool:
     rounds = record["rounds"]
-    if rounds and rounds[-1]["stop"]:
-        log(f"race already ended at round {len(rounds)}: {rounds[-1]['stop']}")
+    return bool(rounds and rounds[-1]["stop"]) or bool(record.get("stop"))
+
+
+def next_round(sweep_dir: Path, record: dict) -> dict | None:
+    """The next round's plan {"round", "n", "live", "jobs", "new"}; None (the stop recorded) when the budget cannot
+    pay for it."""
+    settings, rounds = RaceSettings(**record["settings"]), record["rounds"]
+    first = record["select"]["min_seeds"]
+    n = min(rounds[-1]["n"] + settings.round_seeds, settings.max_seeds) if rounds else first
+    live = rounds[-1]["live"] if rounds else [" ".join(a) for a in record["arms"]]
+    by_name = {" ".join(a): a for a in record["arms"]}
+    jobs = [[*by_name[arm], f"seed={s}"] for arm in live for s in range(n)]
+    new = [j for j in jobs if not _ran(j, rounds)]
+    spent = sum(len(r["new_cells"]) for r in rounds)
+    if settings.max_cells is not None and spent + len(new) > settings.max_cells:
+        _stop(sweep_dir, record, "budget", f"the next round needs {len(new)} cells, {settings.max_cells - spent} of "
+                                           f"max_cells = {settings.max_cells} are left")
+        return None
+    return {"round": len(rounds) + 1, "n": n, "live": live, "jobs": jobs, "new": [" ".join(j) for j in new]}
+
+
+def take_look(sweep_dir: Path, record: dict, plan: dict, select, log: Callable[[str], None] = print) -> dict | None:
+    """The look after `plan`'s round has run: the race's decision appended to race.json; None when a cell of the round
+    is missing (no look: the round must be completed first)."""
+    from ablate.collect.decide import ACCURACY_METRICS, evidence, scope_strata
+    from ablate.collect.load import load_sweep
+    from ablate.collect.race import race_look
+
+    settings, rounds, n, live = RaceSettings(**record["settings"]), record["rounds"], plan["n"], plan["live"]
+    by_name = {" ".join(a): a for a in record["arms"]}
+    sweep = load_sweep(sweep_dir)
+    labels = {arm: arm_label(override_values(by_name[arm]), sweep.axes) for arm in live}
+    ev = evidence(sweep, select.metric, select.failed_cells)
+    values = {}
+    for label in labels.values():
+        seeds, x = ev["values"].get(label, ([], None))
+        keep = [i for i, s in enumerate(seeds) if s < n]
+        if label in ev["missing"] or len(keep) < n:
+            log(f"race round {plan['round']} incomplete: {label} lacks finished, readable seeds among 0..{n - 1}; "
+                f"no look was taken (finished cells are kept: run the same command again)")
+            return None
+        values[label] = ([seeds[i] for i in keep], x[keep])
+    mask, strata, weights = scope_strata(ev["slices"], select.slice)
+    values = {label: (s, x[:, mask]) for label, (s, x) in values.items()}
+    factor_of = {labels[a]: override_values(by_name[a]).get(select.factor, labels[a]) for a in live}
+    for r in rounds:  # arms dropped earlier still count as rivals for the winner
+        for arm in r["drops"]:
+            factor_of.setdefault(arm, r["factor_of"].get(arm, arm))
+    dropped = {arm: why for r in rounds for arm, why in r["drops"].items()}
+    look = race_look(values, strata, weights, factor_of, select, [{"n": r["n"], "z": r["z"]} for r in rounds], dropped,
+                     max_seeds=settings.max_seeds, accuracy=select.metric in ACCURACY_METRICS,
+                     futility_power=settings.futility_power)
+    rounds.append({"round": plan["round"], "n": n, "live": [a for a in live if labels[a] not in look["drops"]],
+                   "ran": live, "new_cells": plan["new"], "z": look["z"], "level": look["level"],
+                   "spent": look["spent"], "best": look["best"], "point": look["point"], "drops": look["drops"],
+                   "factor_of": factor_of, "stop": look["stop"], "winner": look["winner"],
+                   "at": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+    record.pop("pending", None)
+    atomic_write_json(Path(sweep_dir) / RACE_JSON, record)  # the look is on disk before anything else happens
+    for arm, why in look["drops"].items():
+        log(f"  dropped {arm}: beaten by {why['by']} ({why['difference']:+.3f}, CI [{why['ci_low']:+.3f}, "
+            f"{why['ci_high']:+.3f}] at level {why['level']:.3g})")
+    if look["stop"]:
+        log(f"race ended at round {len(rounds)} ({n} seeds per live arm): {look['stop']}"
+            + (f", winner {select.factor} = {look['winner']}" if look["winner"] is not None else ""))
+    return look
+
+
+def run_race(sweep_dir: Path, arms: list[list[str]], settings: RaceSettings, select,
+             launch: Callable[[list[list[str]]], None], log: Callable[[str], None] = print) -> dict:
+    """Run (or continue) a race in this process; `launch(jobs)` trains the given cells and returns when they ended."""
+    sweep_dir = Path(sweep_dir)
+    record = open_race(sweep_dir, arms, settings, select)
+    if ended(record):
+        log(f"race already ended at round {len(record['rounds'])}: "
+            f"{record['rounds'][-1]['stop'] if record['rounds'] else record['stop']}")
         return record
-    factor = select.factor
     while True:
-        n = min(rounds[-1]["n"] + settings.round_seeds, settings.max_seeds) if rounds else select.min_seeds
-        live = rounds[-1]["live"] if rounds else [" ".join(a) for a in arms]
-        cells = sum(len(r["new_cells"]) for r in rounds)
-        by_name = {" ".join(a): a for a in arms}
-        jobs = [[*by_name[arm], f"seed={s}"] for arm in live for s in range(n)]
-        new = [j for j in jobs if not _ran(j, rounds)]
-        if settings.max_cells is not None and cells + len(new) > settings.max_cells:
-            _stop(sweep_dir, record, "budget", f"the next round needs {len(new)} cells, {settings.max_cells - cells} "
-                                               f"of max_cells = {settings.max_cells} are left")
+        plan = next_round(sweep_dir, record)
+        if plan is None:
             return record
-        log(f"race round {len(rounds) + 1}: {len(live)} live arm(s) x seeds 0..{n - 1} ({len(new)} new cells)")
-        launch(jobs)
-        sweep = load_sweep(sweep_dir)
-        labels = {arm: arm_label(override_values(by_name[arm]), sweep.axes) for arm in live}
-        ev = evidence(sweep, select.metric, select.failed_cells)
-        values = {}
-        for label in labels.values():
-            seeds, x = ev["values"].get(label, ([], None))
-            keep = [i for i, s in enumerate(seeds) if s < n]
-            if label in ev["missing"] or len(keep) < n:
-                # no look without the whole round: the same command trains what is missing and looks then
-                log(f"race round {len(rounds) + 1} incomplete: {label} lacks finished, readable seeds among "
-                    f"0..{n - 1}; run the same command again (finished cells are kept, no look was taken)")
-                record["incomplete"] = label
-                return record
-            values[label] = ([seeds[i] for i in keep], x[keep])
-        mask, strata, weights = scope_strata(ev["slices"], select.slice)
-        values = {label: (s, x[:, mask]) for label, (s, x) in values.items()}
-        factor_of = {labels[a]: override_values(by_name[a]).get(factor, labels[a]) for a in live}
-        for r in rounds:  # arms dropped earlier still count as rivals for the winner
-            for arm in r["drops"]:
-                factor_of.setdefault(arm, r["factor_of"].get(arm, arm))
-        dropped = {arm: why for r in rounds for arm, why in r["drops"].items()}
-        history = [{"n": r["n"], "z": r["z"]} for r in rounds]
-        look = race_look(values, strata, weights, factor_of, select, history, dropped,
-                         max_seeds=settings.max_seeds, accuracy=select.metric in ACCURACY_METRICS,
-                         futility_power=settings.futility_power)
-        live_after = [arm for arm in live if labels[arm] not in look["drops"]]
-        rounds.append({"round": len(rounds) + 1, "n": n, "live": live_after, "ran": live,
-                       "new_cells": [" ".join(j) for j in new], "z": look["z"], "level": look["level"],
-                       "spent": look["spent"], "best": look["best"], "point": look["point"], "drops": look["drops"],
-                       "factor_of": factor_of, "stop": look["stop"], "winner": look["winner"],
-                       "at": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
-        atomic_write_json(sweep_dir / RACE_JSON, record)  # the look is on disk before anything else happens
-        for arm, why in look["drops"].items():
-            log(f"  dropped {arm}: beaten by {why['by']} ({why['difference']:+.3f}, CI [{why['ci_low']:+.3f}, "
-                f"{why['ci_high']:+.3f}] at level {why['level']:.3g})")
+        log(f"race round {plan['round']}: {len(plan['live'])} live arm(s) x seeds 0..{plan['n'] - 1} "
+            f"({len(plan['new'])} new cells)")
+        launch(plan["jobs"])
+        look = take_look(sweep_dir, record, plan, select, log)
+        if look is None:
+            record["incomplete"] = True
+            return record
         if look["stop"]:
-            log(f"race ended at round {len(rounds)} ({n} seeds per live arm): {look['stop']}"
-                + (f", winner {factor} = {look['winner']}" if look["winner"] is not None else ""))
             return record
+
+
+# ----------------------------------------------------------------------------------------------- on SLURM
+def submit_round(sweep_dir: Path, record: dict, plan: dict, launcher, select) -> dict:
+    """Submit a round's new cells (their configs: the arm's config.yaml with the seed changed) and, after them, the
+    race job that takes the look and submits the next round (RaceJob)."""
+    from omegaconf import OmegaConf
+
+    from ablate.sweep.slurm import submit_cells
+    from ablate.sweepdir import layout
+    from ablate.sweepdir.ids import cell_id
+
+    sweep = layout.read_sweep(sweep_dir)
+    known = {" ".join(c["overrides"]): c["cell_id"] for c in sweep.cells}
+    cells = []
+    for name in plan["new"]:
+        overrides = name.split(" ")
+        arm = [o for o in overrides if not o.startswith("seed=")]
+        template = next((cid for ov, cid in known.items()
+                         if [o for o in ov.split(" ") if not o.startswith("seed=")] == arm), None)
+        if template is None:
+            raise RaceError(f"no planned cell of arm {' '.join(arm)} to take its config from")
+        cfg = OmegaConf.load(layout.cell_dir(sweep_dir, template) / layout.CONFIG_YAML)
+        cfg.seed = int(override_values(overrides)["seed"])
+        cells.append((cfg, overrides, cell_id(cfg)))
+    with layout.updating_sweep(sweep_dir) as rec:
+        have = {c["cell_id"] for c in rec.cells}
+        rec.cells = rec.cells + [{"cell_id": cid, "overrides": ov} for _, ov, cid in cells if cid not in have]
+    record["pending"] = plan
+    atomic_write_json(Path(sweep_dir) / RACE_JSON, record)
+    return submit_cells(sweep_dir, cells, launcher, select, collector=RaceJob(str(sweep_dir)))
+
+
+def race_round_job(sweep_dir: str | Path, log: Callable[[str], None] = print) -> dict:
+    """What the race job does after a round on SLURM: the look, the report, and the next round (or the end)."""
+    from types import SimpleNamespace
+
+    from omegaconf import OmegaConf
+
+    from ablate.collect import collect, describe
+    from ablate.config import select_config
+    from ablate.sweepdir import layout
+
+    sweep_dir = Path(sweep_dir)
+    record = read_record(sweep_dir)
+    plan = record.get("pending")
+    select = SimpleNamespace(**record["select"])
+    if plan is not None:
+        look = take_look(sweep_dir, record, plan, select, log)
+        if look is None:
+            record["incomplete"] = True
+    summary = collect(sweep_dir, select_config(base=OmegaConf.create(record["select"])))
+    log(describe(summary))
+    if record.get("incomplete") or ended(record):
+        return record
+    plan = next_round(sweep_dir, record)
+    if plan is not None:
+        log(f"race round {plan['round']}: {len(plan['live'])} live arm(s) x seeds 0..{plan['n'] - 1} "
+            f"({len(plan['new'])} new cells), submitted")
+        submit_round(sweep_dir, record, plan, OmegaConf.create(layout.read_sweep(sweep_dir).slurm),
+                     select_config(base=OmegaConf.create(record["select"])))
+    return record
 
 
 def _ran(job: list[str], rounds: list[dict]) -> bool:
@@ -186,3 +283,20 @@ def _plain(select) -> dict:
         return OmegaConf.to_container(select, resolve=True)
     except ValueError:
         return dict(vars(select))
+
+
+class RaceJob:
+    """A race's decision between rounds on SLURM: after a round's cells (afterany), take the look, write the report and
+    submit the next round with the next RaceJob (ablate.sweep.race.race_round_job)."""
+
+    def __init__(self, sweep_dir: str):
+        self.sweep_dir = sweep_dir
+
+    def __call__(self) -> dict:
+        from ablate.sweep.status import reconcile
+
+        time.sleep(1)  # let sacct record the cells' final states
+        reconcile(self.sweep_dir)
+        record = race_round_job(self.sweep_dir, log=lambda line: print(line, flush=True))
+        last = record["rounds"][-1] if record["rounds"] else {}
+        return {"round": last.get("round"), "stop": last.get("stop"), "winner": last.get("winner")}

@@ -137,9 +137,10 @@ def check_submission(cells: list[tuple[DictConfig, list[str], str]], launcher: D
 
 
 def submit_cells(sweep_dir: Path, cells: list[tuple[DictConfig, list[str], str]], launcher: DictConfig,
-                 select: DictConfig) -> dict:
+                 select: DictConfig, collector=None) -> dict:
     """Check (check_submission), then submit (config, overrides, cell_id) cells and the collector; record job ids in
-    sweep.json and status.json. Callers that may race another launcher hold the sweep's lock."""
+    sweep.json and status.json. Callers that may race another launcher hold the sweep's lock. `collector`: the job
+    that runs after the cells instead of the collector (a race's RaceJob, which collects too)."""
     sweep_dir = Path(sweep_dir)
     name = f"ablate-{sweep_dir.name}"
     profiled = check_submission(cells, launcher)
@@ -180,7 +181,8 @@ def submit_cells(sweep_dir: Path, cells: list[tuple[DictConfig, list[str], str]]
             "dependency": f"afterany:{masters}", "kill-on-invalid-dep": "no"}
         params.pop("slurm_array_parallelism")
         executor.update_parameters(**params)
-        collector_job = str(executor.submit(CollectJob(str(sweep_dir), OmegaConf.to_container(select))).job_id)
+        job = collector if collector is not None else CollectJob(str(sweep_dir), OmegaConf.to_container(select))
+        collector_job = str(executor.submit(job).job_id)
 
     with updating_sweep(sweep_dir) as record:
         record.jobs = (record.jobs or {}) | jobs

@@ -123,7 +123,10 @@ class AblateSlurmLauncher(LauncherSetup, Launcher):
                       f"sweep.json written to {sweep_dir} in {time.monotonic() - started:.2f} s; nothing submitted",
                       flush=True)
                 return None
-            submitted = submit_cells(sweep_dir, todo, launcher, self.config.select) if todo else {"jobs": {}}
+            # a race's first round: its race job runs after the cells instead of the collector (ablate.sweep.race)
+            collector = getattr(self, "collector_job", None)
+            submitted = (submit_cells(sweep_dir, todo, launcher, self.config.select, collector=collector) if todo
+                         else {"jobs": {}})
         except ImpossibleRequest as error:
             print(f"ablate: {error}", file=sys.stderr, flush=True)
             raise SystemExit(2) from None

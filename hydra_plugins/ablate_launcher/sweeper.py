@@ -131,15 +131,14 @@ class AblateSweeper(hydra_api.basic_sweeper_class()):
                                    if OmegaConf.is_config(self.race) else self.race)
             if settings is None:
                 return super().sweep(arguments)
-            if "slurm" in str(self.config.hydra.launcher.get("_target_", "")).lower():
-                raise RaceError("racing runs on the local launcher only for now: on SLURM each round needs a "
-                                "dependent job that decides and submits the next one, which is not built yet")
             if self.tune:
                 raise RaceError("hydra.sweeper.race with hydra.sweeper.tune: racing a tuned comparison is not "
                                 "built yet; race the selected settings after `ablate confirm --print`")
             arms = plan_arms(swept, settings, select.min_seeds)
             sweep_dir = Path(self.config.hydra.sweep.dir)
             sweep_dir.mkdir(parents=True, exist_ok=True)
+            if "slurm" in str(self.config.hydra.launcher.get("_target_", "")).lower():
+                return self._race_on_slurm(sweep_dir, arms, settings, select)
             counter = {"idx": 0}
 
             def launch(jobs):
@@ -156,6 +155,34 @@ class AblateSweeper(hydra_api.basic_sweeper_class()):
         except RaceError as error:  # before anything is run (or between rounds, with the cells kept)
             print(f"RaceError: {error}", file=sys.stderr, flush=True)
             raise SystemExit(2) from None
+        return []
+
+    def _race_on_slurm(self, sweep_dir: Path, arms, settings, select):
+        """Round 1 through the SLURM launcher with a race job after it; each race job submits the next round."""
+        from ablate.sweep.race import RaceError, RaceJob, ended, next_round, open_race, race_round_job
+        from ablate.sweep.status import ALIVE, slurm_states
+        from ablate.sweepdir.atomic import atomic_write_json
+        from ablate.sweepdir.layout import RACE_JSON, read_sweep
+
+        record = open_race(sweep_dir, arms, settings, select)
+        if ended(record):
+            print(f"race already ended at round {len(record['rounds'])}", flush=True)
+            return []
+        if record["rounds"] or record.get("pending"):
+            # a race under way: its jobs carry it on; if none is alive (a race job that died), carry it on from here
+            jobs = [*(read_sweep(sweep_dir).jobs or {}).values(), *(read_sweep(sweep_dir).collector_jobs or [])]
+            if any(state in ALIVE for state in slurm_states(jobs).values()):
+                raise RaceError(f"a race is running in {sweep_dir} (round {len(record['rounds']) + 1}); follow it "
+                                f"with `ablate status {sweep_dir}` and its report")
+            race_round_job(sweep_dir, log=lambda line: print(line, flush=True))
+            return []
+        plan = next_round(sweep_dir, record)
+        record["pending"] = plan
+        atomic_write_json(sweep_dir / RACE_JSON, record)
+        print(f"race round 1: {len(plan['live'])} arms x seeds 0..{plan['n'] - 1}; after it a race job takes the look "
+              f"and submits the next round (race.json, ablate status {sweep_dir})", flush=True)
+        self.launcher.collector_job = RaceJob(str(sweep_dir))
+        self.launcher.launch(plan["jobs"], initial_job_idx=0)
         return []
 
     def _defaults(self, spaces: dict, swept: dict) -> dict:

@@ -20,18 +20,21 @@ def _status(args) -> int:
     import json
     import time
 
+    from ablate.sweep.race import in_flight, read_record, status_lines
     from ablate.sweep.status import format_status, reconcile
 
     while True:
         table = reconcile(args.sweep_dir)
         if args.json:
             rows = table.astype(object).where(table.notna(), None).to_dict(orient="records")
-            print(json.dumps({"sweep_dir": str(args.sweep_dir), "cells": rows}, indent=2))
+            race = read_record(args.sweep_dir) if status_lines(args.sweep_dir) else None
+            print(json.dumps({"sweep_dir": str(args.sweep_dir), "cells": rows} | ({"race": race} if race else {}),
+                             indent=2))
         else:
             if args.watch and sys.stdout.isatty():
                 print("\033[H\033[J", end="")  # redraw in place
-            print(format_status(table, args.sweep_dir), flush=True)
-        if not args.watch or table.state.isin(["done", "failed"]).all():
+            print("\n".join([format_status(table, args.sweep_dir), *status_lines(args.sweep_dir)]), flush=True)
+        if not args.watch or (table.state.isin(["done", "failed"]).all() and not in_flight(args.sweep_dir)):
             return 0
         try:
             time.sleep(args.watch)

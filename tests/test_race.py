@@ -165,6 +165,14 @@ def test_a_tiny_race_runs_in_rounds_resumes_from_its_record_and_refuses_another_
     cells = len(json.loads((sweep_dir / "sweep.json").read_text())["cells"])
     assert cells == sum(len(r["new_cells"]) for r in rounds)
 
+    import subprocess
+    import sys
+
+    status = subprocess.run([sys.executable, "-m", "ablate.cli", "status", str(sweep_dir)], cwd=repo_root,
+                            capture_output=True, text=True, timeout=120)
+    assert f"race ended at round {len(rounds)}: {rounds[-1]['stop']}" in status.stdout, status.stdout + status.stderr
+    assert f"cells {cells} of 8 (arms x max_seeds)" in status.stdout
+
     again = run_ablate(repo_root, *args)  # the same command: the race has ended, nothing trains, no look repeats
     assert again.returncode == 0 and "race already ended" in again.stdout
     assert json.loads((sweep_dir / "race.json").read_text())["rounds"] == rounds

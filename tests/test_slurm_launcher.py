@@ -598,6 +598,9 @@ def test_a_race_runs_round_after_round_on_slurm_with_no_terminal_attached(slurm_
     assert proc.returncode == 0, output(proc)
     assert "race round 1: 2 arms x seeds 0..2" in proc.stdout, output(proc)
     assert sweep_jobs(slurm_cluster, sweep_dir), "the command waited for the race instead of returning"
+    status = cli(slurm_cluster, "status", str(sweep_dir))
+    assert status.returncode == 0 and "race round 1 in flight (3 seeds per live arm); cells 6 of 8" in status.stdout, \
+        output(status)
 
     def race_ended():
         record = read_json(sweep_dir / "race.json")

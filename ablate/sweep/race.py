@@ -262,6 +262,44 @@ def race_round_job(sweep_dir: str | Path, log: Callable[[str], None] = print) ->
     return record
 
 
+def status_lines(sweep_dir: str | Path) -> list[str]:
+    """For `ablate status`: the round in flight, live arms, dropped arms with their reason, cells spent vs budget."""
+    try:
+        record = read_record(Path(sweep_dir))
+    except RaceError as error:
+        return [f"race: {error}"]
+    if record is None:
+        return []
+    rounds, settings = record["rounds"], record["settings"]
+    spent = sum(len(r["new_cells"]) for r in rounds) + len((record.get("pending") or {}).get("new", []))
+    budget = settings.get("max_cells") or len(record["arms"]) * settings["max_seeds"]
+    if ended(record):
+        last = rounds[-1] if rounds else {}
+        head = f"race ended at round {len(rounds)}: {last.get('stop') or record.get('stop')}" + (
+            f", winner {last['winner']}" if last.get("winner") is not None else "")
+    elif record.get("pending"):
+        head = f"race round {record['pending']['round']} in flight ({record['pending']['n']} seeds per live arm)"
+    else:
+        head = f"race: {len(rounds)} round(s) done"
+    live = rounds[-1]["live"] if rounds else [" ".join(a) for a in record["arms"]]
+    lines = [f"{head}; cells {spent} of {budget} "
+             f"({'max_cells' if settings.get('max_cells') else 'arms x max_seeds'}); live: {', '.join(live)}"]
+    for r in rounds:
+        for arm, why in r["drops"].items():
+            lines.append(f"  dropped at round {r['round']}: {arm} (beaten by {why['by']}, {why['difference']:+.3f}, "
+                         f"CI [{why['ci_low']:+.3f}, {why['ci_high']:+.3f}] at {why['level']:.3g})")
+    return lines
+
+
+def in_flight(sweep_dir: str | Path) -> bool:
+    """A race that has not ended (`ablate status --watch` keeps following it between rounds)."""
+    try:
+        record = read_record(Path(sweep_dir))
+    except RaceError:
+        return False
+    return record is not None and not ended(record) and bool(record.get("pending"))
+
+
 def _ran(job: list[str], rounds: list[dict]) -> bool:
     name = " ".join(job)
     return any(name in r["new_cells"] for r in rounds)

@@ -627,3 +627,29 @@ def test_a_race_runs_round_after_round_on_slurm_with_no_terminal_attached(slurm_
     again = run_ablate(slurm_cluster, *args)  # the ended race: nothing is submitted
     assert again.returncode == 0 and "race already ended" in again.stdout, output(again)
     assert not sweep_jobs(slurm_cluster, sweep_dir)
+
+
+# ------------------------------------------------------------------------------------- tuned + confirm
+def test_a_tuned_sweep_confirms_itself_from_its_collector_job(slurm_cluster, embedded_model, tmp_path):
+    """hydra.sweeper.confirm on SLURM: the tuning sweep's collector job writes its report, then submits the
+    confirmation (the selected settings on fresh seeds), whose own collector decides on the test pairs."""
+    sweep_dir = tmp_path / "tuned"
+    proc = run_ablate(slurm_cluster, "-m", "++hydra.sweeper.tune={dpo:{objective.beta:[0.1,0.3]},"
+                      "simpo:{objective.beta:[2.0,5.0]}}", "data.validation_pairs=12", "seed=0",
+                      "hydra.sweeper.confirm=3", *SLURM, "hydra.launcher.gpus_per_node=0",
+                      f"hydra.sweep.dir={sweep_dir}", *TINY)
+    assert proc.returncode == 0, output(proc)
+    assert "the collector job submits the confirmation" in proc.stdout, output(proc)
+    confirm_dir = tmp_path / "tuned_confirm"
+    wait_for(lambda: (confirm_dir / "report" / "summary.json").exists() and not sweep_jobs(slurm_cluster, sweep_dir)
+             and not sweep_jobs(slurm_cluster, confirm_dir), 3 * ENDED, "the confirmation's report", slurm_cluster)
+    tuned = read_json(sweep_dir / "report" / "summary.json")
+    assert tuned["decisive"] is False and tuned["decision"]["exploratory"].startswith("a tuning sweep")
+    record = read_json(confirm_dir / "tuning.json")
+    assert record["confirms"] == str(sweep_dir.resolve()) and "confirm" not in record
+    picked = {o: e["selected"] for o, e in tuned["tuning"]["groups"][0]["selection"].items()}
+    assert record["spaces"] == {o: {k: [v] for k, v in s.items()} for o, s in picked.items()}
+    confirmed = read_json(confirm_dir / "report" / "summary.json")
+    assert confirmed["cell_counts"] == {"done": 6} and confirmed["decision"]["pairs"] == 32 - 12
+    assert confirmed["explanation"].startswith(f"Confirmation of {sweep_dir.resolve()}")
+    assert read_json(confirm_dir / "sweep.json")["launcher"] == "slurm"

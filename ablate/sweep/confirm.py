@@ -23,7 +23,7 @@ from pathlib import Path
 
 from ablate.sweepdir import layout
 
-_DROPPED = ("seed=", "hydra.sweep.dir=", "hydra.sweeper.tune=", "hydra.sweeper.confirms=")
+_DROPPED = ("seed=", "hydra.sweep.dir=", "hydra.sweeper.tune=", "hydra.sweeper.confirms=", "hydra.sweeper.confirm=")
 _NUMBER = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
 
 
@@ -72,7 +72,9 @@ def confirm_plan(sweep_dir: str | Path, seeds: int | None = None, group: dict[st
     if not {"-m", "--multirun"} & set(argv):
         argv.insert(0, "-m")
     confirm_dir = sweep_dir.with_name(sweep_dir.name + "_confirm")
-    argv += [f"hydra.sweeper.tune={tune}", f"hydra.sweeper.confirms={sweep_dir}",
+    # `++`: set the spaces whether the tuning sweep's came from a sweep file or the command line (merged key by key:
+    # every key of each space is given, so nothing of the searched lists is left)
+    argv += [f"++hydra.sweeper.tune={tune}", f"hydra.sweeper.confirms={sweep_dir}",
              f"seed={','.join(map(str, fresh))}", *(f"{k}={v}" for k, v in chosen["group"].items()),
              f"hydra.sweep.dir={confirm_dir}"]
     return {"argv": argv, "command": "python -m ablate " + " ".join(shlex.quote(a) for a in argv),
@@ -86,3 +88,27 @@ def _seeds_of(record: layout.SweepRecord) -> list[int]:
         if value is not None and str(value).lstrip("-").isdigit():
             seeds.append(int(value))
     return seeds
+
+
+def run_confirmation(sweep_dir: str | Path, seeds=True) -> int:
+    """Plan and run the confirmation (`python -m ablate <its arguments>`): the local sweep's next step, or, on SLURM,
+    what the tuning sweep's collector job does after its report (it submits the confirmation's cells). The exit
+    status of the command."""
+    import subprocess
+    import sys
+
+    plan = confirm_plan(sweep_dir, None if seeds is True else int(seeds))
+    print(f"confirming the selected settings on fresh seeds {','.join(map(str, plan['seeds']))} in {plan['dir']}:\n"
+          f"  {plan['command']}", flush=True)
+    return subprocess.run([sys.executable, "-m", "ablate", *plan["argv"]], check=False).returncode
+
+
+def requested(sweep_dir: str | Path):
+    """The seeds a tuned sweep asked to be confirmed on (`hydra.sweeper.confirm`, kept in tuning.json), or None."""
+    try:
+        record = json.loads((Path(sweep_dir) / layout.TUNING_JSON).read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(record, dict) or record.get("confirms"):
+        return None
+    return record.get("confirm") or None

@@ -102,5 +102,14 @@ class CollectJob:
         reconcile(self.sweep_dir)
         summary = collect(self.sweep_dir, select_config(base=OmegaConf.create(self.select)))
         print(describe(summary), flush=True)
+        from ablate.sweep.confirm import ConfirmError, requested, run_confirmation
+
+        seeds = requested(self.sweep_dir)
+        if seeds and not summary.get("not_finished"):
+            # a tuned sweep with hydra.sweeper.confirm: the confirmation's cells and collector go to the queue now
+            try:
+                run_confirmation(self.sweep_dir, seeds)
+            except ConfirmError as error:
+                print(f"ablate confirm: {error}", flush=True)
         return {"winner": summary["winner"], "decisive": summary["decisive"]}
 

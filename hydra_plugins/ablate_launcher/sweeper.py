@@ -74,7 +74,9 @@ class AblateSweeper(hydra_api.basic_sweeper_class()):
         OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
         atomic_write_json(sweep_dir / TUNING_JSON, {"spaces": spaces, "defaults": self._defaults(spaces, swept),
                                                     "budget": budget,
-                                                    **({"confirms": str(self.confirms)} if self.confirms else {})})
+                                                    **({"confirms": str(self.confirms)} if self.confirms else {}),
+                                                    **({"confirm": self.confirm} if self.confirm and not self.confirms
+                                                       else {})})
         log.info("tuned comparison: %s", ", ".join(f"{o} {b['settings']} settings" for o, b in budget.items()))
         batches = list(self.split_overrides_to_chunks(jobs, self.max_batch_size))
         returns, initial_job_idx = [], 0
@@ -90,23 +92,17 @@ class AblateSweeper(hydra_api.basic_sweeper_class()):
 
     def _confirm(self, sweep_dir: Path) -> None:
         """The confirmation stage as the next local step: the selected settings on fresh seeds (ablate confirm)."""
-        import subprocess
-
-        from ablate.sweep.confirm import ConfirmError, confirm_plan
+        from ablate.sweep.confirm import ConfirmError, run_confirmation
 
         if "slurm" in str(self.config.hydra.launcher.get("_target_", "")).lower():
-            print(f"hydra.sweeper.confirm: on SLURM, run `ablate confirm {sweep_dir}` once the collector job has "
-                  f"written the report", flush=True)
+            print(f"hydra.sweeper.confirm: the collector job submits the confirmation once it has written the report "
+                  f"(into {sweep_dir}_confirm)", flush=True)
             return
-        seeds = None if self.confirm is True else int(self.confirm)
         try:
-            plan = confirm_plan(sweep_dir, seeds)
+            code = run_confirmation(sweep_dir, self.confirm)
         except ConfirmError as error:
             print(f"ablate confirm: {error}", file=sys.stderr, flush=True)
             raise SystemExit(2) from None
-        print(f"confirming the selected settings on fresh seeds {','.join(map(str, plan['seeds']))} in "
-              f"{plan['dir']}:\n  {plan['command']}", flush=True)
-        code = subprocess.run([sys.executable, "-m", "ablate", *plan["argv"]], check=False).returncode
         if code:
             raise SystemExit(code)
 

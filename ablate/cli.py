@@ -4,7 +4,7 @@
     ablate resubmit <sweep_dir> [--failed] [--cells ID ...] [--force]   submit again what did not finish (SLURM)
     ablate cancel   <sweep_dir>                         scancel every queued or running job of the sweep
     ablate collect  <sweep_dir> [key=value ...]         decision, statistics and report (conf/select overrides)
-    ablate confirm  <sweep_dir> [--seeds N] [--print]   a tuned sweep's selected settings on fresh seeds
+    ablate confirm  <sweep_dir> [key=value ...] [--seeds N] [--print]   a tuned sweep's settings on fresh seeds
     ablate wandb-report <sweep_dir> [--sync] [--new]    publish the W&B Report (after `wandb sync`, or --sync)
 """
 
@@ -137,7 +137,8 @@ def _confirm(args) -> int:
     from ablate.sweep.confirm import ConfirmError, confirm_plan
 
     try:
-        plan = confirm_plan(args.sweep_dir, args.seeds, dict(g.split("=", 1) for g in args.group or []))
+        plan = confirm_plan(args.sweep_dir, args.seeds, dict(g.split("=", 1) for g in args.group or []),
+                            args.overrides)
     except ConfirmError as error:
         print(f"ablate confirm: {error}", file=sys.stderr)
         return 2
@@ -211,6 +212,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seeds", type=int, help="fresh seeds per objective (default: as many as the tuning sweep ran)")
     p.add_argument("--group", nargs="+", metavar="KEY=VALUE", help="which group's selection, when there are several")
     p.add_argument("--print", action="store_true", help="print the command instead of running it")
+    p.add_argument("overrides", nargs="*", help="for the confirmation only, e.g. fresh held-out pairs: "
+                                                "data.heldout.path=fresh.jsonl")
     p.set_defaults(func=_confirm)
 
     p = sub.add_parser("wandb-report", help="publish the sweep's W&B Report from report/wandb_report.json")

@@ -311,9 +311,10 @@ def test_a_shrunken_fair_sweep_end_to_end(repo_root, tmp_path):
     picked = {o: e["selected"] for o, e in group["selection"].items()}
     assert f"on fresh seeds 1,2,3 in {confirm_dir}" in proc.stdout
     # `ablate confirm` gives the same command (here printed, not run: the confirmation exists already)
-    printed = subprocess.run([sys.executable, "-m", "ablate.cli", "confirm", str(sweep_dir), "--seeds", "3", "--print"],
-                             cwd=repo_root, env=os.environ.copy(), capture_output=True, text=True, timeout=120)
-    assert printed.returncode == 0 and f"hydra.sweep.dir={confirm_dir}" in printed.stdout
+    printed = subprocess.run([sys.executable, "-m", "ablate.cli", "confirm", str(sweep_dir), "data.split_seed=7",
+                              "--seeds", "3", "--print"], cwd=repo_root, env=os.environ.copy(), capture_output=True,
+                             text=True, timeout=120)
+    assert printed.returncode == 0 and f"data.split_seed=7 hydra.sweep.dir={confirm_dir}" in printed.stdout
     record = json.loads((confirm_dir / "tuning.json").read_text())
     assert record["confirms"] == str(sweep_dir.resolve())
     assert record["spaces"] == {o: {k: [v] for k, v in s.items()} for o, s in picked.items()}

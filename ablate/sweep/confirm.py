@@ -38,8 +38,12 @@ def _value(value: str) -> str:
     return "'" + value.replace("'", "\\'") + "'"
 
 
-def confirm_plan(sweep_dir: str | Path, seeds: int | None = None, group: dict[str, str] | None = None) -> dict:
-    """{"argv": the `python -m ablate` arguments, "command": it as one shell line, "dir", "seeds", "settings"}."""
+def confirm_plan(sweep_dir: str | Path, seeds: int | None = None, group: dict[str, str] | None = None,
+                 extra: list[str] | None = None) -> dict:
+    """{"argv": the `python -m ablate` arguments, "command": it as one shell line, "dir", "seeds", "settings"}.
+
+    `extra`: overrides for the confirmation only, e.g. fresh held-out pairs (`data.heldout.path=...`); a key that
+    changes the selected settings themselves would confirm something else, and is the user's to avoid."""
     sweep_dir = Path(sweep_dir).resolve()
     record = layout.read_sweep(sweep_dir)
     summary_path = sweep_dir / layout.REPORT / "summary.json"
@@ -76,7 +80,7 @@ def confirm_plan(sweep_dir: str | Path, seeds: int | None = None, group: dict[st
     # every key of each space is given, so nothing of the searched lists is left)
     argv += [f"++hydra.sweeper.tune={tune}", f"hydra.sweeper.confirms={sweep_dir}",
              f"seed={','.join(map(str, fresh))}", *(f"{k}={v}" for k, v in chosen["group"].items()),
-             f"hydra.sweep.dir={confirm_dir}"]
+             *(extra or []), f"hydra.sweep.dir={confirm_dir}"]
     return {"argv": argv, "command": "python -m ablate " + " ".join(shlex.quote(a) for a in argv),
             "dir": confirm_dir, "seeds": fresh, "settings": settings, "group": chosen["group"]}
 

@@ -193,7 +193,7 @@ def tuned_rates(n_seeds: int, sims: int, seed: int = 0) -> tuple[float, float]:
     100 validation pairs (ablate.collect.tuning.select_setting), then (a) tested on the 200 test pairs of the SAME
     runs, as a tuning sweep does, or (b) retrained on fresh seeds and tested there at the level of a first look
     (the confirmation stage of `ablate confirm`). (false-winner rate of a, of b)."""
-    from ablate.collect.sequential import plan_look
+    from ablate.collect.sequential import at_alpha, plan_look
     from ablate.collect.tuning import select_setting
 
     tau, sigma, het = SCENARIOS["both"]
@@ -221,7 +221,7 @@ def tuned_rates(n_seeds: int, sims: int, seed: int = 0) -> tuple[float, float]:
                    for name, i in chosen.items()}
         values = {name: (s, x[:, test]) for name, (s, x) in confirm.items()}
         look = plan_look([], [], select, {name: s for name, (s, _) in values.items()})
-        at_look = SimpleNamespace(**(vars(select) | {"alpha": look["nominal_alpha"]}))
+        at_look = at_alpha(select, look["nominal_alpha"])
         fresh += compare_arms(values, strata, weights, factor_of, at_look, accuracy=True)["decisive"]
     return same / sims, fresh / sims
 

@@ -20,7 +20,6 @@ import math
 import subprocess
 import sys
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -30,7 +29,7 @@ from test_calibration import ALPHA, SCENARIOS, STRATA, WEIGHTS, rule, simulate
 
 from ablate.collect import collect
 from ablate.collect.decide import compare_arms, seeds_needed
-from ablate.collect.sequential import boundary, ledger_entry, nominal_alpha, plan_look, spent_by
+from ablate.collect.sequential import at_alpha, boundary, ledger_entry, nominal_alpha, plan_look, spent_by
 from ablate.config import select_config
 from ablate.sweepdir.ledger import LEDGER, read_ledger
 
@@ -201,7 +200,7 @@ def user_path(rng, scenario: str, how: str, *, delta: float = 0.0, arms: int = 2
         look = plan_look(ledger, [], select, {arm: seeds for arm, (seeds, _) in values.items()})
         if not sequential:
             look = {**look, "exploratory": None, "nominal_alpha": select.alpha, "alpha_at": None}
-        at_look = SimpleNamespace(**(vars(select) | {"alpha": look["nominal_alpha"]}))
+        at_look = at_alpha(select, look["nominal_alpha"])
         outcome = compare_arms(values, STRATA, WEIGHTS, factor_of, at_look, accuracy=True)
         if outcome["decisive"] and look["exploratory"] is None:
             return True, n

@@ -26,7 +26,7 @@ from ablate.collect.load import Sweep, load_sweep
 from ablate.collect.plan import add_seeds_command
 from ablate.collect.race import EXPLORATORY as EXPLORATORY_RACE
 from ablate.collect.race import race_line, race_summary
-from ablate.collect.sequential import ledger_entry, look_line, plan_look
+from ablate.collect.sequential import at_alpha, ledger_entry, look_line, plan_look
 from ablate.collect.tuning import EXPLORATORY as EXPLORATORY_TUNING
 from ablate.collect.tuning import read_tuning, test_pairs, tuned_comparison, tuned_line
 from ablate.config import select_config
@@ -96,9 +96,8 @@ def summarise(sweep: Sweep, select: DictConfig) -> dict:
     if look["exploratory"]:
         headline = decide(sweep, select, select.slice, arms, exploratory=look["exploratory"], pairs=pairs)
     else:  # the primary test, at the level this look may spend
-        at_look = SimpleNamespace(**(vars(select) | {"alpha": look["nominal_alpha"]}))
-        headline = decide(sweep, at_look, select.slice, arms, alpha_at=look["alpha_at"], plan_limit=select.max_seeds,
-                          pairs=pairs)
+        headline = decide(sweep, at_alpha(select, look["nominal_alpha"]), select.slice, arms,
+                          alpha_at=look["alpha_at"], plan_limit=select.max_seeds, pairs=pairs)
     headline["look"] = {key: value for key, value in look.items() if key != "alpha_at"}
     stage = (f"Confirmation of {confirms}: its selected settings on fresh seeds, decided on the test pairs only. "
              if confirms else "")

@@ -25,21 +25,19 @@ every live arm), with the rule of ablate.collect.decide at this look's level:
 
 from __future__ import annotations
 
+import json
 import math
-from types import SimpleNamespace
+from pathlib import Path
 
 import numpy as np
 
 from ablate.collect.decide import versus
-from ablate.collect.sequential import boundary, nominal_alpha, spent_by
-from ablate.collect.stats import equivalent, seeds_to_resolve
+from ablate.collect.sequential import at_alpha, boundary, nominal_alpha, spent_by
+from ablate.collect.stats import contrast, equivalent, pair_weights, seeds_to_resolve
+from ablate.sweepdir.layout import RACE_JSON
 
 STOPS = ("winner", "equivalent", "futile", "budget")
 EXPLORATORY = "a race: its claim is the race's own decision, round by round (race.json)"
-
-
-def at_level(select, alpha: float) -> SimpleNamespace:
-    return SimpleNamespace(**(vars(select) | {"alpha": alpha}))
 
 
 def race_look(values: dict[str, tuple[list[int], np.ndarray]], strata: np.ndarray, weights: dict,
@@ -57,18 +55,19 @@ def race_look(values: dict[str, tuple[list[int], np.ndarray]], strata: np.ndarra
     increment = spent_by(alpha, n / max_seeds) - spent
     z = boundary(past, n, increment)
     level = nominal_alpha(z) if math.isfinite(z) else 0.0
-    point = {arm: float(x.mean(axis=0) @ _w(strata, weights)) for arm, (_, x) in values.items()}
+    w = pair_weights(strata, weights)
+    point = {arm: float(x.mean(axis=0) @ w) for arm, (_, x) in values.items()}
     best = max(point, key=point.get)
     out = {"look": len(history) + 1, "n": n, "level": level, "z": z, "spent": spent + max(increment, 0.0),
            "best": best, "point": point, "drops": {}, "stop": None, "winner": None, "comparisons": []}
     others = [arm for arm in values if arm != best]
     if level > 0 and others:
-        rule = at_level(select, level)
+        rule = at_alpha(select, level)
         first = {arm: versus(values, best, arm, strata, weights, rule, accuracy=accuracy) for arm in others}
         out["comparisons"] = list(first.values())
         order = sorted(others, key=lambda a: _strength(first[a]), reverse=True)
         for i, arm in enumerate(order):  # Holm's step-down: stop at the first comparison it cannot reject
-            step = versus(values, best, arm, strata, weights, at_level(select, level / (len(order) - i)),
+            step = versus(values, best, arm, strata, weights, at_alpha(select, level / (len(order) - i)),
                           accuracy=accuracy)
             if not step["decisive"]:
                 break
@@ -82,7 +81,7 @@ def race_look(values: dict[str, tuple[list[int], np.ndarray]], strata: np.ndarra
         out["stop"], out["winner"] = "winner", factor_of[best]
         return out
     if level > 0 and rivals_live and select.equivalence_margin:
-        rule = at_level(select, level)
+        rule = at_alpha(select, level)
         same = [equivalent(_contrast(values, best, a, strata, weights, rule), select.equivalence_margin, level)
                 for a in rivals_live]
         if all(same):
@@ -110,20 +109,12 @@ def race_look(values: dict[str, tuple[list[int], np.ndarray]], strata: np.ndarra
     return out
 
 
-def _w(strata: np.ndarray, weights: dict) -> np.ndarray:
-    from ablate.collect.stats import pair_weights
-
-    return pair_weights(strata, weights)
-
-
 def _strength(comparison: dict) -> float:
     se = comparison["se"]
     return comparison["difference"] / se if se and math.isfinite(se) and se > 0 else -math.inf
 
 
 def _contrast(values, best, arm, strata, weights, rule) -> dict:
-    from ablate.collect.stats import contrast
-
     (seeds_a, a), (seeds_b, b) = values[best], values[arm]
     common = sorted(set(seeds_a) & set(seeds_b))
     a = a[[seeds_a.index(s) for s in common]]
@@ -133,11 +124,6 @@ def _contrast(values, best, arm, strata, weights, rule) -> dict:
 
 def race_summary(sweep_dir) -> dict | None:
     """The race's record, as the report shows it: rounds, drops, the stop, cells spent vs the fixed design."""
-    import json
-    from pathlib import Path
-
-    from ablate.sweepdir.layout import RACE_JSON
-
     path = Path(sweep_dir) / RACE_JSON
     try:
         record = json.loads(path.read_text())

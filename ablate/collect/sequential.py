@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import functools
 import math
+from types import SimpleNamespace
 
 import numpy as np
 from scipy import optimize
@@ -43,6 +44,11 @@ def test_of(select) -> dict:
     """The primary-test identity of a rule (a SimpleNamespace or dict)."""
     get = select.get if isinstance(select, dict) else lambda key: getattr(select, key, None)
     return {key: get(key) for key in TEST_KEYS}
+
+
+def at_alpha(select, alpha: float) -> SimpleNamespace:
+    """The rule with its level replaced: what one look (or one step of Holm's procedure) tests at."""
+    return SimpleNamespace(**(vars(select) | {"alpha": alpha}))
 
 
 def spent_by(alpha: float, t: float) -> float:

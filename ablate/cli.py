@@ -4,7 +4,7 @@
     ablate resubmit <sweep_dir> [--failed] [--cells ID ...] [--force]   submit again what did not finish (SLURM)
     ablate cancel   <sweep_dir>                         scancel every queued or running job of the sweep
     ablate collect  <sweep_dir> [key=value ...]         decision, statistics and report (conf/select overrides)
-    ablate confirm  <sweep_dir> [key=value ...] [--seeds N] [--print]   a tuned sweep's settings on fresh seeds
+    ablate confirm  <sweep_dir> [key=value ...] [--seeds N] [--race] [--print]   a tuned sweep's settings, fresh seeds
     ablate wandb-report <sweep_dir> [--sync] [--new]    publish the W&B Report (after `wandb sync`, or --sync)
 """
 
@@ -138,13 +138,14 @@ def _confirm(args) -> int:
 
     try:
         plan = confirm_plan(args.sweep_dir, args.seeds, dict(g.split("=", 1) for g in args.group or []),
-                            args.overrides)
+                            args.overrides, race=args.race)
     except ConfirmError as error:
         print(f"ablate confirm: {error}", file=sys.stderr)
         return 2
     picks = "; ".join(f"{o}: {' '.join(f'{k}={v}' for k, v in s.items())}" for o, s in plan["settings"].items())
-    print(f"confirming {picks} on fresh seeds {','.join(map(str, plan['seeds']))} in {plan['dir']}:\n"
-          f"  {plan['command']}")
+    seeds = ",".join(map(str, plan["seeds"]))
+    fresh = f"a race from seed {plan['seeds'][0]}" if plan["race"] else f"fresh seeds {seeds}"
+    print(f"confirming {picks} on {fresh} in {plan['dir']}:\n  {plan['command']}")
     if args.print:
         return 0
     return subprocess.run([sys.executable, "-m", "ablate", *plan["argv"]], check=False).returncode
@@ -209,7 +210,10 @@ def main(argv: list[str] | None = None) -> int:
 
     p = sub.add_parser("confirm", help="retrain a tuned sweep's selected settings on fresh seeds (the decisive stage)")
     p.add_argument("sweep_dir")
-    p.add_argument("--seeds", type=int, help="fresh seeds per objective (default: as many as the tuning sweep ran)")
+    p.add_argument("--seeds", type=int, help="fresh seeds per objective (default: as many as the tuning sweep ran); "
+                                             "with --race, the race's max_seeds")
+    p.add_argument("--race", action="store_true", help="confirm as a race: rounds of fresh seeds, arms dropped as "
+                                                       "they are beaten (hydra.sweeper.race)")
     p.add_argument("--group", nargs="+", metavar="KEY=VALUE", help="which group's selection, when there are several")
     p.add_argument("--print", action="store_true", help="print the command instead of running it")
     p.add_argument("overrides", nargs="*", help="for the confirmation only, e.g. fresh held-out pairs: "

@@ -22,7 +22,7 @@ from ablate.paths import CONF_DIR
 from ablate.sweepdir.ids import as_plain
 from ablate.train.engine import ATTENTION, AUTOCAST
 from ablate.train.models import DTYPES
-from ablate.train.objectives import OBJECTIVES, register_objective_schemas
+from ablate.train.objectives import F_DIVERGENCES, OBJECTIVES, register_objective_schemas, term_problems
 
 
 # ------------------------------------------------------------------------------------- groups
@@ -270,7 +270,20 @@ OBJECTIVE_PARAMETER_RULES = {
     "odds_ratio_weight": (_positive, "> 0"),
     "desirable_weight": (_positive, "> 0"),
     "undesirable_weight": (_positive, "> 0"),
+    "terms": (lambda x: isinstance(x, list) and len(x) > 0, "a non-empty list"),  # each term: term_problems
+    "divergence": (lambda x: x in F_DIVERGENCES, f"one of {', '.join(F_DIVERGENCES)}"),
+    "alpha": (lambda x: True, "a number"),  # fdpo: any real α (1: reverse KL); alphapo: 0 is SimPO
 }
+
+# (objective, parameter) -> a rule of its own, where the shared one above is not enough
+OBJECTIVE_SPECIFIC_RULES = {
+    ("exo_pair", "label_smoothing"): (lambda x: 0 < x < 0.5, "in (0, 0.5): EXO takes log(label_smoothing)"),
+}
+
+
+def objective_rule(objective: str, param: str) -> tuple:
+    return OBJECTIVE_SPECIFIC_RULES.get((objective, param), OBJECTIVE_PARAMETER_RULES[param])
+
 
 RULES = {
     "lora.r": (lambda x: x >= 1, ">= 1"),
@@ -398,7 +411,14 @@ def cell_problems(cfg: DictConfig | dict) -> list[str]:
     else:
         known = OBJECTIVES[name].hyperparameters
         for param in known:
-            check(f"objective.{param}", objective[param], OBJECTIVE_PARAMETER_RULES[param])
+            if param == "terms":  # a combination: each term's name, weight and own hyper-parameters
+                problems += term_problems(objective[param])
+                for i, term in enumerate(objective[param] if not term_problems(objective[param]) else []):
+                    for key, value in term.items():
+                        if key not in ("name", "weight"):
+                            check(f"objective.terms[{i}].{key}", value, objective_rule(term["name"], key))
+                continue
+            check(f"objective.{param}", objective[param], objective_rule(name, param))
         for param in set(objective) - set(known) - {"name"}:  # forced in with +objective.x=...
             problems.append(f"objective.{param}: not a parameter of {name} (it takes {', '.join(known)})")
     for key, rule in RULES.items():

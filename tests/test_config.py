@@ -94,6 +94,45 @@ def test_validate_cell_rejects_out_of_range(compose_cfg, overrides, key):
 
 
 @pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["objective=combo", "objective.terms=[{name:dpo,weight:1.0},{name:ppo,weight:0.5}]"],
+         "objective.terms[1].name = 'ppo': unknown; known:"),
+        (["objective=combo", "objective.terms=[{name:dpo,weight:-0.5}]"],
+         "objective.terms[0].weight = -0.5: a finite number >= 0"),
+        (["objective=combo", "objective.terms=[{name:dpo,weight:0},{name:sft,weight:0.0}]"],
+         "objective.terms: every weight is 0 (nothing would be trained)"),
+        (["objective=combo", "objective.terms=[]"], "objective.terms: a non-empty list of {name, weight, ...}"),
+        (["objective=combo", "objective.terms=[{name:dpo}]"], "objective.terms[0] = {'name': 'dpo'}: a mapping with"),
+        (["objective=combo", "objective.terms=[{name:dpo,weight:1,gamma:0.5}]"],
+         "objective.terms[0]: gamma not a parameter of dpo (it takes beta, label_smoothing)"),
+        (["objective=combo", "objective.terms=[{name:dpo,weight:1,beta:0}]"],
+         "objective.terms[0].beta = 0: must be > 0"),
+        (["objective=combo", "objective.terms=[{name:kto,weight:1}]"], "objective.terms[0].name = 'kto': a term is a"),
+        (["objective=combo", "objective.terms=[{name:mpo,weight:1}]"], "objective.terms[0].name = 'mpo': a term is a"),
+        (["objective=exo_pair", "objective.label_smoothing=0"], "objective.label_smoothing = 0.0: must be in (0, 0.5)"),
+        (["objective=fdpo", "objective.divergence=kl"], "objective.divergence = kl: must be one of reverse_kl"),
+    ],
+    ids=["unknown term", "negative weight", "all-zero weights", "no terms", "no weight", "another's parameter",
+         "term parameter out of range", "kto term", "nested combination", "exo without epsilon", "divergence"],
+)
+def test_bad_objective_settings_name_the_key(compose_cfg, overrides, message):
+    cfg = compose_cfg(overrides)
+    with pytest.raises(ConfigError) as info:
+        validate_cell(cfg, overrides)
+    assert message in str(info.value)
+
+
+def test_a_combination_uses_the_reference_only_when_a_term_does(compose_cfg):
+    from ablate.train.objectives import get_objective
+
+    free = compose_cfg(["objective=combo", "objective.terms=[{name:cpo,weight:1},{name:sft,weight:0.5}]"])
+    validate_cell(free, [])
+    assert not get_objective("combo").bind(free.objective).uses_reference
+    assert get_objective("mpo").bind(compose_cfg(["objective=mpo"]).objective).uses_reference
+
+
+@pytest.mark.parametrize(
     ("overrides", "message"),
     [
         (["+lora.rank=4"], "lora.rank: unknown key (lora keys: alpha, dropout, r, target_modules)"),

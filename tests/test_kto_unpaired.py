@@ -176,10 +176,12 @@ def unpaired_files(compose_cfg, tmp_path):
             write_jsonl(tmp_path / "heldout.jsonl", unpaired_rows(heldout, with_slice=True)), heldout)
 
 
-def test_kto_trains_on_unpaired_rows_and_is_scored_on_pairs(compose_cfg, tmp_path, unpaired_files):
+@pytest.mark.parametrize("objective", ["kto", "apo_zero_unpaired"])
+def test_unpaired_objectives_train_on_unpaired_rows_and_are_scored_on_pairs(compose_cfg, tmp_path, unpaired_files,
+                                                                             objective):
     train_file, heldout_file, heldout = unpaired_files
     overrides = ["data=files", f"data.train_files=['{train_file}']", f"data.heldout_files=['{heldout_file}']",
-                 "objective=kto", *FILE_TRAINER]
+                 f"objective={objective}", *FILE_TRAINER]
     metrics = run_cell(compose_cfg(overrides), tmp_path / "sweep", overrides)
     assert metrics["heldout/pairs"] == len(heldout)
     assert metrics["heldout/verbose_rejected/pairs"] == sum(p.slice == "verbose_rejected" for p in heldout)
@@ -207,8 +209,8 @@ def test_a_paired_objective_on_unpaired_rows_stops_the_sweep_before_any_cell(rep
                            "data.max_length=64", "data.max_prompt_length=16", f"hydra.sweep.dir={sweep_dir}"],
                           cwd=repo_root, env=os.environ.copy(), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2, proc.stdout + proc.stderr
-    assert "unpaired prompt/completion/label rows (KTO format), which only kto trains on; objective dpo needs " \
-           "preference pairs" in proc.stderr
+    assert "unpaired prompt/completion/label rows (KTO format), which only kto and apo_zero_unpaired train on; " \
+           "objective dpo needs preference pairs" in proc.stderr
     assert "Traceback" not in proc.stderr
     assert not (sweep_dir / "cells").exists()
 

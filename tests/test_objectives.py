@@ -162,6 +162,25 @@ def test_orpo_hand_value():
     assert_close(out.rejected_rewards, t(0.1 * math.log(0.2)))
 
 
+def test_new_trl_objectives_hand_values():
+    """r_w = −1 − −2 = 1, r_l = −3 − −2 = −1, h = 2, β = 0.5 (n_w = 2, n_l = 1 tokens).
+    nca_pair: −log σ(0.5) − ½ log σ(−0.5) − ½ log σ(0.5) = 0.4741 + 0.4870 + 0.2370 = 1.1981.
+    sppo_hard: (1 − 1)² + (−1 + 1)² = 0 (both on target 1/(2β) = 1).
+    apo_zero: 1 − σ(0.5) + σ(−0.5) = 2·0.3775 = 0.7551.
+    sigmoid_norm: −log σ(0.5·(1/2 − −1/1)) = −log σ(0.75) = 0.3873.
+    sft: −S_w/n_w with one pair = 1/2."""
+    logps = SequenceLogps(t(-1.0), t(-3.0), t(2.0), t(1.0), ref_chosen=t(-2.0), ref_rejected=t(-2.0))
+    lsig = lambda x: math.log(sigmoid(x))  # noqa: E731
+    assert_close(get_objective("nca_pair")(logps, beta=0.5).losses, t(-lsig(0.5) - 0.5 * lsig(-0.5) - 0.5 * lsig(0.5)))
+    assert_close(get_objective("sppo_hard")(logps, beta=0.5).losses, t(0.0))
+    assert_close(get_objective("apo_zero")(logps, beta=0.5).losses, t(1 - sigmoid(0.5) + sigmoid(-0.5)))
+    assert_close(get_objective("sigmoid_norm")(logps, beta=0.5).losses, t(-lsig(0.75)))
+    assert_close(get_objective("sft")(logps).losses, t(0.5))
+    combo = get_objective("combo")(logps, terms=[{"name": "apo_zero", "weight": 2.0, "beta": 0.5},
+                                                 {"name": "sft", "weight": 0.5}])
+    assert_close(combo.losses, t(2 * (1 - sigmoid(0.5) + sigmoid(-0.5)) + 0.25))
+
+
 def test_kto_hand_value():
     """β = 0.1. KL batch: mean((−3 − −4), (−4 − −4)) = mean(1, 0) = 0.5 = z0 (positive, kept).
     r_w = −1 − −6.5 = 5.5 → β(r_w − z0) = 0.5; r_l = −7 − −2.5 = −4.5 → β(z0 − r_l) = 0.5.
@@ -297,8 +316,9 @@ def test_every_objective_shapes_rewards_and_finite_gradients(name):
     assert not out.chosen_rewards.requires_grad and not out.rejected_rewards.requires_grad
     assert torch.isfinite(out.losses).all()
     out.losses.mean().backward()
-    assert torch.isfinite(logps.chosen.grad).all() and torch.isfinite(logps.rejected.grad).all()
-    assert logps.chosen.grad.abs().sum() > 0
+    assert torch.isfinite(logps.chosen.grad).all() and logps.chosen.grad.abs().sum() > 0
+    if name != "sft":  # the only objective that never looks at the rejected completion
+        assert torch.isfinite(logps.rejected.grad).all()
 
 
 def test_uses_reference_and_kl_batch_flags():
@@ -310,7 +330,15 @@ def test_uses_reference_and_kl_batch_flags():
         "cpo": False,
         "orpo": False,
         "kto": True,
+        **dict.fromkeys(["nca_pair", "exo_pair", "robust", "bco_pair", "sppo_hard", "aot", "aot_unpaired", "apo_zero",
+                         "apo_down", "discopop", "sigmoid_norm"], True),
+        "sft": False,
+        "fdpo": True,
+        "alphapo": False,
+        "apo_zero_unpaired": True,
+        **dict.fromkeys(["combo", "mpo", "rpo"], True),  # as registered; bind() decides per cell from the terms
     }
+    assert [name for name, o in OBJECTIVES.items() if o.unpaired] == ["kto", "apo_zero_unpaired"]
     assert [name for name, o in OBJECTIVES.items() if o.needs_kl_batch] == ["kto"]
 
 

@@ -21,6 +21,8 @@ from ablate.collect.decide import compare_arms
 from ablate.collect.race import race_look
 
 SIMS = 400
+# the race settings the README's table measures: the defaults, and a larger max_seeds with alpha kept for late rounds
+PRESETS = {"defaults": {}, "max_seeds 12, spending 3": {"max_seeds": 12, "rho": 3.0}}
 POINTS = {0: 0.0, 2: 0.15, 4: 0.3, 8: 0.6}  # accuracy points -> logit shift of arm a0 (about)
 
 
@@ -29,10 +31,12 @@ def bound(sims: int) -> float:
 
 
 def race(rng, scenario: str, delta: float, arms: int, *, factor_of: dict | None = None, max_seeds: int = 8,
-         round_seeds: int = 1, collapse: bool = False) -> tuple[dict, int, dict, list[dict]]:
-    """(the stopping look, cells spent, the fixed design's decision at 8 seeds and full alpha, all looks)."""
+         round_seeds: int = 1, collapse: bool = False, futility_power: float = 0.3, rho: float | None = None,
+         fixed_seeds: tuple[int, ...] = ()) -> tuple[dict, int, dict, list[dict]]:
+    """(the stopping look, cells spent, the fixed design's decision at 8 seeds and full alpha, all looks); with
+    `fixed_seeds`, the fixed design's decision at each of those seeds per arm too (under "by_seeds")."""
     tau, sigma, het = SCENARIOS[scenario]
-    full = simulate(rng, max(max_seeds, 8), tau=tau, sigma=sigma, het=het, delta=delta, arms=arms)
+    full = simulate(rng, max(max_seeds, 8, *fixed_seeds), tau=tau, sigma=sigma, het=het, delta=delta, arms=arms)
     if collapse:  # arm a1 collapses in 1 run of 6: 2/3 of its right pairs lost
         seeds, x = full["a1"]
         hit = rng.random(len(seeds)) < 1 / 6
@@ -46,16 +50,23 @@ def race(rng, scenario: str, delta: float, arms: int, *, factor_of: dict | None 
             ran[arm] = n
         values = {arm: (full[arm][0][:n], full[arm][1][:n]) for arm in live}
         look = race_look(values, STRATA, WEIGHTS, factor_of, select, history, dropped, max_seeds=max_seeds,
-                         accuracy=True)
+                         accuracy=True, futility_power=futility_power, rho=rho)
         looks.append(look)
         history.append({"n": n, "z": look["z"]})
         dropped.update(look["drops"])
         live = [arm for arm in live if arm not in look["drops"]]
         if look["stop"]:
-            fixed = compare_arms({a: (s[:8], x[:8]) for a, (s, x) in full.items()}, STRATA, WEIGHTS, factor_of,
-                                 rule(), accuracy=True)
+            fixed = fixed_design(full, 8, factor_of)
+            fixed["by_seeds"] = {k: fixed_design(full, k, factor_of)["right"] for k in fixed_seeds}
             return look, sum(ran.values()), fixed, looks
         n = min(n + round_seeds, max_seeds)
+
+
+def fixed_design(full: dict, n: int, factor_of: dict) -> dict:
+    """The fixed design's decision on the first n seeds of every arm, one look at the full alpha."""
+    fixed = compare_arms({a: (s[:n], x[:n]) for a, (s, x) in full.items()}, STRATA, WEIGHTS, factor_of, rule(),
+                         accuracy=True)
+    return fixed | {"right": fixed["decisive"] and fixed["best_arm"] == "a0"}
 
 
 def summary(scenario: str, points: int, arms: int, sims: int, seed: int = 0, **kw) -> dict:
@@ -68,7 +79,18 @@ def summary(scenario: str, points: int, arms: int, sims: int, seed: int = 0, **k
             "fixed": sum(r[2]["decisive"] for r in rows) / sims,
             "fixed_right": sum(r[2]["decisive"] and r[2]["best_arm"] == "a0" for r in rows) / sims,
             "fixed_cells": 8 * arms,
-            "drops_wrong": sum(any(arm == "a0" for look in r[3] for arm in look["drops"]) for r in rows) / sims}
+            "drops_wrong": sum(any(arm == "a0" for look in r[3] for arm in look["drops"]) for r in rows) / sims,
+            "fixed_by_seeds": {k: sum(r[2]["by_seeds"][k] for r in rows) / sims for k in kw.get("fixed_seeds", ())}}
+
+
+def same_power_cells(power: float, by_seeds: dict[int, float], arms: int) -> float | None:
+    """Cells of the fixed design with this power: its seeds per arm interpolated on the simulated power curve
+    (None beyond the curve)."""
+    points = sorted(by_seeds.items())
+    for (n0, p0), (n1, p1) in zip(points, points[1:], strict=False):
+        if p0 <= power <= p1 and p1 > p0:
+            return arms * (n0 + (n1 - n0) * (power - p0) / (p1 - p0))
+    return None
 
 
 @pytest.mark.parametrize("arms", [2, 4])
@@ -79,12 +101,28 @@ def test_null_races_name_a_false_winner_at_most_at_alpha(scenario, arms):
     assert s["race"] <= bound(SIMS)
 
 
+def test_a_null_race_with_alpha_kept_for_late_rounds_stays_at_alpha():
+    s = summary("both", 0, 2, SIMS, seed=12, max_seeds=12, rho=3.0)
+    assert s["race"] <= bound(SIMS)
+
+
 def test_null_2x2_race_and_a_collapsing_arm():
     factor_of = {"a0": "x", "a1": "x", "a2": "y", "a3": "y"}
     s = summary("both", 0, 4, SIMS, seed=9, factor_of=factor_of)
     assert s["race"] <= bound(SIMS)
     s = summary("both", 0, 2, SIMS, seed=10, collapse=True)  # a1 collapses 1 run in 6: a0 may win, never a1 falsely
     assert s["race"] - s["race_right"] <= bound(SIMS)
+
+
+@pytest.mark.calibration
+@pytest.mark.parametrize("arms", [2, 4])
+@pytest.mark.parametrize("preset", list(PRESETS))
+def test_null_races_with_4000_sweeps(preset, arms):
+    """The tight check, outside CI's default run (`pytest -m calibration`): alpha + 2 s.e. of 4,000 sweeps (5.7%)."""
+    for scenario in ("seeds dominate", "both"):
+        s = summary(scenario, 0, arms, 4000, seed=100 + arms, **PRESETS[preset])
+        print(f"\nnull race, {preset}, {scenario}, {arms} arms: decisive {s['race']:.4f}, cells {s['cells']:.1f}")
+        assert s["race"] <= ALPHA + 2 * math.sqrt(ALPHA * (1 - ALPHA) / 4000)
 
 
 def test_the_best_arm_is_rarely_dropped_and_the_race_spends_fewer_cells():
@@ -97,14 +135,22 @@ def test_the_best_arm_is_rarely_dropped_and_the_race_spends_fewer_cells():
     assert s["race_right"] == s["race"]  # every winner it named was the better arm
 
 
+CURVE = (3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 14, 16)  # seeds per arm of the fixed designs the race is measured against
+
+
 def table(sims: int) -> str:
-    lines = ["| arms | effect of a0 | race: decisive | race: cells | fixed 8 seeds: decisive | fixed: cells |",
-             "|---|---|---|---|---|---|"]
-    for arms in (2, 4):
-        for points in (0, 2, 4, 8):
-            s = summary("both", points, arms, sims)
-            lines.append(f"| {arms} | +{points} points | {s['race']:.3f} | {s['cells']:.1f} | {s['fixed']:.3f} | "
-                         f"{s['fixed_cells']} |")
+    lines = ["| race settings | arms | effect of a0 | race: decisive | race: cells | fixed 8 seeds: decisive | "
+             "fixed 8: cells | fixed at the race's power: cells | race / that |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for name, kw in PRESETS.items():
+        for arms in (2, 4):
+            for points in (0, 2, 4, 8):
+                s = summary("both", points, arms, sims, fixed_seeds=CURVE if points else (), **kw)
+                # below 5% power the curve is flat noise: no honest equal-power figure
+                same = same_power_cells(s["race_right"], s["fixed_by_seeds"], arms) if s["race_right"] >= 0.05 else None
+                versus = f"{same:.1f} | {s['cells'] / same:.2f}" if same else "— | —"
+                lines.append(f"| {name} | {arms} | +{points} points | {s['race']:.3f} | {s['cells']:.1f} | "
+                             f"{s['fixed']:.3f} | {s['fixed_cells']} | {versus} |")
     return "\n".join(lines)
 
 
@@ -131,7 +177,10 @@ def run_ablate(repo_root, *args: str, timeout: int = 900):
     (["objective=dpo,simpo", "hydra.sweeper.race={max_cells:5}"], "max_cells = 5 is below one round: 2 arms x 3"),
     (["objective=dpo,simpo", "hydra.sweeper.race={max_seed:5}"], "unknown key(s) max_seed"),
     (["objective=dpo,simpo", "hydra.sweeper.race=3"], "hydra.sweeper.race = 3: true, false, or a mapping"),
-], ids=["one arm", "seeds given", "max_seeds", "max_cells", "typo", "not a mapping"])
+    (["++hydra.sweeper.tune={dpo:{objective.beta:[0.1,0.2]},simpo:{objective.beta:[2.0,3.0]}}"],
+     "race its confirmation instead: ablate confirm <tuning sweep dir> --race"),
+    (["objective=dpo,simpo", "hydra.sweeper.race={spending:obf}"], "hydra.sweeper.race.spending = 'obf'"),
+], ids=["one arm", "seeds given", "max_seeds", "max_cells", "typo", "not a mapping", "tuning stage", "spending"])
 def test_a_race_that_cannot_run_is_refused_before_anything_runs(repo_root, tmp_path, args, message):
     sweep_dir = tmp_path / "race"
     race = [] if any(a.startswith("hydra.sweeper.race=") for a in args) else ["hydra.sweeper.race=true"]
@@ -178,3 +227,47 @@ def test_a_tiny_race_runs_in_rounds_resumes_from_its_record_and_refuses_another_
     assert json.loads((sweep_dir / "race.json").read_text())["rounds"] == rounds
     other = run_ablate(repo_root, *[a for a in args if not a.startswith("objective=")], "objective=dpo,ipo")
     assert other.returncode == 2 and "this race ran another grid" in other.stderr
+
+
+# ------------------------------------------------------------------------------------------ budgets
+@pytest.mark.parametrize("hours, stops", [(7.0, True), (8.5, False)])
+def test_a_gpu_hour_budget_stops_the_race_before_a_round_it_cannot_pay(tmp_path, hours, stops):
+    """Round 1 (2 arms x 3 seeds) took 30 minutes per cell on 2 GPUs: 6 device-hours. The next round's 2 cells would
+    take about 2 more: a budget of 7 stops the race before them, one of 8.5 lets it go on."""
+    import json
+
+    from sweep_fixtures import Cell, write_sweep
+
+    from ablate.sweep.race import RaceSettings, device_hours, next_round, settings_of, status_lines
+
+    cells = [Cell([f"objective={o}", f"seed={s}"], extra_status={"elapsed_s": 1800.0, "gpus": 2})
+             for o in ("dpo", "simpo") for s in range(3)]
+    sweep_dir = write_sweep(tmp_path / "race", cells)
+    assert device_hours(sweep_dir) == pytest.approx((6.0, 1.0))
+    settings = settings_of({"max_gpu_hours": hours})
+    record = {"format": 1, "settings": dict(vars(settings)), "select": {"min_seeds": 3},
+              "arms": [["objective=dpo"], ["objective=simpo"]],
+              "rounds": [{"round": 1, "n": 3, "live": ["objective=dpo", "objective=simpo"], "drops": {}, "stop": None,
+                          "new_cells": [" ".join(c.overrides) for c in cells], "gpu_hours": 6.0}]}
+    (sweep_dir / "race.json").write_text(json.dumps(record))
+    plan = next_round(sweep_dir, record)
+    if stops:
+        assert plan is None and record["rounds"][-1]["stop"] == "budget"
+        assert "need about 2 device-hours" in record["rounds"][-1]["stop_reason"]
+        assert json.loads((sweep_dir / "race.json").read_text())["rounds"][-1]["stop"] == "budget"
+    else:
+        assert plan["new"] == ["objective=dpo seed=3", "objective=simpo seed=3"]
+    assert f"device-hours 6 of max_gpu_hours = {hours:g}" in "\n".join(status_lines(sweep_dir))
+    assert RaceSettings(**record["settings"]).max_gpu_hours == hours
+
+
+@pytest.mark.parametrize("race, message", [
+    ({"max_gpu_hours": 0}, "max_gpu_hours = 0: a positive number of hours"),
+    ({"spending": "obf"}, "spending = 'obf': \"pocock\", or a positive rho"),
+    ({"spending": -1}, "spending = -1"),
+])
+def test_bad_race_settings_name_the_key(race, message):
+    from ablate.sweep.race import RaceError, settings_of
+
+    with pytest.raises(RaceError, match=message.replace("(", r"\(").replace("*", r"\*")):
+        settings_of(race)

@@ -200,3 +200,29 @@ def test_review_notebook_runs(collected, monkeypatch):
     outputs = [o for c in notebook.cells if c.cell_type == "code" for o in c.outputs]
     assert not [o for o in outputs if o.output_type == "error"]
     assert sum("image/png" in o.get("data", {}) for o in outputs) == len(PLOTS)
+
+
+def test_report_says_what_ran_per_arm_and_flags_a_loss_changed_mid_sweep(tmp_path):
+    """objective.json (written by each cell as it starts) is what the report shows per arm; two source fingerprints
+    in one arm are a problem, and cells trained before the record existed are counted as unrecorded."""
+    from ablate.train.objectives import provenance
+
+    sweep_dir = make_sweep(tmp_path, ranks=(8,), failed={})
+    cells = sorted((sweep_dir / "cells").iterdir())
+    records = {"dpo": provenance({"name": "dpo", "beta": 0.1, "label_smoothing": 0.0}),
+               "simpo": provenance({"name": "simpo", "beta": 2.0, "gamma": 0.5, "nll_weight": 0.0})}
+    for cell in cells:
+        objective = json.loads((cell / "status.json").read_text())["objective"]
+        (cell / "objective.json").write_text(json.dumps(records[objective]))
+    changed = records["dpo"] | {"source_sha256": "0123456789abcdef"}  # seed 2 of dpo ran other loss code
+    (cells[2] / "objective.json").write_text(json.dumps(changed))
+    (cells[5] / "objective.json").unlink()  # seed 2 of simpo: trained before objective.json existed
+    summary = collect(sweep_dir, select_config([]))
+    dpo, simpo = summary["objectives"]["objective=dpo"], summary["objectives"]["objective=simpo"]
+    assert dpo["fingerprints"] == sorted([records["dpo"]["source_sha256"], "0123456789abcdef"])
+    assert simpo["fingerprints"] == [records["simpo"]["source_sha256"]] and simpo["unrecorded"] == 1
+    assert any("ran 2 versions of the loss code" in p["problem"] for p in summary["problems"])
+    report = (sweep_dir / "report" / "report.md").read_text()
+    assert "## What ran: the objective of each arm" in report
+    assert "L = −log σ(β·S_w/n_w − β·S_l/n_l − γ) + nll_weight·(−S_w/n_w)" in report
+    assert "(1 cell(s) unrecorded)" in report

@@ -49,6 +49,12 @@ def test_identity_of_a_single_run_without_sweep_json(compose_cfg, tmp_path):
         "arm": "(defaults)", "name": "simpo seed=3", "tags": []}
 
 
+def test_a_combination_is_tagged_with_its_terms(compose_cfg, tmp_path):
+    cfg = compose_cfg(["objective=mpo", "seed=0"])
+    identity = cell_identity(cfg, tmp_path, ["objective=mpo", "seed=0"])
+    assert identity["tags"] == ["term=dpo:0.8", "term=bco_pair:0.2", "term=sft:1"]
+
+
 def test_logger_mode_and_timeout_are_range_checked(compose_cfg):
     problems = cell_problems(compose_cfg(["logger=wandb", "logger.mode=ofline", "logger.init_timeout=0"]))
     assert any(p.startswith("logger.mode = ofline") for p in problems), problems

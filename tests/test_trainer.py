@@ -93,9 +93,12 @@ def test_every_objective_trains_a_tiny_cell(sweep, objective):
     status = read_json(cell_dir / "status.json")
     assert status["state"] == "done" and status["error"] is None and status["attempts"] == 1
     assert status["cell_id"] == cell_dir.name
-    for name in ("config.yaml", "train_log.jsonl", "eval_log.jsonl", "heldout_pairs.parquet", "metrics.json"):
+    for name in ("config.yaml", "objective.json", "train_log.jsonl", "eval_log.jsonl", "heldout_pairs.parquet",
+                 "metrics.json"):
         assert (cell_dir / name).is_file(), name
     assert f"name: {objective}" in (cell_dir / "config.yaml").read_text()
+    ran = read_json(cell_dir / "objective.json")
+    assert ran["objective"] == objective and ran["formula"] and len(ran["source_sha256"]) == 16
     assert not [p.name for p in cell_dir.iterdir() if p.name.startswith(".")]  # no temp files left behind
 
     train_log = read_jsonl(cell_dir / "train_log.jsonl")
@@ -260,6 +263,22 @@ def test_length_grouped_cell_resumed_mid_run_equals_an_uninterrupted_one(sweep, 
     assert plain.name != whole.name
     first = [read_jsonl(d / "train_log.jsonl")[0]["logps/chosen"] for d in (plain, whole)]
     assert first[1] < first[0]
+
+
+@pytest.mark.parametrize("objective", ["aot", "sft"])
+def test_a_batch_dependent_objective_resumed_mid_run_equals_an_uninterrupted_one(sweep, compose_cfg, tmp_path,
+                                                                                   objective):
+    """aot sorts within the micro-batch and sft averages its tokens: they keep no state across batches and the
+    batch of a step is a function of (seed, step), so a resumed cell is byte-identical to an uninterrupted one."""
+    overrides = [f"objective={objective}"]
+    _, whole = sweep.cell(*overrides)
+    cfg = compose_cfg([*TINY, *overrides])
+    with pytest.raises(Interrupted):
+        run_cell(cfg, tmp_path, overrides, stop_requested=StopAfter(3))
+    run_cell(cfg, tmp_path, overrides)
+    resumed = only_cell(tmp_path)
+    assert (resumed / "metrics.json").read_bytes() == (whole / "metrics.json").read_bytes()
+    assert read_jsonl(resumed / "train_log.jsonl") == read_jsonl(whole / "train_log.jsonl")
 
 
 # ------------------------------------------------------------------------------ NaN handling

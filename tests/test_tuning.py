@@ -15,6 +15,7 @@ import pyarrow as pa
 import pytest
 
 from ablate.sweep.search_space import TuningError, check_spaces, expand, settings
+from ablate.train.objectives import OBJECTIVES
 
 SPACES = {"dpo": {"objective.beta": [0.05, 0.1, 0.3], "trainer.lr": [0.002, 0.004]},
           "simpo": {"objective.beta": [2.0, 5.0, 10.0], "trainer.lr": [0.002, 0.004]}}
@@ -325,3 +326,53 @@ def test_a_shrunken_fair_sweep_end_to_end(repo_root, tmp_path):
     assert confirmed["explanation"].startswith(f"Confirmation of {sweep_dir.resolve()}")
     assert confirmed["decision"]["pairs"] == 32 - 12  # the test pairs only
     assert sorted(a["seeds"] == [1, 2, 3] for a in confirmed["arms"]) == [True, True]
+
+    # the same confirmation as a race (ablate confirm --race): seeds from 1 (past the tuning sweep's), each look on the
+    # test pairs, the selected settings as its arms
+    confirm_dir.rename(tmp_path / "fixed_confirm")
+    raced = subprocess.run([sys.executable, "-m", "ablate.cli", "confirm", str(sweep_dir), "--race", "--seeds", "4"],
+                           cwd=repo_root, env=os.environ.copy(), capture_output=True, text=True, timeout=900)
+    assert raced.returncode == 0, raced.stdout[-3000:] + raced.stderr[-3000:]
+    assert f"on a race from seed 1 in {confirm_dir}" in raced.stdout
+    race = json.loads((confirm_dir / "race.json").read_text())
+    assert race["settings"]["first_seed"] == 1 and race["settings"]["max_seeds"] == 4
+    assert sorted(a[:2] for a in race["arms"]) == sorted(  # each objective at its selected setting, then the rest
+        [f"objective={o}", *(f"{k}={v}" for k, v in s.items())] for o, s in picked.items())
+    assert race["rounds"][0]["new_cells"][0].endswith("seed=1") and race["rounds"][0]["pairs"] == 32 - 12
+    confirmed = json.loads((confirm_dir / "report" / "summary.json").read_text())
+    assert confirmed["race"]["stop"] == race["rounds"][-1]["stop"]
+    assert f"Confirmation of {sweep_dir.resolve()}" in confirmed["explanation"]
+    assert json.loads((confirm_dir / "tuning.json").read_text())["confirms"] == str(sweep_dir.resolve())
+
+
+# ------------------------------------------------------------------------------- default search spaces
+NO_DEFAULT_SPACE = {"sft", "combo", "mpo", "rpo"}  # nothing of their own to tune (sft), or terms (combinations)
+
+
+@pytest.mark.parametrize("name", sorted(set(OBJECTIVES) - NO_DEFAULT_SPACE))
+def test_every_objective_has_a_default_space_of_six_valid_settings(name):
+    """conf/objective_tuning/spaces/<name>.yaml: the objective's own parameters, 6 settings (equal budgets),
+    every value within the parameter's range rule."""
+    from ablate.config import objective_rule
+    from ablate.sweep.search_space import default_space
+
+    space = default_space(name)
+    assert len(settings(check_spaces({name: space})[name])) == 6
+    for key, values in space.items():
+        param = key.removeprefix("objective.")
+        assert key.startswith("objective.") and param in OBJECTIVES[name].hyperparameters, key
+        ok, wanted = objective_rule(name, param)
+        assert all(ok(v) for v in values), f"{name}.{param}: {values} not all {wanted}"
+
+
+def test_a_list_of_objectives_takes_their_default_spaces():
+    from ablate.sweep.search_space import default_space
+
+    spaces = check_spaces(["dpo", "apo_zero"])
+    assert spaces == check_spaces({"dpo": default_space("dpo"), "apo_zero": default_space("apo_zero")})
+    assert check_spaces({"dpo": "default", "simpo": {"objective.beta": [2.0, 3.0, 4.0, 5.0, 6.0, 7.0]}})["dpo"] == \
+        spaces["dpo"]
+    jobs, budget = expand(spaces, {"seed": ["seed=0", "seed=1"]})
+    assert budget["dpo"] == budget["apo_zero"] == {"settings": 6, "seeds": 2, "cells": 12} and len(jobs) == 24
+    with pytest.raises(TuningError, match="sft has no default search space"):
+        check_spaces(["dpo", "sft"])

@@ -22,7 +22,7 @@ from ablate.collect.diagnostics import (
     overoptimisation,
     seed_outcomes,
 )
-from ablate.collect.load import Sweep, load_sweep
+from ablate.collect.load import Sweep, load_sweep, objectives_ran
 from ablate.collect.plan import add_seeds_command
 from ablate.collect.race import EXPLORATORY as EXPLORATORY_RACE
 from ablate.collect.race import race_line, race_summary
@@ -131,6 +131,7 @@ def summarise(sweep: Sweep, select: DictConfig) -> dict:
         "decision": headline,
         "slices": per_slice,
         "arms": arms,
+        "objectives": _guarded(sweep, "objective records", lambda: objectives_ran(sweep), {}),
         **({"tuning": _guarded(sweep, "tuning", lambda: tuned_comparison(sweep, select, arms, tuning),
                                {"groups": [], "reasons": ["failed"], "warnings": []})} if tuning else {}),
         "diagnostics": {

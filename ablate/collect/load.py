@@ -214,3 +214,33 @@ def read_jsonl(sweep: Sweep, cell_id: str, name: str) -> list[dict]:
         entries.append({k: v for k, v in entry.items() if is_finite_number(v)})
     sweep.cache[cache_key] = entries
     return entries
+
+
+def objectives_ran(sweep: Sweep) -> dict[str, dict]:
+    """Per arm, the objective its finished cells ran (their objective.json: name, settings, formula, source
+    fingerprint), with every fingerprint seen, and how many finished cells have no record (trained before ablate
+    wrote one). Two fingerprints in one arm (the loss code changed during the sweep) are a problem the report
+    lists: arms compare what ran, not what the config says."""
+    out: dict[str, dict] = {}
+    for arm, group in sweep.done.groupby("arm", sort=False):
+        records = []
+        for cid in group.cell_id:
+            path = sweep.cell_dir(cid) / layout.OBJECTIVE_JSON
+            problems: list[dict] = []
+            record = _read_object(path, problems, cid)
+            for p in problems:
+                sweep.problem(p["cell_id"], p["file"], p["problem"])
+            records.append(record)  # None: a cell trained before ablate wrote objective.json (the report says so)
+        known = [r for r in records if r is not None]
+        if not known:
+            out[arm] = {"unrecorded": len(records)}
+            continue
+        fingerprints = sorted({str(r.get("source_sha256")) for r in known})
+        if len(fingerprints) > 1:
+            sweep.problem(None, sweep.sweep_dir, f"arm {arm}: its cells ran {len(fingerprints)} versions of the loss "
+                                                 f"code (source fingerprints {', '.join(fingerprints)}); retrain them "
+                                                 f"with one version before comparing")
+        out[arm] = known[0] | {"fingerprints": fingerprints, "cells": len(known),
+                               "unrecorded": len(records) - len(known)}
+    return out
+

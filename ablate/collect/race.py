@@ -33,7 +33,7 @@ import numpy as np
 
 from ablate.collect.decide import versus
 from ablate.collect.sequential import at_alpha, boundary, nominal_alpha, spent_by
-from ablate.collect.stats import contrast, equivalent, pair_weights, seeds_to_resolve
+from ablate.collect.stats import contrast, equivalent, pair_weights, seeds_to_resolve, t_quantile, z_quantile
 from ablate.sweepdir.layout import RACE_JSON
 
 STOPS = ("winner", "equivalent", "futile", "budget")
@@ -42,7 +42,7 @@ EXPLORATORY = "a race: its claim is the race's own decision, round by round (rac
 
 def race_look(values: dict[str, tuple[list[int], np.ndarray]], strata: np.ndarray, weights: dict,
               factor_of: dict[str, object], select, history: list[dict], dropped: dict[str, dict], *,
-              max_seeds: int, accuracy: bool, futility_power: float = 0.3) -> dict:
+              max_seeds: int, accuracy: bool, futility_power: float = 0.3, rho: float | None = None) -> dict:
     """The decision after one round. `values`: the LIVE arms' (seeds, seeds x pairs), the same seeds in each;
     `history`: earlier looks ({"n", "z"}); `dropped`: arms dropped before (arm -> why).
 
@@ -50,9 +50,9 @@ def race_look(values: dict[str, tuple[list[int], np.ndarray]], strata: np.ndarra
      "comparisons"}."""
     alpha = select.alpha
     n = min(len(seeds) for seeds, _ in values.values())
-    past = tuple((h["n"], h["z"]) for h in history)
-    spent = spent_by(alpha, history[-1]["n"] / max_seeds) if history else 0.0
-    increment = spent_by(alpha, n / max_seeds) - spent
+    past = tuple((h["n"], h["z"]) for h in history if math.isfinite(h["z"]))  # a look at level 0 bounds nothing
+    spent = spent_by(alpha, history[-1]["n"] / max_seeds, rho) if history else 0.0
+    increment = spent_by(alpha, n / max_seeds, rho) - spent
     z = boundary(past, n, increment)
     level = nominal_alpha(z) if math.isfinite(z) else 0.0
     w = pair_weights(strata, weights)
@@ -74,6 +74,8 @@ def race_look(values: dict[str, tuple[list[int], np.ndarray]], strata: np.ndarra
             out["drops"][arm] = {"look": out["look"], "seeds": n, "by": best, "difference": step["difference"],
                                  "ci_low": step["ci_low"], "ci_high": step["ci_high"],
                                  "level": level / (len(order) - i)}
+    # the report's yardstick is planned on round 1, where every arm is compared (seed planning is costly: once)
+    out["fixed_seeds"] = fixed_design_seeds(out["comparisons"], select) if not history else None
     gone = set(dropped) | set(out["drops"])
     rivals_live = [a for a in values if a not in gone and factor_of[a] != factor_of[best]]
     rivals_all = [a for a in factor_of if factor_of[a] != factor_of[best]]
@@ -94,19 +96,62 @@ def race_look(values: dict[str, tuple[list[int], np.ndarray]], strata: np.ndarra
     spent_now = out["spent"]
 
     def alpha_at(m: int) -> float:
-        return nominal_alpha(boundary(history_now, m, spent_by(alpha, m / max_seeds) - spent_now))
+        return nominal_alpha(boundary(history_now, m, spent_by(alpha, m / max_seeds, rho) - spent_now))
 
+    final_level = alpha_at(max_seeds) if futility_power > 0 else 0.0
     for arm in rivals_live if futility_power > 0 else []:  # futility_power 0: no futility stop
         c = next((c for c in out["comparisons"] if c["arm"] == arm), None)
         if c is None or not math.isfinite(c["one_seed_var"]):
             continue
-        effect = select.min_effect or abs(c["difference"])
-        if seeds_to_resolve(effect, c["one_seed_var"], c["pair_var"], alpha_at, futility_power, start=n + 1,
-                            limit=max_seeds) is None:
+        if FUTILITY == "planned":
+            effect = select.min_effect or abs(c["difference"])
+            hopeless = seeds_to_resolve(effect, c["one_seed_var"], c["pair_var"], alpha_at, futility_power,
+                                        start=n + 1, limit=max_seeds) is None
+        else:
+            hopeless = conditional_power(c, n, max_seeds, final_level, select.min_effect) < futility_power
+        if hopeless:
             out["stop"] = "futile"
             out["futile_against"] = arm
             return out
     return out
+
+
+FUTILITY = "planned"
+
+
+def fixed_design_seeds(comparisons: list[dict], select) -> int | None:
+    """Seeds per arm a fixed design (one look, full alpha) planned for select.power would need to call every one of
+    these comparisons at the difference seen now (or select.min_effect where larger): the race's yardstick.
+    None when some difference could not be called within 100 seeds (or none is known yet)."""
+    needed = []
+    for c in comparisons:
+        if not math.isfinite(c.get("one_seed_var", math.nan)):
+            return None
+        effect = max(abs(c["difference"]), select.min_effect or 0.0)
+        needed.append(seeds_to_resolve(effect, c["one_seed_var"], c["pair_var"], select.alpha, select.power))
+    return None if not needed or None in needed else max(needed)
+
+
+def conditional_power(comparison: dict, n: int, max_seeds: int, level: float, min_effect: float = 0.0) -> float:
+    """P(the test at max_seeds calls this comparison, given its estimate now at n seeds), the rest of the seeds
+    drawn under the current trend (or under select.min_effect where that is larger). The held-out pairs are the
+    same at every look, so only the seed part moves: Var(D_N | D_n) = (N - n) one_seed_var / N^2."""
+    if level <= 0:
+        return 0.0
+    big_n = max_seeds
+    d = abs(comparison["difference"])
+    trend = max(d, min_effect or 0.0)
+    v1, pair_var = comparison["one_seed_var"], comparison["pair_var"]
+    half = math.sqrt(t_quantile(1 - level / 2, big_n - 1) ** 2 * v1 / big_n + z_quantile(1 - level / 2) ** 2 * pair_var)
+    mean = (n * d + (big_n - n) * trend) / big_n
+    sd = math.sqrt(max(big_n - n, 0) * v1) / big_n
+    if sd == 0:
+        return float(mean > half)
+    return float(1 - norm_cdf((half - mean) / sd))
+
+
+def norm_cdf(x: float) -> float:
+    return 0.5 * (1 + math.erf(x / math.sqrt(2)))
 
 
 def _strength(comparison: dict) -> float:
@@ -135,10 +180,14 @@ def race_summary(sweep_dir) -> dict | None:
     last = rounds[-1] if rounds else {}
     arms = len(record.get("arms") or [])
     max_seeds = (record.get("settings") or {}).get("max_seeds")
+    first = rounds[0] if rounds else {}
     return {"rounds": rounds, "settings": record.get("settings"), "arms": arms,
             "stop": last.get("stop"), "winner": last.get("winner"), "stop_reason": last.get("stop_reason"),
             "cells": sum(len(r.get("new_cells", [])) for r in rounds),
-            "fixed_cells": arms * max_seeds if max_seeds else None}
+            "fixed_cells": arms * max_seeds if max_seeds else None,
+            # the first round's comparisons see every arm: a fixed design over the whole grid would be planned on them
+            "same_power_cells": arms * first["fixed_seeds"] if first.get("fixed_seeds") else None,
+            "gpu_hours": last.get("gpu_hours")}
 
 
 def race_line(race: dict, factor: str) -> str:
@@ -150,7 +199,10 @@ def race_line(race: dict, factor: str) -> str:
         return "Race: no round finished yet."
     last = rounds[-1]
     dropped = sum(len(r.get("drops", {})) for r in rounds)
-    spent = f"{race['cells']} cells spent (a fixed design at max_seeds: {race['fixed_cells']})"
+    spent = f"{race['cells']} cells spent (a fixed design at max_seeds: {race['fixed_cells']}"
+    if race.get("same_power_cells"):
+        spent += f"; planned for the same power at round 1's differences: {race['same_power_cells']}"
+    spent += ")" + (f", {race['gpu_hours']:.3g} device-hours" if race.get("gpu_hours") is not None else "")
     if race["stop"] == "winner":
         head = f"Race: decisive winner {factor} = {race['winner']} at round {len(rounds)}"
     elif race["stop"]:

@@ -118,6 +118,7 @@ def build_blocks(sweep: Sweep, summary: dict, plots: dict[str, Path]) -> list[tu
 
     blocks += _race(summary)
     blocks += _looks(decision.get("look"), verdict)
+    blocks += _objectives(summary)
     decisions = decisions_by_scope(summary)
     verdicts = [_scope_verdict(scope, d, scope == headline) for scope, d in decisions.items()]
     blocks += [("h2", "Decision per scope: all pairs and each held-out slice"), ("list", verdicts)]
@@ -194,15 +195,43 @@ def _race(summary: dict) -> list[tuple]:
         drops = "; ".join(f"{arm} (beaten by {why['by']}, {why['difference']:+.3f}, CI [{fmt(why['ci_low'])}, "
                           f"{fmt(why['ci_high'])}] at {why['level']:.3g})" for arm, why in r["drops"].items())
         rows.append([str(r["round"]), str(r["n"]), str(len(r["ran"])), str(len(r["new_cells"])), fmt(r["level"], 4),
-                     fmt(r["spent"], 4), drops or "—", (r["stop"] or "continue") + (f": {r['winner']}"
-                                                                                 if r.get("winner") else "")])
+                     fmt(r["spent"], 4), fmt(r.get("gpu_hours"), 3), drops or "—",
+                     (r["stop"] or "continue") + (f": {r['winner']}" if r.get("winner") else "")])
     return [("h2", "Race: rounds of seeds"),
             ("p", race_line(race, summary["select"]["factor"]) + " Each round is a look at the level alpha spending "
                   "allows; an arm is dropped when Holm's step-down over the best arm's comparisons rejects it (the "
                   "claim 'it is not the best' holds at that level), and the race stops at a winner, equivalence, "
                   "futility or the budget. The collector's own comparison below is exploratory."),
-            ("table", ["round", "seeds per live arm", "arms run", "new cells", "level", "alpha spent", "dropped",
-                       "then"], rows, [])]
+            ("table", ["round", "seeds per live arm", "arms run", "new cells", "level", "alpha spent",
+                       "device-hours so far", "dropped", "then"], rows, [])]
+
+
+def _objectives(summary: dict) -> list[tuple]:
+    """What each arm's cells ran (objective.json): objective, settings, formula and source fingerprint."""
+    ran = summary.get("objectives") or {}
+    if not ran:
+        return []
+    rows = []
+    for arm, r in ran.items():
+        if "objective" not in r:
+            rows.append([arm, "—", "—", "not recorded (cells trained before ablate wrote objective.json)", "—"])
+            continue
+        settings = ", ".join(f"{k}={v}" for k, v in r["settings"].items() if k != "terms")
+        if r.get("terms"):
+            settings = " + ".join(f"{t['weight']:g} × {t['name']}"
+                                  + (f" ({', '.join(f'{k}={v}' for k, v in t['settings'].items())})"
+                                     if t["settings"] else "") for t in r["terms"])
+        formula = r["formula"].replace("\n", "; ")
+        if r.get("terms"):
+            formula += "; " + "; ".join(f"{t['name']}: {t['formula'].replace(chr(10), '; ')}" for t in r["terms"])
+        fingerprint = ", ".join(r["fingerprints"]) + (f" ({r['unrecorded']} cell(s) unrecorded)"
+                                                      if r.get("unrecorded") else "")
+        rows.append([arm, r["objective"], settings or "—", formula, fingerprint])
+    return [("h2", "What ran: the objective of each arm"),
+            ("p", "From each finished cell's objective.json, written when it started training: the loss's formula as "
+                  "its docstring states it and a fingerprint of its source code (two fingerprints in one arm mean the "
+                  "loss changed during the sweep)."),
+            ("table", ["arm", "objective", "settings", "formula", "source fingerprint"], rows, [])]
 
 
 def _looks(look: dict | None, verdict: str) -> list[tuple]:

@@ -51,9 +51,11 @@ def at_alpha(select, alpha: float) -> SimpleNamespace:
     return SimpleNamespace(**(vars(select) | {"alpha": alpha}))
 
 
-def spent_by(alpha: float, t: float) -> float:
-    """Alpha spent up to information t (0..1): alpha * ln(1 + (e - 1) t)."""
-    return alpha * math.log(1 + (math.e - 1) * min(max(t, 0.0), 1.0))
+def spent_by(alpha: float, t: float, rho: float | None = None) -> float:
+    """Alpha spent up to information t (0..1): alpha * ln(1 + (e - 1) t) (Pocock-type), or with `rho` the
+    power family alpha * t^rho (Kim & DeMets 1987; rho 3 is close to O'Brien-Fleming: little early)."""
+    t = min(max(t, 0.0), 1.0)
+    return alpha * math.log(1 + (math.e - 1) * t) if rho is None else alpha * t ** rho
 
 
 def _simpson(n: int) -> np.ndarray:

@@ -88,6 +88,7 @@ def make_tracker(cfg: DictConfig, cell_dir: Path, sweep_dir: Path, cell_id: str,
         return NoTracker()
     try:
         from ablate.sweepdir.ids import as_plain
+        from ablate.train.objectives import provenance
 
         identity = cell_identity(cfg, sweep_dir, overrides)
         logger = cfg.logger
@@ -97,7 +98,8 @@ def make_tracker(cfg: DictConfig, cell_dir: Path, sweep_dir: Path, cell_id: str,
             entity=logger.entity, group=logger.group or sweep_group(sweep_dir), job_type=cfg.objective.name,
             name=identity["name"], tags=[*logger.tags, *identity["tags"]], id=wandb_run_id(sweep_dir, cell_id),
             resume="allow", dir=run_files_dir(cell_dir),
-            config=as_plain(cfg) | {"arm": identity["arm"], "cell_id": cell_id},
+            config=as_plain(cfg) | {"arm": identity["arm"], "cell_id": cell_id,
+                                    "objective_provenance": provenance(as_plain(cfg)["objective"])},
         )
         return WandbTracker(run) if run is not None else NoTracker()
     except Exception as error:
@@ -137,7 +139,9 @@ def cell_identity(cfg: DictConfig, sweep_dir: Path, overrides: list[str]) -> dic
     return {
         "arm": arm,
         "name": " ".join([cfg.objective.name, *short, f"seed={cfg.seed}"]),
-        "tags": [f"{key}={values[key]}"[:64] for key in swept],  # W&B's limit is 64 characters per tag
+        # W&B's limit is 64 characters per tag; a combination's terms and weights get a tag each
+        "tags": [f"{key}={values[key]}"[:64] for key in swept] + [
+            f"term={t['name']}:{t['weight']:g}"[:64] for t in (cfg.objective.get("terms") or [])],
     }
 
 

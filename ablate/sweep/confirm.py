@@ -23,7 +23,8 @@ from pathlib import Path
 
 from ablate.sweepdir import layout
 
-_DROPPED = ("seed=", "hydra.sweep.dir=", "hydra.sweeper.tune=", "hydra.sweeper.confirms=", "hydra.sweeper.confirm=")
+_DROPPED = ("seed=", "hydra.sweep.dir=", "hydra.sweeper.tune=", "hydra.sweeper.confirms=", "hydra.sweeper.confirm=",
+            "hydra.sweeper.race=")
 _NUMBER = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
 
 
@@ -39,11 +40,12 @@ def _value(value: str) -> str:
 
 
 def confirm_plan(sweep_dir: str | Path, seeds: int | None = None, group: dict[str, str] | None = None,
-                 extra: list[str] | None = None) -> dict:
+                 extra: list[str] | None = None, race: bool = False) -> dict:
     """{"argv": the `python -m ablate` arguments, "command": it as one shell line, "dir", "seeds", "settings"}.
 
     `extra`: overrides for the confirmation only, e.g. fresh held-out pairs (`data.heldout.path=...`); a key that
-    changes the selected settings themselves would confirm something else, and is the user's to avoid."""
+    changes the selected settings themselves would confirm something else, and is the user's to avoid. `race`: the
+    confirmation runs as a race (ablate.sweep.race) on seed ids past the tuning sweep's, `seeds` its max_seeds."""
     sweep_dir = Path(sweep_dir).resolve()
     record = layout.read_sweep(sweep_dir)
     summary_path = sweep_dir / layout.REPORT / "summary.json"
@@ -78,11 +80,15 @@ def confirm_plan(sweep_dir: str | Path, seeds: int | None = None, group: dict[st
     confirm_dir = sweep_dir.with_name(sweep_dir.name + "_confirm")
     # `++`: set the spaces whether the tuning sweep's came from a sweep file or the command line (merged key by key:
     # every key of each space is given, so nothing of the searched lists is left)
-    argv += [f"++hydra.sweeper.tune={tune}", f"hydra.sweeper.confirms={sweep_dir}",
-             f"seed={','.join(map(str, fresh))}", *(f"{k}={v}" for k, v in chosen["group"].items()),
-             *(extra or []), f"hydra.sweep.dir={confirm_dir}"]
+    if race:  # the race picks its seeds round by round, from the first id the tuning sweep never ran
+        budget = f",max_seeds:{seeds}" if seeds else ""
+        how = [f"hydra.sweeper.race={{first_seed:{fresh[0]}{budget}}}"]
+    else:
+        how = [f"seed={','.join(map(str, fresh))}"]
+    argv += [f"++hydra.sweeper.tune={tune}", f"hydra.sweeper.confirms={sweep_dir}", *how,
+             *(f"{k}={v}" for k, v in chosen["group"].items()), *(extra or []), f"hydra.sweep.dir={confirm_dir}"]
     return {"argv": argv, "command": "python -m ablate " + " ".join(shlex.quote(a) for a in argv),
-            "dir": confirm_dir, "seeds": fresh, "settings": settings, "group": chosen["group"]}
+            "dir": confirm_dir, "seeds": fresh, "settings": settings, "group": chosen["group"], "race": race}
 
 
 def _seeds_of(record: layout.SweepRecord) -> list[int]:
@@ -96,14 +102,15 @@ def _seeds_of(record: layout.SweepRecord) -> list[int]:
 
 def run_confirmation(sweep_dir: str | Path, seeds=True) -> int:
     """Plan and run the confirmation (`python -m ablate <its arguments>`): the local sweep's next step, or, on SLURM,
-    what the tuning sweep's collector job does after its report (it submits the confirmation's cells). The exit
-    status of the command."""
+    what the tuning sweep's collector job does after its report (it submits the confirmation's cells). `seeds`:
+    hydra.sweeper.confirm's value (true, a number of fresh seeds, or "race"). The exit status of the command."""
     import subprocess
     import sys
 
-    plan = confirm_plan(sweep_dir, None if seeds is True else int(seeds))
-    print(f"confirming the selected settings on fresh seeds {','.join(map(str, plan['seeds']))} in {plan['dir']}:\n"
-          f"  {plan['command']}", flush=True)
+    race = seeds == "race"
+    plan = confirm_plan(sweep_dir, None if seeds is True or race else int(seeds), race=race)
+    fresh = f"a race from seed {plan['seeds'][0]}" if race else f"fresh seeds {','.join(map(str, plan['seeds']))}"
+    print(f"confirming the selected settings on {fresh} in {plan['dir']}:\n  {plan['command']}", flush=True)
     return subprocess.run([sys.executable, "-m", "ablate", *plan["argv"]], check=False).returncode
 
 

@@ -39,6 +39,13 @@ class RaceSettings:
     round_seeds: int = 1  # seeds added per live arm per round
     max_cells: int | None = None  # cells in all (every round, every arm) at most
     futility_power: float = 0.3  # stop when a live rival cannot be resolved within max_seeds this often; 0: never
+    spending: str | float = "pocock"  # how alpha is spent over the rounds: "pocock", or rho of alpha * t^rho
+    max_gpu_hours: float | None = None  # device-hours in all (GPUs held x hours; a CPU cell counts one device)
+    first_seed: int = 0  # the race's seed ids start here (a confirmation race: past the tuning sweep's seeds)
+
+    @property
+    def rho(self) -> float | None:
+        return None if self.spending == "pocock" else float(self.spending)
 
 
 def settings_of(race) -> RaceSettings | None:
@@ -58,19 +65,31 @@ def settings_of(race) -> RaceSettings | None:
     if unknown:
         raise RaceError(f"hydra.sweeper.race: unknown key(s) {', '.join(sorted(unknown))} "
                         f"(known: enabled, {', '.join(asdict(RaceSettings()))})")
-    return RaceSettings(**race)
+    settings = RaceSettings(**race)
+    spending = settings.spending
+    if spending != "pocock" and (isinstance(spending, bool) or not isinstance(spending, int | float) or spending <= 0):
+        raise RaceError(f"hydra.sweeper.race.spending = {spending!r}: \"pocock\", or a positive rho (alpha * t^rho; "
+                        f"3 spends little on the first rounds)")
+    if settings.max_gpu_hours is not None and not settings.max_gpu_hours > 0:
+        raise RaceError(f"hydra.sweeper.race.max_gpu_hours = {settings.max_gpu_hours}: a positive number of hours")
+    return settings
 
 
-def plan_arms(swept: dict[str, list[str]], settings: RaceSettings, min_seeds: int) -> list[list[str]]:
-    """The arms (override lists without a seed) of the grid; RaceError for a race that cannot be run."""
+def plan_arms(swept: dict[str, list[str]], settings: RaceSettings, min_seeds: int,
+              arms: list[list[str]] | None = None) -> list[list[str]]:
+    """The arms (override lists without a seed) of the grid, or `arms` as given (a confirmation's selected
+    settings); RaceError for a race that cannot be run."""
     if any(key.lstrip("+~") == "seed" for key in swept):
         raise RaceError("seed=: a race chooses its seeds round by round (0, 1, 2, ...); drop seed= from the command")
-    arms = [list(combo) for combo in itertools.product(*swept.values())] if swept else [[]]
+    if arms is None:
+        arms = [list(combo) for combo in itertools.product(*swept.values())] if swept else [[]]
     if len(arms) < 2:
         raise RaceError(f"a race needs at least two arms; this grid has {len(arms)}")
     if settings.max_seeds < min_seeds:
         raise RaceError(f"hydra.sweeper.race.max_seeds = {settings.max_seeds} is below one round of "
                         f"select.min_seeds = {min_seeds} seeds")
+    if settings.first_seed < 0:
+        raise RaceError(f"hydra.sweeper.race.first_seed = {settings.first_seed}: seed ids start at 0 or above")
     if settings.round_seeds < 1:
         raise RaceError(f"hydra.sweeper.race.round_seeds = {settings.round_seeds}: must be at least 1")
     if settings.max_cells is not None and settings.max_cells < len(arms) * min_seeds:
@@ -97,7 +116,7 @@ def open_race(sweep_dir: Path, arms: list[list[str]], settings: RaceSettings, se
     record = read_record(sweep_dir)
     if record is None:
         record = {"format": 1, "settings": asdict(settings), "select": _plain(select), "arms": arms, "rounds": []}
-    elif record.get("arms") != arms or record.get("settings") != asdict(settings):
+    elif record.get("arms") != arms or asdict(RaceSettings(**record.get("settings", {}))) != asdict(settings):
         raise RaceError(f"{Path(sweep_dir) / RACE_JSON}: this race ran another grid or other race settings "
                         f"({record.get('arms')} with {record.get('settings')}); run it with its own command, or "
                         f"start a new race in another hydra.sweep.dir")
@@ -119,14 +138,37 @@ def next_round(sweep_dir: Path, record: dict) -> dict | None:
     n = min(rounds[-1]["n"] + settings.round_seeds, settings.max_seeds) if rounds else first
     live = rounds[-1]["live"] if rounds else [" ".join(a) for a in record["arms"]]
     by_name = {" ".join(a): a for a in record["arms"]}
-    jobs = [[*by_name[arm], f"seed={s}"] for arm in live for s in range(n)]
+    seeds = range(settings.first_seed, settings.first_seed + n)
+    jobs = [[*by_name[arm], f"seed={s}"] for arm in live for s in seeds]
     new = [j for j in jobs if not _ran(j, rounds)]
     spent = sum(len(r["new_cells"]) for r in rounds)
     if settings.max_cells is not None and spent + len(new) > settings.max_cells:
         _stop(sweep_dir, record, "budget", f"the next round needs {len(new)} cells, {settings.max_cells - spent} of "
                                            f"max_cells = {settings.max_cells} are left")
         return None
-    return {"round": len(rounds) + 1, "n": n, "live": live, "jobs": jobs, "new": [" ".join(j) for j in new]}
+    if settings.max_gpu_hours is not None and rounds:
+        used, per_cell = device_hours(sweep_dir)
+        if used + len(new) * per_cell > settings.max_gpu_hours:
+            need = len(new) * per_cell
+            _stop(sweep_dir, record, "budget", f"the next round's {len(new)} cells need about {need:.3g} device-hours "
+                                               f"({per_cell:.3g} per cell so far); {used:.3g} of max_gpu_hours = "
+                                               f"{settings.max_gpu_hours:g} are spent")
+            return None
+    return {"round": len(rounds) + 1, "n": n, "live": live, "jobs": jobs, "new": [" ".join(j) for j in new],
+            "seeds": f"{seeds[0]}..{seeds[-1]}"}
+
+
+def device_hours(sweep_dir: Path) -> tuple[float, float]:
+    """(device-hours the race's cells have spent, the mean per cell that ran): each cell's elapsed_s (status.json)
+    times the GPUs it held (status.json's gpus; a cell on the CPU counts as one device)."""
+    from ablate.sweepdir import layout
+
+    hours = []
+    for cell in layout.read_sweep(sweep_dir).cells:
+        status = layout.read_status(layout.cell_dir(sweep_dir, cell["cell_id"]))
+        if status.elapsed_s is not None:
+            hours.append(status.elapsed_s * max(status.gpus or 0, 1) / 3600)
+    return sum(hours), (sum(hours) / len(hours) if hours else 0.0)
 
 
 def take_look(sweep_dir: Path, record: dict, plan: dict, select, log: Callable[[str], None] = print) -> dict | None:
@@ -135,22 +177,30 @@ def take_look(sweep_dir: Path, record: dict, plan: dict, select, log: Callable[[
     from ablate.collect.decide import ACCURACY_METRICS, evidence, scope_strata
     from ablate.collect.load import load_sweep
     from ablate.collect.race import race_look
+    from ablate.collect.tuning import read_tuning, test_pairs
 
     settings, rounds, n, live = RaceSettings(**record["settings"]), record["rounds"], plan["n"], plan["live"]
     by_name = {" ".join(a): a for a in record["arms"]}
     sweep = load_sweep(sweep_dir)
     labels = {arm: arm_label(override_values(by_name[arm]), sweep.axes) for arm in live}
     ev = evidence(sweep, select.metric, select.failed_cells)
+    first = settings.first_seed
     values = {}
     for label in labels.values():
         seeds, x = ev["values"].get(label, ([], None))
-        keep = [i for i, s in enumerate(seeds) if s < n]
+        keep = [i for i, s in enumerate(seeds) if first <= s < first + n]
         if label in ev["missing"] or len(keep) < n:
-            log(f"race round {plan['round']} incomplete: {label} lacks finished, readable seeds among 0..{n - 1}; "
-                f"no look was taken (finished cells are kept: run the same command again)")
+            log(f"race round {plan['round']} incomplete: {label} lacks finished, readable seeds among "
+                f"{first}..{first + n - 1}; no look was taken (finished cells are kept: run the same command again)")
             return None
         values[label] = ([seeds[i] for i in keep], x[keep])
-    mask, strata, weights = scope_strata(ev["slices"], select.slice)
+    slices = ev["slices"]
+    if (read_tuning(sweep) or {}).get("confirms") and ev["pair_ids"] is not None:
+        pairs = test_pairs(sweep, ev["pair_ids"])  # a confirmation race decides on the test pairs, as its collector
+        if pairs is not None:
+            values = {label: (s, x[:, pairs]) for label, (s, x) in values.items()}
+            slices = slices[pairs]
+    mask, strata, weights = scope_strata(slices, select.slice)
     values = {label: (s, x[:, mask]) for label, (s, x) in values.items()}
     factor_of = {labels[a]: override_values(by_name[a]).get(select.factor, labels[a]) for a in live}
     for r in rounds:  # arms dropped earlier still count as rivals for the winner
@@ -159,11 +209,13 @@ def take_look(sweep_dir: Path, record: dict, plan: dict, select, log: Callable[[
     dropped = {arm: why for r in rounds for arm, why in r["drops"].items()}
     look = race_look(values, strata, weights, factor_of, select, [{"n": r["n"], "z": r["z"]} for r in rounds], dropped,
                      max_seeds=settings.max_seeds, accuracy=select.metric in ACCURACY_METRICS,
-                     futility_power=settings.futility_power)
+                     futility_power=settings.futility_power, rho=settings.rho)
     rounds.append({"round": plan["round"], "n": n, "live": [a for a in live if labels[a] not in look["drops"]],
                    "ran": live, "new_cells": plan["new"], "z": look["z"], "level": look["level"],
                    "spent": look["spent"], "best": look["best"], "point": look["point"], "drops": look["drops"],
                    "factor_of": factor_of, "stop": look["stop"], "winner": look["winner"],
+                   "gpu_hours": round(device_hours(sweep_dir)[0], 4), "fixed_seeds": look["fixed_seeds"],
+                   "pairs": int(len(strata)),
                    "at": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
     record.pop("pending", None)
     atomic_write_json(Path(sweep_dir) / RACE_JSON, record)  # the look is on disk before anything else happens
@@ -189,7 +241,7 @@ def run_race(sweep_dir: Path, arms: list[list[str]], settings: RaceSettings, sel
         plan = next_round(sweep_dir, record)
         if plan is None:
             return record
-        log(f"race round {plan['round']}: {len(plan['live'])} live arm(s) x seeds 0..{plan['n'] - 1} "
+        log(f"race round {plan['round']}: {len(plan['live'])} live arm(s) x seeds {plan['seeds']} "
             f"({len(plan['new'])} new cells)")
         launch(plan["jobs"])
         look = take_look(sweep_dir, record, plan, select, log)
@@ -255,7 +307,7 @@ def race_round_job(sweep_dir: str | Path, log: Callable[[str], None] = print) ->
         return record
     plan = next_round(sweep_dir, record)
     if plan is not None:
-        log(f"race round {plan['round']}: {len(plan['live'])} live arm(s) x seeds 0..{plan['n'] - 1} "
+        log(f"race round {plan['round']}: {len(plan['live'])} live arm(s) x seeds {plan['seeds']} "
             f"({len(plan['new'])} new cells), submitted")
         submit_round(sweep_dir, record, plan, OmegaConf.create(layout.read_sweep(sweep_dir).slurm),
                      select_config(base=OmegaConf.create(record["select"])))
@@ -284,6 +336,10 @@ def status_lines(sweep_dir: str | Path) -> list[str]:
     live = rounds[-1]["live"] if rounds else [" ".join(a) for a in record["arms"]]
     lines = [f"{head}; cells {spent} of {budget} "
              f"({'max_cells' if settings.get('max_cells') else 'arms x max_seeds'}); live: {', '.join(live)}"]
+    if settings.get("max_gpu_hours"):
+        used = rounds[-1].get("gpu_hours") if rounds else None
+        lines.append(f"  device-hours {used if used is not None else 0:.3g} of max_gpu_hours = "
+                     f"{settings['max_gpu_hours']:g} (GPUs held x hours; a CPU cell counts one device)")
     for r in rounds:
         for arm, why in r["drops"].items():
             lines.append(f"  dropped at round {r['round']}: {arm} (beaten by {why['by']}, {why['difference']:+.3f}, "

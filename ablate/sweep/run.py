@@ -16,10 +16,11 @@ from omegaconf import DictConfig
 from ablate.config import validate_cell
 from ablate.review.tracking import make_tracker
 from ablate.sweepdir import layout
-from ablate.sweepdir.atomic import atomic_write_text
+from ablate.sweepdir.atomic import atomic_write_json, atomic_write_text
 from ablate.sweepdir.ids import as_plain, cell_id, config_yaml
 from ablate.sweepdir.layout import done_problem, is_done, read_status, update_status
 from ablate.sweepdir.liveness import Claim
+from ablate.train.objectives import provenance
 
 
 def run_cell(cfg: DictConfig, sweep_dir: Path, overrides: list[str] | tuple[str, ...] = (), *,
@@ -62,6 +63,17 @@ def run_cell(cfg: DictConfig, sweep_dir: Path, overrides: list[str] | tuple[str,
         _leave_process_group()
 
 
+def _gpus_held(device: str) -> int:
+    """GPUs this cell trains on, all its tasks together (one GPU per task on CUDA; none on the CPU or MPS)."""
+    if not (device == "auto" or str(device).startswith("cuda")):
+        return 0
+    import torch
+
+    if not torch.cuda.is_available():
+        return 0
+    return int(os.environ.get("WORLD_SIZE") or os.environ.get("SLURM_NTASKS") or 1)
+
+
 def _leave_process_group() -> None:
     """A multi-task cell's ranks leave their process group once the cell has ended (a no-op otherwise)."""
     if "torch.distributed" in sys.modules:  # never imports torch for a cell that did not
@@ -74,6 +86,7 @@ def _train_cell(cfg, cell_dir: Path, sweep_dir: Path, cid: str, overrides, stop_
     from ablate.train.trainer import Interrupted, train
 
     atomic_write_text(cell_dir / layout.CONFIG_YAML, config_yaml(as_plain(cfg)))
+    atomic_write_json(cell_dir / layout.OBJECTIVE_JSON, provenance(as_plain(cfg)["objective"]))
     before = read_status(cell_dir)
     attempts = (before.attempts or 0) + 1
     requeues = (before.requeues or 0) + (before.state == "preempted")  # resumed from its checkpoint
@@ -83,7 +96,7 @@ def _train_cell(cfg, cell_dir: Path, sweep_dir: Path, cid: str, overrides, stop_
                   job_id=job_id, started_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                   # what the collector groups by, so it never parses config.yaml of every cell
                   objective=cfg.objective.name, lora_r=cfg.lora.r, seed=cfg.seed, max_steps=cfg.trainer.max_steps,
-                  cuda_visible_devices=os.environ.get("CUDA_VISIBLE_DEVICES"))
+                  cuda_visible_devices=os.environ.get("CUDA_VISIBLE_DEVICES"), gpus=_gpus_held(cfg.device))
     started = time.monotonic()
     tracker = make_tracker(cfg, cell_dir, Path(sweep_dir), cid, list(overrides))
     # status.json first, W&B after: whatever W&B does at the end (uploads, a lost network), the state is on disk

@@ -32,10 +32,30 @@ def override_value(value) -> str:
     return str(value)
 
 
+def default_space(objective: str) -> dict[str, list]:
+    """The objective's default search space, conf/objective_tuning/spaces/<objective>.yaml (6 settings each)."""
+    import yaml
+
+    from ablate.paths import CONF_DIR
+
+    path = CONF_DIR / "objective_tuning" / "spaces" / f"{objective}.yaml"
+    if not path.is_file():
+        known = sorted(p.stem for p in path.parent.glob("*.yaml"))
+        raise TuningError(f"hydra.sweeper.tune: {objective} has no default search space ({path} does not exist; "
+                          f"defaults exist for {', '.join(known)}); give its space: {{{objective}: {{key: [values]}}}}")
+    return yaml.safe_load(path.read_text())
+
+
 def check_spaces(tune) -> dict[str, dict[str, list[str]]]:
-    """{objective: {key: [override values]}} from hydra.sweeper.tune, or TuningError naming the key."""
+    """{objective: {key: [override values]}} from hydra.sweeper.tune, or TuningError naming the key. A list of
+    objective names (`hydra.sweeper.tune=[dpo,apo_zero]`), or `default` for an objective, takes the objective's
+    default space (`default_space`)."""
+    if isinstance(tune, Sequence) and not isinstance(tune, str) and all(isinstance(t, str) for t in tune):
+        tune = dict.fromkeys(tune, "default")
     if not isinstance(tune, Mapping):
         raise TuningError(f"hydra.sweeper.tune: must map objective names to search spaces, got {tune!r}")
+    tune = {objective: default_space(str(objective)) if space == "default" else space
+            for objective, space in tune.items()}
     spaces: dict[str, dict[str, list[str]]] = {}
     for objective, space in tune.items():
         where = f"hydra.sweeper.tune.{objective}"

@@ -45,6 +45,7 @@ CELLS = "cells"
 REPORT = "report"
 SLURM = "slurm"  # submitit's folder per job: logs, pickles, sbatch scripts
 CONFIG_YAML = "config.yaml"
+OBJECTIVE_JSON = "objective.json"  # the objective that ran: settings, formula, source fingerprint
 STATUS_JSON = "status.json"
 PROGRESS_JSON = "progress.json"
 TRAIN_LOG = "train_log.jsonl"
@@ -107,6 +108,7 @@ class CellStatus(_Record):
     host: str | None = None
     pid: int | None = None
     cuda_visible_devices: str | None = None
+    gpus: int | None = None  # GPUs the cell held (all its tasks): a race's max_gpu_hours counts elapsed_s x gpus
     submitted_at: str | None = None
     started_at: str | None = None
     updated_at: str | None = None

@@ -5,15 +5,31 @@ it logs. Nothing else differs between arms of an ablation: the trainer, data and
 are shared (docs/ARCHITECTURE.md §4). Hyper-parameters are keyword-only and named as in the paper; each
 objective's config schema is a dataclass registered next to its function, so the registry, the
 Hydra schemas and conf/objective/*.yaml cannot drift apart (tests/test_objectives.py checks it).
+
+Adding an objective, the checklist:
+1. A pure function `def name(logps: SequenceLogps, *, <hyper-parameters>) -> ObjectiveOutput` whose docstring
+   gives the paper (with its link), the formula as an indented block (the report quotes it: `formula`), the
+   defaults' sources and every deviation from the paper or TRL.
+2. Its config dataclass (`name` first, then exactly the keyword-only parameters, with defaults) and
+   `@register(name, Config, uses_reference=...)` (+ `needs_kl_batch`, `unpaired` where it applies).
+3. conf/objective/<name>.yaml: `defaults: [schema_<name>, _self_]`, every parameter with its default and a
+   `# source:` comment.
+4. A range rule for each new parameter name in ablate/config.py (OBJECTIVE_PARAMETER_RULES, or
+   OBJECTIVE_SPECIFIC_RULES for one objective's own range).
+5. Tests: a hand-derived value in tests/test_objectives.py; where TRL has the loss, a case in
+   tests/test_trl_conformance.py (value and gradient against TRL's own code); otherwise an independent
+   implementation from the paper's formula.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import inspect
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -64,6 +80,15 @@ class Objective:
     uses_reference: bool  # False: reference-free, the trainer skips the reference forward
     needs_kl_batch: bool = False  # True: the trainer adds mismatched prompt/completion pairs
     unpaired: bool = False  # True: also learns from unpaired labelled completions (SequenceLogps.paired False)
+    combination: bool = False  # True: a weighted sum of other objectives (`terms`); see `bind`
+
+    def bind(self, settings) -> Objective:
+        """This objective for a cell's settings (cfg.objective): a combination uses the reference only when one of its
+        terms does, so a reference-free combination (e.g. cpo + sft) skips the reference forward like its terms."""
+        if not self.combination:
+            return self
+        names = [term["name"] for term in settings["terms"]]
+        return dataclasses.replace(self, uses_reference=any(get_objective(n).uses_reference for n in names))
 
     @property
     def hyperparameters(self) -> tuple[str, ...]:
@@ -80,9 +105,9 @@ OBJECTIVES: dict[str, Objective] = {}
 
 
 def register(name: str, schema: type, *, uses_reference: bool, needs_kl_batch: bool = False,
-             unpaired: bool = False):
+             unpaired: bool = False, combination: bool = False):
     def wrap(loss: Callable[..., ObjectiveOutput]) -> Callable[..., ObjectiveOutput]:
-        OBJECTIVES[name] = Objective(name, loss, schema, uses_reference, needs_kl_batch, unpaired)
+        OBJECTIVES[name] = Objective(name, loss, schema, uses_reference, needs_kl_batch, unpaired, combination)
         return loss
 
     return wrap
@@ -322,6 +347,491 @@ def kto(
     else:
         losses = torch.cat([desirable_weight * desirable, undesirable_weight * undesirable])
     return ObjectiveOutput(losses, (beta * chosen_logratio).detach(), (beta * rejected_logratio).detach())
+
+
+# ---------------------------------------------------------------- TRL's other DPO loss types
+# Each of these is one `loss_type` of TRL 1.16's DPOTrainer (trl/trainer/dpo_trainer.py, _compute_loss), with
+# TRL's `beta` and `label_smoothing` under the same names. tests/test_trl_conformance.py runs TRL's own loss code on
+# the same per-sequence log-probs and checks value and gradient. r = S − S^ref (per completion), h = r_w − r_l.
+@dataclass
+class NCAPairConfig:
+    name: str = "nca_pair"
+    beta: float = 0.1
+
+
+@register("nca_pair", NCAPairConfig, uses_reference=True)
+def nca_pair(logps: SequenceLogps, *, beta: float) -> ObjectiveOutput:
+    """Noise Contrastive Alignment, pairwise (Chen et al., 2024, https://arxiv.org/abs/2402.05369, NCA for K = 2).
+
+        L = −log σ(β r_w) − ½ log σ(−β r_w) − ½ log σ(−β r_l)
+
+    Each completion's reward is judged on its own (not only their difference), so the chosen likelihood
+    is pushed up rather than merely above the rejected one. Rewards: β r, as TRL logs them.
+    """
+    r_w, r_l = _logratios(logps, "nca_pair")
+    losses = -F.logsigmoid(beta * r_w) - 0.5 * F.logsigmoid(-beta * r_w) - 0.5 * F.logsigmoid(-beta * r_l)
+    return ObjectiveOutput(losses, (beta * r_w).detach(), (beta * r_l).detach())
+
+
+@dataclass
+class EXOPairConfig:
+    name: str = "exo_pair"
+    beta: float = 0.1
+    label_smoothing: float = 1e-3
+
+
+@register("exo_pair", EXOPairConfig, uses_reference=True)
+def exo_pair(logps: SequenceLogps, *, beta: float, label_smoothing: float) -> ObjectiveOutput:
+    """EXO, preference form (Ji et al., 2024, https://arxiv.org/abs/2402.00856, eq. 16, K = 2): the reverse KL from
+    the policy's pair distribution q = softmax(β r) over {chosen, rejected} to the labels p = (1 − ε, ε).
+
+        q_w = σ(β h),  q_l = σ(−β h)
+        L = q_w (log q_w − log(1 − ε)) + q_l (log q_l − log ε)
+
+    ε = `label_smoothing` must be > 0 (log ε); the paper's default 1e-3. Rewards: β r.
+    """
+    r_w, r_l = _logratios(logps, "exo_pair")
+    z = beta * (r_w - r_l)
+    eps = torch.as_tensor(label_smoothing, dtype=z.dtype, device=z.device)
+    losses = (torch.sigmoid(z) * (F.logsigmoid(z) - torch.log1p(-eps))
+              + torch.sigmoid(-z) * (F.logsigmoid(-z) - torch.log(eps)))
+    return ObjectiveOutput(losses, (beta * r_w).detach(), (beta * r_l).detach())
+
+
+@dataclass
+class RobustConfig:
+    name: str = "robust"
+    beta: float = 0.1
+    label_smoothing: float = 0.1
+
+
+@register("robust", RobustConfig, uses_reference=True)
+def robust(logps: SequenceLogps, *, beta: float, label_smoothing: float) -> ObjectiveOutput:
+    """Robust DPO (Chowdhury et al., 2024, https://arxiv.org/abs/2403.00409, eq. 8): DPO made unbiased under labels
+    flipped with probability ε.
+
+        L = ((1 − ε)·(−log σ(β h)) − ε·(−log σ(−β h))) / (1 − 2ε)
+
+    Unlike cDPO (dpo's label_smoothing) the flipped term is subtracted. ε = `label_smoothing` in [0, 0.5); 0.1 as
+    in the paper's experiments. Rewards: β r.
+    """
+    r_w, r_l = _logratios(logps, "robust")
+    z = beta * (r_w - r_l)
+    losses = (-(1 - label_smoothing) * F.logsigmoid(z) + label_smoothing * F.logsigmoid(-z)) / (1 - 2 * label_smoothing)
+    return ObjectiveOutput(losses, (beta * r_w).detach(), (beta * r_l).detach())
+
+
+@dataclass
+class BCOPairConfig:
+    name: str = "bco_pair"
+    beta: float = 0.1
+
+
+@register("bco_pair", BCOPairConfig, uses_reference=True)
+def bco_pair(logps: SequenceLogps, *, beta: float) -> ObjectiveOutput:
+    """Binary Classifier Optimization on pairs (Jung et al., 2024, https://arxiv.org/abs/2404.04656), as TRL 1.16
+    computes it: chosen completions classified as good, rejected as bad, by the implicit reward β r.
+
+        L = −log σ(β r_w) − log σ(−β r_l)
+
+    Deviation from the paper, following TRL 1.16: no reward shift δ (the paper subtracts a running mean of the
+    rewards; TRL 1.16's bco_pair has none), so the loss keeps no state across batches and a resumed cell equals an
+    uninterrupted one. Rewards: β r.
+    """
+    r_w, r_l = _logratios(logps, "bco_pair")
+    losses = -F.logsigmoid(beta * r_w) - F.logsigmoid(-beta * r_l)
+    return ObjectiveOutput(losses, (beta * r_w).detach(), (beta * r_l).detach())
+
+
+@dataclass
+class SPPOHardConfig:
+    name: str = "sppo_hard"
+    beta: float = 0.1
+
+
+@register("sppo_hard", SPPOHardConfig, uses_reference=True)
+def sppo_hard(logps: SequenceLogps, *, beta: float) -> ObjectiveOutput:
+    """Self-Play Preference Optimization with hard win probabilities (Wu et al., 2024,
+    https://arxiv.org/abs/2405.00675, eq. 4.7 with P = 1 for the chosen and 0 for the rejected completion).
+
+        L = (r_w − 1/(2β))² + (r_l + 1/(2β))²
+
+    The paper estimates P with a preference model outside the trainer; the hard form is TRL's. Rewards: β r.
+    """
+    r_w, r_l = _logratios(logps, "sppo_hard")
+    losses = (r_w - 0.5 / beta) ** 2 + (r_l + 0.5 / beta) ** 2
+    return ObjectiveOutput(losses, (beta * r_w).detach(), (beta * r_l).detach())
+
+
+@dataclass
+class AOTConfig:
+    name: str = "aot"
+    beta: float = 0.1
+    label_smoothing: float = 0.0
+
+
+@register("aot", AOTConfig, uses_reference=True)
+def aot(logps: SequenceLogps, *, beta: float, label_smoothing: float = 0.0) -> ObjectiveOutput:
+    """Alignment via Optimal Transport, paired (Melnyk et al., 2024, https://arxiv.org/abs/2406.05882): DPO's logistic
+    loss on the batch's SORTED policy margins against its sorted reference margins (first-order stochastic
+    dominance of the policy's margin distribution over the reference's).
+
+        u = sort_batch(S_w − S_l),  v = sort_batch(S_w^ref − S_l^ref)
+        L_i = −(1 − ε) log σ(β (u_i − v_i)) − ε log σ(−β (u_i − v_i))
+
+    Batch-dependent: loss i belongs to the i-th smallest margin, not to pair i, and the sort runs over the pairs one
+    process holds in one micro-batch (TRL: one device's micro-batch); only the batch mean is meaningful. Rewards: β r.
+    """
+    r_w, r_l = _logratios(logps, "aot")
+    u, _ = torch.sort(logps.chosen - logps.rejected, dim=0)
+    v, _ = torch.sort(logps.ref_chosen - logps.ref_rejected, dim=0)
+    z = beta * (u - v)
+    losses = -(1 - label_smoothing) * F.logsigmoid(z) - label_smoothing * F.logsigmoid(-z)
+    return ObjectiveOutput(losses, (beta * r_w).detach(), (beta * r_l).detach())
+
+
+@dataclass
+class AOTUnpairedConfig:
+    name: str = "aot_unpaired"
+    beta: float = 0.1
+    label_smoothing: float = 0.0
+
+
+@register("aot_unpaired", AOTUnpairedConfig, uses_reference=True)
+def aot_unpaired(logps: SequenceLogps, *, beta: float, label_smoothing: float = 0.0) -> ObjectiveOutput:
+    """Alignment via Optimal Transport, unpaired form (Melnyk et al., 2024, https://arxiv.org/abs/2406.05882): the
+    sorted chosen log-ratios against the sorted rejected ones, each sorted over the batch on its own.
+
+        L_i = −(1 − ε) log σ(β (sort(r_w)_i − sort(r_l)_i)) − ε log σ(−β (…))
+
+    Batch-dependent as `aot`. It still trains on ablate's pairs (both sides of each pair are in the batch).
+    Rewards: β r.
+    """
+    r_w, r_l = _logratios(logps, "aot_unpaired")
+    z = beta * (torch.sort(r_w, dim=0)[0] - torch.sort(r_l, dim=0)[0])
+    losses = -(1 - label_smoothing) * F.logsigmoid(z) - label_smoothing * F.logsigmoid(-z)
+    return ObjectiveOutput(losses, (beta * r_w).detach(), (beta * r_l).detach())
+
+
+@dataclass
+class APOZeroConfig:
+    name: str = "apo_zero"
+    beta: float = 0.1
+
+
+@register("apo_zero", APOZeroConfig, uses_reference=True)
+def apo_zero(logps: SequenceLogps, *, beta: float) -> ObjectiveOutput:
+    """Anchored Preference Optimization, zero (D'Oosterlinck et al., 2024, https://arxiv.org/abs/2408.06266, eq. 7):
+    for chosen completions better than the model's own outputs — raise the chosen likelihood, lower the rejected.
+
+        L = (1 − σ(β r_w)) + σ(β r_l)
+
+    Rewards: β r.
+    """
+    r_w, r_l = _logratios(logps, "apo_zero")
+    losses = 1 - torch.sigmoid(beta * r_w) + torch.sigmoid(beta * r_l)
+    return ObjectiveOutput(losses, (beta * r_w).detach(), (beta * r_l).detach())
+
+
+@dataclass
+class APODownConfig:
+    name: str = "apo_down"
+    beta: float = 0.1
+
+
+@register("apo_down", APODownConfig, uses_reference=True)
+def apo_down(logps: SequenceLogps, *, beta: float) -> ObjectiveOutput:
+    """Anchored Preference Optimization, down (D'Oosterlinck et al., 2024, https://arxiv.org/abs/2408.06266, eq. 8):
+    for chosen completions worse than the model's own — lower both likelihoods, the rejected one more.
+
+        L = σ(β r_w) + (1 − σ(β (r_w − r_l)))
+
+    Rewards: β r.
+    """
+    r_w, r_l = _logratios(logps, "apo_down")
+    losses = torch.sigmoid(beta * r_w) + 1 - torch.sigmoid(beta * (r_w - r_l))
+    return ObjectiveOutput(losses, (beta * r_w).detach(), (beta * r_l).detach())
+
+
+@dataclass
+class DiscoPOPConfig:
+    name: str = "discopop"
+    beta: float = 0.1
+    tau: float = 0.05
+
+
+@register("discopop", DiscoPOPConfig, uses_reference=True)
+def discopop(logps: SequenceLogps, *, beta: float, tau: float) -> ObjectiveOutput:
+    """DiscoPOP, the log-ratio modulated loss discovered by LLM search (Chris Lu et al., 2024,
+    https://arxiv.org/abs/2406.08414, eq. 5): a blend of the logistic (DPO) and the exponential loss, mixed by the
+    sigmoid of the margin.
+
+        ρ = β h,  m = σ(ρ / τ)
+        L = (1 − m)·(−log σ(ρ)) + m·exp(−ρ)
+
+    τ = `tau` (TRL's `discopop_tau`), the paper's 0.05. Rewards: β r.
+    """
+    r_w, r_l = _logratios(logps, "discopop")
+    rho = beta * (r_w - r_l)
+    m = torch.sigmoid(rho / tau)
+    losses = (1 - m) * -F.logsigmoid(rho) + m * torch.exp(-rho)
+    return ObjectiveOutput(losses, (beta * r_w).detach(), (beta * r_l).detach())
+
+
+@dataclass
+class SigmoidNormConfig:
+    name: str = "sigmoid_norm"
+    beta: float = 0.1
+
+
+@register("sigmoid_norm", SigmoidNormConfig, uses_reference=True)
+def sigmoid_norm(logps: SequenceLogps, *, beta: float) -> ObjectiveOutput:
+    """Length-normalised DPO (TRL's loss_type="sigmoid_norm"; the per-token log-ratio of R-DPO/SimPO-style length
+    control, Park et al., 2024, https://arxiv.org/abs/2403.19159, without R-DPO's length penalty):
+
+        L = −log σ(β (r_w/n_w − r_l/n_l))
+
+    β then scales a per-token log-ratio: comparable β values are larger than DPO's. Rewards: β r/n.
+    """
+    r_w, r_l = _logratios(logps, "sigmoid_norm")
+    r_w, r_l = r_w / logps.chosen_tokens, r_l / logps.rejected_tokens
+    losses = -F.logsigmoid(beta * (r_w - r_l))
+    return ObjectiveOutput(losses, (beta * r_w).detach(), (beta * r_l).detach())
+
+
+@dataclass
+class SFTConfig:
+    name: str = "sft"
+
+
+@register("sft", SFTConfig, uses_reference=False)
+def sft(logps: SequenceLogps) -> ObjectiveOutput:
+    """Supervised fine-tuning on the chosen completions (TRL's loss_type="sft"): the mean token NLL of the batch's
+    chosen completions — a baseline arm, and the NLL term of RPO and MPO.
+
+        L = −Σ_i S_w,i / Σ_i n_w,i      (over the micro-batch)
+
+    Batch-dependent, as TRL's: tokens are averaged over the micro-batch, so a long completion weighs more than a
+    short one. As per-example losses: L_i = −B·S_w,i / Σ n_w, whose mean is that value. (cpo's and simpo's NLL
+    terms average per example instead.) Rewards: S/n, the per-token log-prob.
+    """
+    tokens = logps.chosen_tokens.sum()
+    losses = -len(logps.chosen) * logps.chosen / tokens
+    return ObjectiveOutput(losses, (logps.chosen / logps.chosen_tokens).detach(),
+                           (logps.rejected / logps.rejected_tokens).detach())
+
+
+# ----------------------------------------------------------------------- f-divergence DPO
+F_DIVERGENCES = ("reverse_kl", "forward_kl", "js_divergence", "alpha_divergence")
+
+
+@dataclass
+class FDPOConfig:
+    name: str = "fdpo"
+    beta: float = 0.1
+    divergence: str = "js_divergence"
+    alpha: float = 0.5
+
+
+@register("fdpo", FDPOConfig, uses_reference=True)
+def fdpo(logps: SequenceLogps, *, beta: float, divergence: str, alpha: float) -> ObjectiveOutput:
+    """f-DPO: DPO under another divergence from the reference (Wang et al., 2023, https://arxiv.org/abs/2309.16240,
+    eq. 8): the log-ratio r is replaced by f'(u) of the divergence, u = π/π_ref = exp(r).
+
+        s = f'(exp r):  reverse_kl r;  forward_kl 1 − exp(−r);  js_divergence log 2 + log σ(r);
+                        alpha_divergence (exp((α − 1) r) − 1)/(α − 1)      (r at α = 1)
+        L = −log σ(β (s_w − s_l))
+
+    As TRL's DPOTrainer(f_divergence_type=..., f_alpha_divergence_coef=α) computes it: constants of f' cancel in the
+    difference, and TRL's α is 1 − the paper's α (α → 1 is reverse KL, plain DPO); (α − 1) r is clamped at 80 before
+    exp, as TRL does. Rewards: β r (TRL logs the plain log-ratios too).
+    """
+    r_w, r_l = _logratios(logps, "fdpo")
+    s_w, s_l = _f_prime(r_w, divergence, alpha), _f_prime(r_l, divergence, alpha)
+    losses = -F.logsigmoid(beta * (s_w - s_l))
+    return ObjectiveOutput(losses, (beta * r_w).detach(), (beta * r_l).detach())
+
+
+def _f_prime(r: Tensor, divergence: str, alpha: float) -> Tensor:
+    if divergence == "reverse_kl" or (divergence == "alpha_divergence" and abs(alpha - 1.0) < 1e-6):
+        return r
+    if divergence == "forward_kl":
+        return 1 - torch.exp(-r)
+    if divergence == "js_divergence":
+        return math.log(2) + F.logsigmoid(r)
+    if divergence == "alpha_divergence":
+        return (torch.exp(((alpha - 1.0) * r).clamp(max=80.0)) - 1.0) / (alpha - 1.0)
+    raise ValueError(f"objective.divergence = {divergence!r}: one of {', '.join(F_DIVERGENCES)}")
+
+
+# ---------------------------------------------------------------------------------- AlphaPO
+@dataclass
+class AlphaPOConfig:
+    name: str = "alphapo"
+    beta: float = 2.0
+    gamma: float = 0.5
+    alpha: float = 0.25
+
+
+@register("alphapo", AlphaPOConfig, uses_reference=False)
+def alphapo(logps: SequenceLogps, *, beta: float, gamma: float, alpha: float) -> ObjectiveOutput:
+    """AlphaPO: SimPO with a reward of another shape (Gupta et al., 2025, https://arxiv.org/abs/2501.03884).
+
+        a = S/n,  r = (1 − exp(−α a))/α        (= (1 − p^(−α))/α for the per-token geometric-mean probability p)
+        L = −log σ(β (r_w − r_l) − γ)
+
+    α → 0 is SimPO (r → a). As TRL's CPOTrainer(loss_type="alphapo") computes it (loss_type simpo, cpo_alpha 0,
+    length-normalised log-probs), with γ absolute as in ablate's simpo (TRL's simpo_gamma). Rewards: β r.
+    """
+    chosen_avg = logps.chosen / logps.chosen_tokens
+    rejected_avg = logps.rejected / logps.rejected_tokens
+    r_w, r_l = _alpha_reward(chosen_avg, alpha), _alpha_reward(rejected_avg, alpha)
+    losses = -F.logsigmoid(beta * (r_w - r_l) - gamma)
+    return ObjectiveOutput(losses, (beta * r_w).detach(), (beta * r_l).detach())
+
+
+def _alpha_reward(average_logp: Tensor, alpha: float) -> Tensor:
+    return average_logp if alpha == 0 else (1 - torch.exp(-alpha * average_logp)) / alpha
+
+
+# ------------------------------------------------------------------------ APO-zero, unpaired
+@dataclass
+class APOZeroUnpairedConfig:
+    name: str = "apo_zero_unpaired"
+    beta: float = 0.1
+    desirable_weight: float = 1.0
+    undesirable_weight: float = 1.0
+
+
+@register("apo_zero_unpaired", APOZeroUnpairedConfig, uses_reference=True, unpaired=True)
+def apo_zero_unpaired(logps: SequenceLogps, *, beta: float, desirable_weight: float = 1.0,
+                      undesirable_weight: float = 1.0) -> ObjectiveOutput:
+    """APO-zero for unpaired labelled completions (D'Oosterlinck et al., 2024, https://arxiv.org/abs/2408.06266,
+    eq. 7 per example), as TRL's KTOTrainer(loss_type="apo_zero_unpaired") computes it: KTO without its KL baseline.
+
+        L = λ_D·(1 − σ(β r_w))   for a desirable completion,   λ_U·σ(β r_l)   for an undesirable one
+
+    On unpaired data one loss per example, desirable ones first (as kto); on pairs the two terms of a pair are summed
+    into one loss, as kto does (the batch mean is then 2× TRL's over the 2B examples). Rewards: β r.
+    """
+    r_w, r_l = _logratios(logps, "apo_zero_unpaired")
+    desirable = 1 - torch.sigmoid(beta * r_w)
+    undesirable = torch.sigmoid(beta * r_l)
+    if logps.paired:
+        losses = desirable_weight * desirable + undesirable_weight * undesirable
+    else:
+        losses = torch.cat([desirable_weight * desirable, undesirable_weight * undesirable])
+    return ObjectiveOutput(losses, (beta * r_w).detach(), (beta * r_l).detach())
+
+
+# ------------------------------------------------------------------------- weighted combinations
+@dataclass
+class ComboConfig:
+    name: str = "combo"
+    terms: list[dict[str, Any]] = field(default_factory=lambda: [{"name": "dpo", "weight": 1.0}])
+
+
+@dataclass
+class MPOConfig:
+    name: str = "mpo"
+    terms: list[dict[str, Any]] = field(default_factory=lambda: [
+        {"name": "dpo", "weight": 0.8}, {"name": "bco_pair", "weight": 0.2}, {"name": "sft", "weight": 1.0}])
+
+
+@dataclass
+class RPOConfig:
+    name: str = "rpo"
+    terms: list[dict[str, Any]] = field(default_factory=lambda: [{"name": "dpo", "weight": 1.0},
+                                                                 {"name": "sft", "weight": 1.0}])
+
+
+def combination(logps: SequenceLogps, *, terms: list) -> ObjectiveOutput:
+    """A weighted sum of objectives, one arm like any other (TRL's `loss_type` list with `loss_weights`).
+
+        L = Σ_t w_t · L_t
+
+    `terms`: [{name, weight, <the term's own hyper-parameters>}]; a hyper-parameter left out takes the term's
+    default (its conf/objective/<name>.yaml). Since every term's batch mean is linear, the batch mean of L is TRL's
+    Σ_t w_t·mean(L_t). Presets: `mpo` (Mixed Preference Optimization, Wang et al., 2024,
+    https://arxiv.org/abs/2411.10442: dpo 0.8 + bco_pair 0.2 + sft 1.0, TRL's recipe) and `rpo` (Iterative
+    Reasoning Preference Optimization, Pang et al., 2024, https://arxiv.org/abs/2404.19733: dpo + the chosen
+    completions' NLL, α = 1 as in the paper; TRL's NLL is the batch token mean, its `sft`). Rewards: the first
+    term's. The reference is computed when some term uses it (Objective.bind).
+    """
+    total, first = None, None
+    for term in terms:
+        out = get_objective(term["name"])(logps, **term_settings(term))
+        total = term["weight"] * out.losses if total is None else total + term["weight"] * out.losses
+        first = first or out
+    return ObjectiveOutput(total, first.chosen_rewards, first.rejected_rewards)
+
+
+def term_settings(term) -> dict:
+    """A combination term's hyper-parameters: the term objective's defaults, overridden by the term's own."""
+    objective = get_objective(term["name"])
+    base = {k: v for k, v in dataclasses.asdict(objective.schema()).items() if k != "name"}
+    return base | {k: v for k, v in dict(term).items() if k not in ("name", "weight")}
+
+
+def term_problems(terms, key: str = "objective.terms") -> list[str]:
+    """What is wrong with a combination's terms, each naming its key (planning refuses the cell with these)."""
+    if not isinstance(terms, list | tuple) or not terms:
+        return [f"{key}: a non-empty list of {{name, weight, ...}}"]
+    problems = []
+    for i, term in enumerate(terms):
+        where = f"{key}[{i}]"
+        if not isinstance(term, dict) or "name" not in term or "weight" not in term:
+            problems.append(f"{where} = {term!r}: a mapping with name and weight")
+            continue
+        name, weight = term["name"], term["weight"]
+        objective = OBJECTIVES.get(name)
+        if objective is None:
+            problems.append(f"{where}.name = {name!r}: unknown; known: {', '.join(sorted(OBJECTIVES))}")
+            continue
+        if objective.combination or objective.needs_kl_batch or objective.unpaired:
+            problems.append(f"{where}.name = {name!r}: a term is a pairwise objective (not a combination, not "
+                            f"kto)")
+        if isinstance(weight, bool) or not isinstance(weight, int | float) or not math.isfinite(weight) or weight < 0:
+            problems.append(f"{where}.weight = {weight!r}: a finite number >= 0")
+        unknown = sorted(set(term) - {"name", "weight"} - set(objective.hyperparameters))
+        if unknown:
+            problems.append(f"{where}: {', '.join(unknown)} not a parameter of {name} (it takes "
+                            f"{', '.join(objective.hyperparameters) or 'none'})")
+    weights = [t.get("weight") for t in terms if isinstance(t, dict)]
+    if weights and all(isinstance(w, int | float) and w == 0 for w in weights):
+        problems.append(f"{key}: every weight is 0 (nothing would be trained)")
+    return problems
+
+
+for _name, _schema in (("combo", ComboConfig), ("mpo", MPOConfig), ("rpo", RPOConfig)):
+    register(_name, _schema, uses_reference=True, combination=True)(combination)
+
+
+# ------------------------------------------------------------------------------ provenance
+def formula(loss: Callable) -> str:
+    """The formula block of a loss's docstring (its indented lines), as one line per formula line."""
+    lines = inspect.cleandoc(loss.__doc__ or "").splitlines()
+    return "\n".join(line.strip() for line in lines if line.startswith("    ") and line.strip())
+
+
+def provenance(settings) -> dict:
+    """What a cell's objective is, for its objective.json, the report and W&B: name, settings, the formula its
+    docstring states, and a fingerprint of the source of every function that computes it (a combination: its own
+    and its terms'), so a report can never describe one loss while another ran."""
+    settings = dict(settings)
+    objective = get_objective(settings["name"])
+    functions = [objective.loss]
+    record = {"objective": objective.name, "settings": {k: v for k, v in settings.items() if k != "name"},
+              "formula": formula(objective.loss)}
+    if objective.combination:
+        record["terms"] = []
+        for term in settings["terms"]:
+            functions.append(get_objective(term["name"]).loss)
+            record["terms"].append({"name": term["name"], "weight": term["weight"], "settings": term_settings(term),
+                                    "formula": formula(get_objective(term["name"]).loss)})
+    source = "".join(inspect.getsource(f) for f in dict.fromkeys(functions))
+    record["source_sha256"] = hashlib.sha256(source.encode()).hexdigest()[:16]
+    return record
 
 
 # ------------------------------------------------------------------------------ Hydra schemas

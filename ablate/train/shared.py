@@ -246,7 +246,7 @@ def _objectives_refusing(users: list[dict], record: Path) -> str | None:
     if not refusing:
         return None
     return (f"the training rows are unpaired prompt/completion/label rows (KTO format), which only "
-            f"{', '.join(n for n, o in OBJECTIVES.items() if o.unpaired)} trains on; objective "
+            f"{' and '.join(n for n, o in OBJECTIVES.items() if o.unpaired)} train on; objective "
             f"{', '.join(refusing)} needs preference pairs (prompt/chosen/rejected rows): drop it from the sweep "
             "or give paired data")
 

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pandas as pd
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from ablate.data.heldout import PAIR_COLUMNS, heldout_metrics
 from ablate.data.pairs import TokenizedExamples, TokenizedPairs
@@ -165,7 +165,7 @@ def setup(cfg, cell_dir: Path, shared_dir: Path) -> CellRun:
     ranks.check_split(cfg.trainer)  # every rank takes an equal share of every micro-batch
     ranks.same_everywhere(str(cell_dir.resolve()), "the cell directory (torchrun: pass hydra.run.dir)")
     device = ranks.device(resolve_device(cfg.device))
-    objective = get_objective(cfg.objective.name)
+    objective = get_objective(cfg.objective.name).bind(cfg.objective)  # a combination: reference if a term needs it
     tc = cfg.trainer
 
     tokenizer = load_tokenizer(cfg.model)
@@ -201,10 +201,15 @@ def setup(cfg, cell_dir: Path, shared_dir: Path) -> CellRun:
     optimizer = torch.optim.AdamW(params, lr=tc.lr, weight_decay=tc.weight_decay)
     warmup = int(tc.warmup_ratio * tc.max_steps)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, partial(lr_factor, warmup=warmup, max_steps=tc.max_steps))
-    hparams = {name: cfg.objective[name] for name in objective.hyperparameters}
+    hparams = {name: as_plain_value(cfg.objective[name]) for name in objective.hyperparameters}
     return CellRun(cfg, ranks, device, amp, objective, hparams, model, logps_of, policy, params, pad_id, train_data,
                    heldout_data, paired, order, train_ref, heldout_ref, optimizer, scheduler,
                    ObjectiveInputs(objective, logps_of, model, device, ranks))
+
+
+def as_plain_value(value):
+    """A hyper-parameter as plain Python (a combination's terms: a list of dicts, not OmegaConf nodes)."""
+    return OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
 
 
 def lr_factor(step: int, *, warmup: int, max_steps: int) -> float:

@@ -30,8 +30,8 @@ class AblateSweeperConf:
     params: Any = field(default_factory=dict)
     tune: Any = field(default_factory=dict)  # {objective: {key: [values]}}: a tuned comparison (empty: off)
     confirms: Any = None  # the tuning sweep whose selected settings this sweep confirms on fresh seeds (ablate confirm)
-    race: Any = None  # {enabled, max_seeds, round_seeds, max_cells, futility_power}: run in rounds (ablate.sweep.race)
-    confirm: Any = None  # a tuned sweep: true or a number of seeds runs `ablate confirm` as the next local step
+    race: Any = None  # true or {max_seeds, max_cells, max_gpu_hours, spending, ...}: rounds (ablate.sweep.race)
+    confirm: Any = None  # a tuned sweep: true, a number of seeds or race runs `ablate confirm` as the next step
 
 
 ConfigStore.instance().store(group="hydra/sweeper", name="ablate", node=AblateSweeperConf, provider="ablate")
@@ -64,6 +64,9 @@ class AblateSweeper(hydra_api.basic_sweeper_class()):
         overrides = parser.parse_overrides([*hydra_api.sweeper_config_overrides(self), *arguments])
         swept = OrderedDict(zip(_keys(overrides), _lists(overrides), strict=True))  # a repeated key: the last wins
         try:
+            confirm = self.confirm
+            if confirm and not (confirm is True or confirm == "race" or (isinstance(confirm, int) and confirm > 0)):
+                raise TuningError(f"hydra.sweeper.confirm = {confirm!r}: true, a number of fresh seeds, or race")
             spaces = check_spaces(OmegaConf.to_container(self.tune, resolve=True))
             jobs, budget = expand(spaces, swept)
         except TuningError as error:  # before anything is composed, written or run
@@ -127,12 +130,17 @@ class AblateSweeper(hydra_api.basic_sweeper_class()):
                                    if OmegaConf.is_config(self.race) else self.race)
             if settings is None:
                 return super().sweep(arguments)
-            if self.tune:
-                raise RaceError("hydra.sweeper.race with hydra.sweeper.tune: racing a tuned comparison is not "
-                                "built yet; race the selected settings after `ablate confirm --print`")
-            arms = plan_arms(swept, settings, select.min_seeds)
+            arms = plan_arms(swept, settings, select.min_seeds, self._confirmed_arms(swept))
             sweep_dir = Path(self.config.hydra.sweep.dir)
             sweep_dir.mkdir(parents=True, exist_ok=True)
+            if self.tune:  # a confirmation race: its collector (and each look) decides on the test pairs
+                from ablate.sweep.search_space import check_spaces
+                from ablate.sweepdir.atomic import atomic_write_json
+                from ablate.sweepdir.layout import TUNING_JSON
+
+                spaces = check_spaces(OmegaConf.to_container(self.tune, resolve=True))  # as tuning.json holds them
+                atomic_write_json(sweep_dir / TUNING_JSON, {"spaces": spaces, "defaults": self._defaults(spaces, swept),
+                                                            "budget": {}, "confirms": str(self.confirms)})
             if "slurm" in str(self.config.hydra.launcher.get("_target_", "")).lower():
                 return self._race_on_slurm(sweep_dir, arms, settings, select)
             counter = {"idx": 0}
@@ -152,6 +160,29 @@ class AblateSweeper(hydra_api.basic_sweeper_class()):
             print(f"RaceError: {error}", file=sys.stderr, flush=True)
             raise SystemExit(2) from None
         return []
+
+    def _confirmed_arms(self, swept) -> list[list[str]] | None:
+        """A confirmation race's arms: each objective at its selected setting (one-setting spaces from `ablate confirm
+        --race`); None for an ordinary race. Racing the tuning stage itself is refused: its selection claims nothing."""
+        if not self.tune:
+            return None
+        from omegaconf import OmegaConf
+
+        from ablate.sweep.race import RaceError
+        from ablate.sweep.search_space import TuningError, check_spaces, expand, settings
+
+        if not self.confirms:
+            raise RaceError("hydra.sweeper.race with hydra.sweeper.tune: the tuning stage selects on validation "
+                            "pairs and claims nothing, so it runs as a full sweep; race its confirmation instead: "
+                            "ablate confirm <tuning sweep dir> --race")
+        try:
+            spaces = check_spaces(OmegaConf.to_container(self.tune, resolve=True))
+            if any(len(settings(space)) != 1 for space in spaces.values()):
+                raise TuningError("a confirmation race takes one selected setting per objective")
+            jobs, _ = expand(spaces, {k: v for k, v in swept.items() if k.lstrip("+~") != "seed"})
+        except TuningError as error:
+            raise RaceError(f"hydra.sweeper.tune: {error}") from None
+        return jobs
 
     def _race_on_slurm(self, sweep_dir: Path, arms, settings, select):
         """Round 1 through the SLURM launcher with a race job after it; each race job submits the next round."""
@@ -175,7 +206,7 @@ class AblateSweeper(hydra_api.basic_sweeper_class()):
         plan = next_round(sweep_dir, record)
         record["pending"] = plan
         atomic_write_json(sweep_dir / RACE_JSON, record)
-        print(f"race round 1: {len(plan['live'])} arms x seeds 0..{plan['n'] - 1}; after it a race job takes the look "
+        print(f"race round 1: {len(plan['live'])} arms x seeds {plan['seeds']}; after it a race job takes the look "
               f"and submits the next round (race.json, ablate status {sweep_dir})", flush=True)
         self.launcher.collector_job = RaceJob(str(sweep_dir))
         self.launcher.launch(plan["jobs"], initial_job_idx=0)

@@ -78,7 +78,7 @@ def objective_loss(objective, logps_fn, model, pairs, idx):
         with torch.no_grad():
             kl, _ = logps_fn(model, mismatched_batch(pairs, idx, PAD))
         inputs |= dict(kl_policy=kl, kl_reference=kl - 0.3)
-    hparams = {f.name: f.default for f in dataclasses.fields(objective.schema) if f.name != "name"}
+    hparams = {k: v for k, v in dataclasses.asdict(objective.schema()).items() if k != "name"}  # defaults
     return objective(SequenceLogps(**inputs), **hparams).losses.mean()
 
 

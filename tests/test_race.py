@@ -101,11 +101,6 @@ def test_null_races_name_a_false_winner_at_most_at_alpha(scenario, arms):
     assert s["race"] <= bound(SIMS)
 
 
-def test_a_null_race_with_alpha_kept_for_late_rounds_stays_at_alpha():
-    s = summary("both", 0, 2, SIMS, seed=12, max_seeds=12, rho=3.0)
-    assert s["race"] <= bound(SIMS)
-
-
 def test_null_2x2_race_and_a_collapsing_arm():
     factor_of = {"a0": "x", "a1": "x", "a2": "y", "a3": "y"}
     s = summary("both", 0, 4, SIMS, seed=9, factor_of=factor_of)

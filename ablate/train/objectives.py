@@ -342,11 +342,14 @@ def kto(
     z0 = (logps.kl_policy - logps.kl_reference).mean().clamp(min=0).detach()  # scalar
     desirable = 1 - torch.sigmoid(beta * (chosen_logratio - z0))
     undesirable = 1 - torch.sigmoid(beta * (z0 - rejected_logratio))
-    if logps.paired:
-        losses = desirable_weight * desirable + undesirable_weight * undesirable
-    else:
-        losses = torch.cat([desirable_weight * desirable, undesirable_weight * undesirable])
+    losses = _per_example(logps, desirable_weight * desirable, undesirable_weight * undesirable)
     return ObjectiveOutput(losses, (beta * chosen_logratio).detach(), (beta * rejected_logratio).detach())
+
+
+def _per_example(logps: SequenceLogps, desirable: Tensor, undesirable: Tensor) -> Tensor:
+    """KTO-style losses as the batch holds them: a pair's two terms summed into one loss, or on unpaired data one
+    loss per example, desirable ones first (TRL's order)."""
+    return desirable + undesirable if logps.paired else torch.cat([desirable, undesirable])
 
 
 # ---------------------------------------------------------------- TRL's other DPO loss types
@@ -485,8 +488,7 @@ def aot(logps: SequenceLogps, *, beta: float, label_smoothing: float = 0.0) -> O
     r_w, r_l = _logratios(logps, "aot")
     u, _ = torch.sort(logps.chosen - logps.rejected, dim=0)
     v, _ = torch.sort(logps.ref_chosen - logps.ref_rejected, dim=0)
-    z = beta * (u - v)
-    losses = -(1 - label_smoothing) * F.logsigmoid(z) - label_smoothing * F.logsigmoid(-z)
+    losses = _smoothed_logistic(beta * (u - v), label_smoothing)
     return ObjectiveOutput(losses, (beta * r_w).detach(), (beta * r_l).detach())
 
 
@@ -508,9 +510,13 @@ def aot_unpaired(logps: SequenceLogps, *, beta: float, label_smoothing: float = 
     Rewards: β r.
     """
     r_w, r_l = _logratios(logps, "aot_unpaired")
-    z = beta * (torch.sort(r_w, dim=0)[0] - torch.sort(r_l, dim=0)[0])
-    losses = -(1 - label_smoothing) * F.logsigmoid(z) - label_smoothing * F.logsigmoid(-z)
+    losses = _smoothed_logistic(beta * (torch.sort(r_w, dim=0)[0] - torch.sort(r_l, dim=0)[0]), label_smoothing)
     return ObjectiveOutput(losses, (beta * r_w).detach(), (beta * r_l).detach())
+
+
+def _smoothed_logistic(z: Tensor, label_smoothing: float) -> Tensor:
+    """−(1 − ε) log σ(z) − ε log σ(−z): the logistic loss with labels flipped at rate ε (cDPO's form)."""
+    return -(1 - label_smoothing) * F.logsigmoid(z) - label_smoothing * F.logsigmoid(-z)
 
 
 @dataclass
@@ -715,12 +721,8 @@ def apo_zero_unpaired(logps: SequenceLogps, *, beta: float, desirable_weight: fl
     into one loss, as kto does (the batch mean is then 2× TRL's over the 2B examples). Rewards: β r.
     """
     r_w, r_l = _logratios(logps, "apo_zero_unpaired")
-    desirable = 1 - torch.sigmoid(beta * r_w)
-    undesirable = torch.sigmoid(beta * r_l)
-    if logps.paired:
-        losses = desirable_weight * desirable + undesirable_weight * undesirable
-    else:
-        losses = torch.cat([desirable_weight * desirable, undesirable_weight * undesirable])
+    losses = _per_example(logps, desirable_weight * (1 - torch.sigmoid(beta * r_w)),
+                          undesirable_weight * torch.sigmoid(beta * r_l))
     return ObjectiveOutput(losses, (beta * r_w).detach(), (beta * r_l).detach())
 
 

@@ -273,6 +273,7 @@ OBJECTIVE_PARAMETER_RULES = {
     "terms": (lambda x: isinstance(x, list) and len(x) > 0, "a non-empty list"),  # each term: term_problems
     "divergence": (lambda x: x in F_DIVERGENCES, f"one of {', '.join(F_DIVERGENCES)}"),
     "alpha": (lambda x: True, "a number"),  # fdpo: any real α (1: reverse KL); alphapo: 0 is SimPO
+    "ld_alpha": (lambda x: 0 <= x <= 1, "in [0, 1] (1: DPO; 0: the tokens past the shared length dropped)"),
 }
 
 # (objective, parameter) -> a rule of its own, where the shared one above is not enough

@@ -15,7 +15,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from ablate.data.pairs import TokenizedPairs
 from ablate.train.objectives import OBJECTIVES, SequenceLogps
-from ablate.train.scoring import check_lean_head, completion_logps, mismatched_batch, pair_batch
+from ablate.train.scoring import check_lean_head, completion_logps, mismatched_batch, pair_batch, sequence_scores
 
 PAD = 0
 
@@ -28,6 +28,21 @@ def naive_completion_logps(model, batch):
     mask = batch["completion_mask"][:, 1:]
     token_logps = logits.gather(-1, labels.unsqueeze(-1)).squeeze(-1) - logits.logsumexp(-1)
     return (token_logps * mask).sum(-1), mask.sum(-1).float()
+
+
+def naive_sequence_scores(model, batch):
+    """The full-logits computation with LD-DPO's tails and WPO's weights (rows: chosen, then rejected)."""
+    input_ids = batch["input_ids"]
+    logits = model(input_ids=input_ids, attention_mask=batch["attention_mask"]).logits[:, :-1].float()
+    mask = batch["completion_mask"][:, 1:]
+    log_probs = logits.log_softmax(-1)
+    token_logps = log_probs.gather(-1, input_ids[:, 1:].unsqueeze(-1)).squeeze(-1) * mask
+    n = mask.sum(-1)
+    shared = torch.minimum(*n.chunk(2)).repeat(2)
+    tail = (token_logps * (mask.cumsum(-1) > shared.unsqueeze(-1))).sum(-1)
+    aligned = (token_logps.detach() - (2 * log_probs.detach()).logsumexp(-1)) * mask
+    return {"logps": token_logps.sum(-1), "tokens": n.float(), "tail": tail,
+            "wpo_weight": torch.exp(aligned.sum(-1) / n)}
 
 
 def tiny_llama(vocab: int = 40) -> LlamaForCausalLM:
@@ -66,9 +81,14 @@ def pairs() -> TokenizedPairs:
 
 def objective_loss(objective, logps_fn, model, pairs, idx):
     """The trainer's per-micro-batch loss for `objective`, log-probs computed by `logps_fn`."""
-    logps, tokens = logps_fn(model, pair_batch(pairs, idx, PAD))
+    scores = logps_fn(model, pair_batch(pairs, idx, PAD), objective.sequence_parts)
+    logps, tokens = scores["logps"], scores["tokens"]
     b = len(idx)
     inputs = dict(chosen=logps[:b], rejected=logps[b:], chosen_tokens=tokens[:b], rejected_tokens=tokens[b:])
+    for part in objective.sequence_parts:
+        inputs |= {f"chosen_{part}": scores[part][:b], f"rejected_{part}": scores[part][b:]}
+    if "tail" in objective.sequence_parts:
+        inputs |= dict(ref_chosen_tail=scores["tail"].detach()[:b] * 0.5, ref_rejected_tail=scores["tail"].detach()[b:])
     # Reference and KL terms carry no gradient; fixed values isolate the policy's log-probs.
     g = torch.Generator().manual_seed(5)
     if objective.uses_reference:
@@ -76,7 +96,7 @@ def objective_loss(objective, logps_fn, model, pairs, idx):
                        ref_rejected=logps.detach()[b:] + torch.randn(b, generator=g))
     if objective.needs_kl_batch:
         with torch.no_grad():
-            kl, _ = logps_fn(model, mismatched_batch(pairs, idx, PAD))
+            kl = logps_fn(model, mismatched_batch(pairs, idx, PAD), ())["logps"]
         inputs |= dict(kl_policy=kl, kl_reference=kl - 0.3)
     hparams = {k: v for k, v in dataclasses.asdict(objective.schema()).items() if k != "name"}  # defaults
     return objective(SequenceLogps(**inputs), **hparams).losses.mean()
@@ -99,9 +119,10 @@ def test_lean_equals_naive_values_and_gradients(name, adapter, pairs):
         model = with_lora(model)
     model.train()
     objective = OBJECTIVES[name]
-    naive_loss, naive_grads = values_and_grads(objective, naive_completion_logps, model, pairs)
+    naive_loss, naive_grads = values_and_grads(objective, lambda m, b, parts: naive_sequence_scores(m, b), model,
+                                               pairs)
     lean_loss, lean_grads = values_and_grads(
-        objective, lambda m, b: completion_logps(m, b, head_chunk=5), model, pairs)
+        objective, lambda m, b, parts: sequence_scores(m, b, head_chunk=5, parts=parts), model, pairs)
     assert_close(lean_loss, naive_loss, atol=1e-5, rtol=1e-5)
     assert lean_grads.keys() == naive_grads.keys()
     nonzero = 0
@@ -156,6 +177,36 @@ def test_no_grad_scoring_equals_naive(pairs):
     assert_close(ref_lean, ref_naive, atol=1e-5, rtol=1e-5)
     assert not torch.allclose(lean, ref_lean)  # the adapter is active outside the context
     assert torch.equal(lean_tokens, naive_tokens)
+
+
+def test_sequence_parts_equal_the_full_logits_computation(pairs):
+    """LD-DPO's tails and WPO's weights from the lean path equal a full-logits computation written from the papers'
+    definitions (tail: completion tokens past min(n_w, n_l); weight: exp mean_t [log p(y_t) − log Σ_v p(v)²]);
+    the tails carry the gradient the full computation gives, the weights none."""
+    model = with_lora(tiny_llama())
+    batch = pair_batch(pairs, [0, 1, 2, 3], PAD)
+    lean = sequence_scores(model, batch, head_chunk=5, parts=("tail", "wpo_weight"))
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1].float()
+    log_probs = logits.log_softmax(-1)
+    labels, mask = batch["input_ids"][:, 1:], batch["completion_mask"][:, 1:]
+    token = log_probs.gather(-1, labels.unsqueeze(-1)).squeeze(-1)
+    tails, weights = [], []
+    for row in range(len(labels)):
+        partner = (row + len(labels) // 2) % len(labels)
+        shared = min(int(mask[row].sum()), int(mask[partner].sum()))
+        positions = mask[row].nonzero().flatten().tolist()
+        tails.append(sum((token[row, t] for t in positions[shared:]), torch.tensor(0.0)))
+        aligned = [token[row, t].detach() - torch.log((log_probs[row, t].exp() ** 2).sum()).detach() for t in positions]
+        weights.append(torch.exp(sum(aligned) / len(positions)))
+    tails, weights = torch.stack(tails), torch.stack(weights)
+    assert_close(lean["tail"], tails, atol=1e-5, rtol=1e-5)
+    assert_close(lean["wpo_weight"], weights, atol=1e-5, rtol=1e-5)
+    assert (tails != 0).any() and (tails == 0).any()  # some completions have a tail, the shorter ones none
+    assert not lean["wpo_weight"].requires_grad
+    params = [p for p in model.parameters() if p.requires_grad]
+    for ours, theirs in zip(torch.autograd.grad(lean["tail"].sum(), params, retain_graph=True),
+                            torch.autograd.grad(tails.sum(), params), strict=True):
+        assert_close(ours, theirs, atol=1e-5, rtol=1e-4)
 
 
 def test_logit_softcapping_families_match_their_forward(pairs):

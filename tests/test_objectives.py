@@ -295,15 +295,26 @@ def random_logps(batch: int = 6, kl: int = 5, seed: int = 0) -> SequenceLogps:
     def summed(n):  # (B,) negative, about −2 nats per token
         return -(torch.rand(n.shape, generator=g, dtype=torch.float64) * 4 + 0.01) * n
 
+    chosen, rejected, ref_chosen, ref_rejected = summed(n_w).requires_grad_(), summed(n_l).requires_grad_(), \
+        summed(n_w), summed(n_l)
+    shared = torch.minimum(n_w, n_l)
+
+    def tail(total, n):  # the share of the sum past the pair's shared length (zero for the shorter completion)
+        return total * (n - shared) / n
+
     return SequenceLogps(
-        chosen=summed(n_w).requires_grad_(),
-        rejected=summed(n_l).requires_grad_(),
+        chosen=chosen,
+        rejected=rejected,
         chosen_tokens=n_w,
         rejected_tokens=n_l,
-        ref_chosen=summed(n_w),
-        ref_rejected=summed(n_l),
+        ref_chosen=ref_chosen,
+        ref_rejected=ref_rejected,
         kl_policy=summed(torch.full((kl,), 8.0, dtype=torch.float64)),
         kl_reference=summed(torch.full((kl,), 8.0, dtype=torch.float64)),
+        chosen_tail=tail(chosen, n_w), rejected_tail=tail(rejected, n_l),
+        ref_chosen_tail=tail(ref_chosen, n_w), ref_rejected_tail=tail(ref_rejected, n_l),
+        chosen_wpo_weight=torch.rand(batch, generator=g, dtype=torch.float64) + 0.2,
+        rejected_wpo_weight=torch.rand(batch, generator=g, dtype=torch.float64) + 0.2,
     )
 
 
@@ -336,10 +347,49 @@ def test_uses_reference_and_kl_batch_flags():
         "fdpo": True,
         "alphapo": False,
         "apo_zero_unpaired": True,
+        "ld_dpo": True,
+        "wpo": True,
         **dict.fromkeys(["combo", "mpo", "rpo"], True),  # as registered; bind() decides per cell from the terms
     }
     assert [name for name, o in OBJECTIVES.items() if o.unpaired] == ["kto", "apo_zero_unpaired"]
     assert [name for name, o in OBJECTIVES.items() if o.needs_kl_batch] == ["kto"]
+    assert {name: o.sequence_parts for name, o in OBJECTIVES.items() if o.sequence_parts} == {
+        "ld_dpo": ("tail",), "wpo": ("wpo_weight",)}
+
+
+def test_a_combination_asks_for_its_terms_sequence_parts():
+    combo = get_objective("combo")
+    bound = combo.bind({"terms": [{"name": "wpo", "weight": 1.0}, {"name": "ld_dpo", "weight": 0.5},
+                                  {"name": "sft", "weight": 1.0}]})
+    assert bound.sequence_parts == ("wpo_weight", "tail") and bound.uses_reference
+    assert combo.bind({"terms": [{"name": "cpo", "weight": 1.0}]}).sequence_parts == ()
+
+
+def test_ld_dpo_by_hand():
+    """Pair: chosen 3 tokens (−1, −2, −3), rejected 1 token (−4); reference −1 per token. Shared length 1, so the
+    chosen tail is −5 (policy) and −2 (reference). α = 0.5: Ŝ_w = −6 + 0.5·5 = −3.5, Ŝ_w^ref = −3 + 0.5·2 = −2;
+    no rejected tail. h = (−3.5 + 2) − (−4 + 1) = 1.5; L = −log σ(0.1·1.5)."""
+    logps = SequenceLogps(t(-6.0), t(-4.0), t(3.0), t(1.0), ref_chosen=t(-3.0), ref_rejected=t(-1.0),
+                          chosen_tail=t(-5.0), rejected_tail=t(0.0), ref_chosen_tail=t(-2.0), ref_rejected_tail=t(0.0))
+    out = get_objective("ld_dpo")(logps, beta=0.1, ld_alpha=0.5)
+    assert out.losses.item() == pytest.approx(-math.log(1 / (1 + math.exp(-0.15))))
+    assert out.chosen_rewards.item() == pytest.approx(0.1 * -1.5)
+    plain = get_objective("ld_dpo")(logps, beta=0.1, ld_alpha=1.0)  # α = 1 is DPO
+    assert plain.losses.item() == pytest.approx(get_objective("dpo")(logps, beta=0.1).losses.item())
+    with pytest.raises(ValueError, match="tail"):
+        get_objective("ld_dpo")(SequenceLogps(t(-6.0), t(-4.0), t(3.0), t(1.0), ref_chosen=t(-3.0),
+                                              ref_rejected=t(-1.0)), beta=0.1, ld_alpha=0.5)
+
+
+def test_wpo_by_hand():
+    """WPO is DPO's loss times w_w·w_l, and the weights carry no gradient into the loss' scale."""
+    logps = SequenceLogps(t(-2.0), t(-3.0), t(2.0), t(2.0), ref_chosen=t(-2.5), ref_rejected=t(-2.5),
+                          chosen_wpo_weight=t(0.5), rejected_wpo_weight=t(1.6))
+    out = get_objective("wpo")(logps, beta=0.2)
+    assert out.losses.item() == pytest.approx(0.8 * -math.log(1 / (1 + math.exp(-0.2 * 1.0))))
+    with pytest.raises(ValueError, match="weights"):
+        get_objective("wpo")(SequenceLogps(t(-2.0), t(-3.0), t(2.0), t(2.0), ref_chosen=t(-2.5),
+                                           ref_rejected=t(-2.5)), beta=0.2)
 
 
 def test_get_objective_unknown_name_lists_known():

@@ -88,15 +88,17 @@ def datasets_cache(tmp_path, monkeypatch):
 # ------------------------------------------------------------------------------- every objective
 # Every objective's loss and gradient are checked without training (tests/test_objectives.py, test_lean_logps.py,
 # test_trl_conformance.py); a tiny cell trains the first seven and one of each kind added with TRL's loss types:
-# a combination, reference-free SFT, a batch-dependent sort, a reshaped reward, a divergence, an unpaired loss.
+# a combination, reference-free SFT, a batch-dependent sort, a reshaped reward, a divergence, an unpaired loss, and
+# each objective that asks for more than summed log-probs (LD-DPO's tails, WPO's weights).
 TRAINED = ["dpo", "ipo", "hinge", "simpo", "cpo", "orpo", "kto", "mpo", "sft", "aot", "alphapo", "fdpo",
-           "apo_zero_unpaired"]
+           "apo_zero_unpaired", "ld_dpo", "wpo"]
 
 
 def test_the_trained_objectives_cover_every_kind():
     assert set(TRAINED) <= set(OBJECTIVES)
-    kinds = {(o.uses_reference, o.needs_kl_batch, o.unpaired, o.combination) for o in OBJECTIVES.values()}
-    assert kinds == {(o.uses_reference, o.needs_kl_batch, o.unpaired, o.combination)
+    kinds = {(o.uses_reference, o.needs_kl_batch, o.unpaired, o.combination, o.sequence_parts)
+             for o in OBJECTIVES.values()}
+    assert kinds == {(o.uses_reference, o.needs_kl_batch, o.unpaired, o.combination, o.sequence_parts)
                      for o in (OBJECTIVES[n] for n in TRAINED)}
 
 
@@ -133,6 +135,10 @@ def test_each_kind_of_objective_trains_a_tiny_cell(sweep, objective):
         assert entry["heldout/clean/pairs"] == entry["heldout/verbose_rejected/pairs"] == N_HELDOUT // 2
 
     assert read_json(cell_dir / "metrics.json") == metrics == eval_log[-1]
+    if objective == "ld_dpo":  # the reference files of the cells before it gained the tails (and kept the rest)
+        shared = next(p for p in cell_dir.parents if (p / "shared").is_dir()) / "shared"
+        for path in shared.glob("reference-*.pt"):
+            assert {"chosen", "chosen_tail", "rejected_tail"} <= torch.load(path, weights_only=False).keys(), path
     assert all_finite(metrics)
 
     pairs = pd.read_parquet(cell_dir / "heldout_pairs.parquet")

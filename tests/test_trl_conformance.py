@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from trl import DPOTrainer
 
 from ablate.train.objectives import OBJECTIVES, SequenceLogps, get_objective, term_settings
+from ablate.train.scoring import pair_tails, wpo_weights
 
 B, L = 5, 9  # pairs; sequence length (column 0 is the prompt, then up to 8 completion tokens, then padding)
 RTOL = 1e-6
@@ -79,21 +80,31 @@ def batch(seed: int, dtype=torch.float64):
 
 
 def trl_loss(loss_types: list[str], weights: list[float], beta: float, label_smoothing: float, discopop_tau: float,
-             raw, completion_mask, ref_chosen, ref_rejected, f_divergence: str = "reverse_kl", f_alpha: float = 0.5):
-    """TRL 1.16's DPOTrainer._compute_loss on a stand-in trainer whose model returns these per-token log-probs."""
+             raw, completion_mask, ref_chosen, ref_rejected, f_divergence: str = "reverse_kl", f_alpha: float = 0.5,
+             ld_alpha: float | None = None, ref_raw=None, log_sum_sq=None):
+    """TRL 1.16's DPOTrainer._compute_loss on a stand-in trainer whose model returns these per-token log-probs.
+    With `ref_raw` (per-token reference log-probs) TRL computes the reference sums itself (as with ld_alpha it must:
+    it splits them too); with `log_sum_sq` (per-token log Σ_v p(v)²) it applies WPO's weights."""
     trainer = object.__new__(DPOTrainer)
     shift = completion_mask[:, 1:]
     per_token = raw * shift  # TRL's fused head: log-prob 0 where the label is -100
     zeros = torch.zeros_like(per_token)
-    vars(trainer).update(
-        accelerator=_Accelerator(), model=SimpleNamespace(training=True), loss_types=loss_types, loss_weights=weights,
-        beta=beta, label_smoothing=label_smoothing, f_divergence_type=f_divergence, f_alpha_divergence_coef=f_alpha,
-        use_weighting=False, ld_alpha=None, precompute_ref_logps=True, aux_loss_enabled=False,
-        _metrics={"train": defaultdict(list), "eval": defaultdict(list)}, _total_train_tokens=0, _tp_size=1,
-        args=SimpleNamespace(discopop_tau=discopop_tau))
 
-    def model(**_):
-        return SimpleNamespace(log_probs=per_token, entropy=zeros, mean_logits=zeros, is_top1=zeros.bool())
+    def forward(per_token):
+        return lambda **_: SimpleNamespace(log_probs=per_token, entropy=zeros, mean_logits=zeros, is_top1=zeros.bool(),
+                                           log_sum_sq_probs=log_sum_sq)
+
+    stand_in = torch.nn.Module()  # TRL asks whether it is a peft model (no) and for its checkpointing state
+    stand_in.is_gradient_checkpointing = False
+    vars(trainer).update(
+        accelerator=_Accelerator(), model=stand_in,
+        loss_types=loss_types, loss_weights=weights, beta=beta, label_smoothing=label_smoothing,
+        f_divergence_type=f_divergence, f_alpha_divergence_coef=f_alpha, use_weighting=log_sum_sq is not None,
+        ld_alpha=ld_alpha, precompute_ref_logps=ref_raw is None, aux_loss_enabled=False,
+        ref_model=forward(ref_raw * shift) if ref_raw is not None else None,
+        _metrics={"train": defaultdict(list), "eval": defaultdict(list)}, _total_train_tokens=0, _tp_size=1,
+        args=SimpleNamespace(discopop_tau=discopop_tau, gradient_checkpointing_kwargs=None))
+    model = forward(per_token)
 
     inputs = {"input_ids": torch.ones(2 * B, L, dtype=torch.long), "attention_mask": torch.ones(2 * B, L),
               "completion_mask": completion_mask, "ref_chosen_logps": ref_chosen, "ref_rejected_logps": ref_rejected}
@@ -274,3 +285,42 @@ def test_unpaired_objectives_equal_trl_kto(name, settings):
     (grad_theirs,) = torch.autograd.grad(theirs, raw)
     torch.testing.assert_close(ours, theirs, rtol=RTOL, atol=0)
     torch.testing.assert_close(grad_ours, grad_theirs, rtol=RTOL, atol=1e-12)
+
+
+LENGTH_AND_WEIGHT_CASES = [("ld_dpo", {"beta": 0.1, "ld_alpha": 0.5}), ("ld_dpo", {"beta": 0.4, "ld_alpha": 0.0}),
+                           ("ld_dpo", {"beta": 0.2, "ld_alpha": 1.0}), ("wpo", {"beta": 0.1}), ("wpo", {"beta": 0.7})]
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+@pytest.mark.parametrize("name, settings", LENGTH_AND_WEIGHT_CASES,
+                         ids=[f"{n}-{i}" for i, (n, _) in enumerate(LENGTH_AND_WEIGHT_CASES)])
+def test_length_desensitised_and_weighted_dpo_equal_trl(name, settings, seed):
+    """LD-DPO (ld_alpha) and WPO (use_weighting): TRL splits/weights per token inside its trainer; ablate's trainer
+    hands the objective the tails (scoring.pair_tails) and weights (scoring.wpo_weights) of the same per-token
+    values. Both sides start from the same per-token policy and reference log-probs (and log Σp² for WPO)."""
+    raw, mask, _, _ = batch(seed)
+    g = torch.Generator().manual_seed(100 + seed)
+    ref_raw = -torch.rand(2 * B, L - 1, generator=g, dtype=torch.float64) * 2
+    log_sum_sq = -torch.rand(2 * B, L - 1, generator=g, dtype=torch.float64) * 1.5 if name == "wpo" else None
+    shift = mask[:, 1:]
+    sums, tokens, ref_sums = (raw * shift).sum(1), shift.sum(1).to(raw.dtype), (ref_raw * shift).sum(1)
+    fields = dict(ref_chosen=ref_sums[:B], ref_rejected=ref_sums[B:])
+    if name == "ld_dpo":
+        tails, ref_tails = pair_tails(raw * shift, shift), pair_tails(ref_raw * shift, shift)
+        fields |= dict(chosen_tail=tails[:B], rejected_tail=tails[B:], ref_chosen_tail=ref_tails[:B],
+                       ref_rejected_tail=ref_tails[B:])
+    else:
+        weights = wpo_weights((raw.detach() - log_sum_sq) * shift, shift)
+        fields |= dict(chosen_wpo_weight=weights[:B], rejected_wpo_weight=weights[B:])
+    ours = get_objective(name)(SequenceLogps(sums[:B], sums[B:], tokens[:B], tokens[B:], **fields),
+                               **settings).losses.mean()
+    (grad_ours,) = torch.autograd.grad(ours, raw)
+    theirs = trl_loss(["sigmoid"], [1.0], settings["beta"], 0.0, 0.05, raw, mask, None, None,
+                      ld_alpha=settings.get("ld_alpha"), ref_raw=ref_raw, log_sum_sq=log_sum_sq)
+    (grad_theirs,) = torch.autograd.grad(theirs, raw)
+    torch.testing.assert_close(ours, theirs.to(ours.dtype), rtol=RTOL, atol=0)
+    torch.testing.assert_close(grad_ours, grad_theirs, rtol=RTOL, atol=1e-12)
+    if name == "ld_dpo" and settings["ld_alpha"] < 1:  # the split matters: not plain DPO on these pairs
+        plain = get_objective("dpo")(SequenceLogps(sums[:B], sums[B:], tokens[:B], tokens[B:], **{
+            k: v for k, v in fields.items() if k in ("ref_chosen", "ref_rejected")}), beta=settings["beta"])
+        assert not torch.allclose(plain.losses.mean(), ours)

@@ -26,7 +26,7 @@ import torch
 import torch.distributed as dist
 
 from ablate.train import engine
-from ablate.train.scoring import completion_logps
+from ablate.train.scoring import sequence_scores
 
 
 def task_split_problem(trainer: dict, tasks: int) -> str | None:
@@ -49,16 +49,16 @@ def shutdown() -> None:
 
 class CompletionLogps(torch.nn.Module):
     """The policy's forward as one module, so that DDP or FSDP wraps exactly what training runs: the
-    lean log-prob path (ablate.train.scoring.completion_logps) under the cell's autocast."""
+    lean log-prob path (ablate.train.scoring.sequence_scores) under the cell's autocast."""
 
     def __init__(self, model, device: torch.device, autocast: torch.dtype | None, head_chunk: int):
         super().__init__()
         self.model = model  # a submodule: DDP and FSDP find the LoRA parameters through it
         self.device, self.autocast, self.head_chunk = device, autocast, head_chunk
 
-    def forward(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, batch: dict[str, torch.Tensor], parts: tuple[str, ...] = ()) -> dict[str, torch.Tensor]:
         with engine.compute_context(self.device, self.autocast):
-            return completion_logps(self.model, batch, head_chunk=self.head_chunk)  # (N,), (N,)
+            return sequence_scores(self.model, batch, head_chunk=self.head_chunk, parts=parts)  # {"logps": (N,), ...}
 
 
 class Ranks:

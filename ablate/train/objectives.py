@@ -61,6 +61,15 @@ class SequenceLogps:
     # False: unpaired examples (KTO data); `chosen` holds the B_D desirable and `rejected` the B_U
     # undesirable completions of different prompts, B_D and B_U unrelated (either may be 0)
     paired: bool = True
+    # Only for objectives that ask for them (Objective.sequence_parts; ablate.train.scoring.SEQUENCE_PARTS):
+    # "tail": summed log-probs of the completion tokens past the pair's shared length min(n_w, n_l) (LD-DPO)
+    chosen_tail: Tensor | None = None  # (B,)
+    rejected_tail: Tensor | None = None  # (B,)
+    ref_chosen_tail: Tensor | None = None  # (B,)
+    ref_rejected_tail: Tensor | None = None  # (B,)
+    # "wpo_weight": exp(mean_t [log π(y_t) − log Σ_v π(v)²]) of the policy, without gradient (WPO)
+    chosen_wpo_weight: Tensor | None = None  # (B,)
+    rejected_wpo_weight: Tensor | None = None  # (B,)
 
 
 @dataclass(frozen=True)
@@ -81,14 +90,17 @@ class Objective:
     needs_kl_batch: bool = False  # True: the trainer adds mismatched prompt/completion pairs
     unpaired: bool = False  # True: also learns from unpaired labelled completions (SequenceLogps.paired False)
     combination: bool = False  # True: a weighted sum of other objectives (`terms`); see `bind`
+    sequence_parts: tuple[str, ...] = ()  # what else the trainer scores per sequence (SequenceLogps' tail, wpo_weight)
 
     def bind(self, settings) -> Objective:
         """This objective for a cell's settings (cfg.objective): a combination uses the reference only when one of its
-        terms does, so a reference-free combination (e.g. cpo + sft) skips the reference forward like its terms."""
+        terms does, so a reference-free combination (e.g. cpo + sft) skips the reference forward like its terms, and
+        asks for the sequence parts its terms ask for."""
         if not self.combination:
             return self
-        names = [term["name"] for term in settings["terms"]]
-        return dataclasses.replace(self, uses_reference=any(get_objective(n).uses_reference for n in names))
+        terms = [get_objective(term["name"]) for term in settings["terms"]]
+        parts = tuple(dict.fromkeys(part for term in terms for part in term.sequence_parts))
+        return dataclasses.replace(self, uses_reference=any(t.uses_reference for t in terms), sequence_parts=parts)
 
     @property
     def hyperparameters(self) -> tuple[str, ...]:
@@ -105,9 +117,10 @@ OBJECTIVES: dict[str, Objective] = {}
 
 
 def register(name: str, schema: type, *, uses_reference: bool, needs_kl_batch: bool = False,
-             unpaired: bool = False, combination: bool = False):
+             unpaired: bool = False, combination: bool = False, sequence_parts: tuple[str, ...] = ()):
     def wrap(loss: Callable[..., ObjectiveOutput]) -> Callable[..., ObjectiveOutput]:
-        OBJECTIVES[name] = Objective(name, loss, schema, uses_reference, needs_kl_batch, unpaired, combination)
+        OBJECTIVES[name] = Objective(name, loss, schema, uses_reference, needs_kl_batch, unpaired, combination,
+                                     sequence_parts)
         return loss
 
     return wrap
@@ -698,6 +711,67 @@ def alphapo(logps: SequenceLogps, *, beta: float, gamma: float, alpha: float) ->
 
 def _alpha_reward(average_logp: Tensor, alpha: float) -> Tensor:
     return average_logp if alpha == 0 else (1 - torch.exp(-alpha * average_logp)) / alpha
+
+
+# ------------------------------------------------------------------------------------ LD-DPO
+@dataclass
+class LDDPOConfig:
+    name: str = "ld_dpo"
+    beta: float = 0.1
+    ld_alpha: float = 0.5
+
+
+@register("ld_dpo", LDDPOConfig, uses_reference=True, sequence_parts=("tail",))
+def ld_dpo(logps: SequenceLogps, *, beta: float, ld_alpha: float) -> ObjectiveOutput:
+    """Length-desensitised DPO (Liu et al., 2024, https://arxiv.org/abs/2409.06411): the log-probs of a pair's
+    completion tokens past its shared length count α times, for the policy and the reference alike.
+
+        ℓ = min(n_w, n_l),   Ŝ = S_{≤ℓ} + α·S_{>ℓ}   (tokens past the pair's shared length weighted by α)
+        h = (Ŝ_w − Ŝ_w^ref) − (Ŝ_l − Ŝ_l^ref)
+        L = −log σ(β h)
+
+    As TRL 1.16's DPOTrainer(ld_alpha=α) computes it (loss_type sigmoid): α = 1 is DPO, α = 0 drops the longer
+    completion's excess tokens. Rewards: β·(Ŝ − Ŝ^ref).
+    """
+    if logps.chosen_tail is None or logps.ref_chosen_tail is None:
+        raise ValueError("ld_dpo needs the completions' tail log-probs (SequenceLogps.chosen_tail and ref_*_tail)")
+    r_w = _desensitised(logps.chosen, logps.chosen_tail, ld_alpha) - _desensitised(
+        logps.ref_chosen, logps.ref_chosen_tail, ld_alpha)
+    r_l = _desensitised(logps.rejected, logps.rejected_tail, ld_alpha) - _desensitised(
+        logps.ref_rejected, logps.ref_rejected_tail, ld_alpha)
+    losses = -F.logsigmoid(beta * (r_w - r_l))
+    return ObjectiveOutput(losses, (beta * r_w).detach(), (beta * r_l).detach())
+
+
+def _desensitised(total: Tensor, tail: Tensor, alpha: float) -> Tensor:
+    """S_{≤ℓ} + α·S_{>ℓ} from the sum S and the tail S_{>ℓ}."""
+    return total - (1 - alpha) * tail
+
+
+# --------------------------------------------------------------------------------------- WPO
+@dataclass
+class WPOConfig:
+    name: str = "wpo"
+    beta: float = 0.1
+
+
+@register("wpo", WPOConfig, uses_reference=True, sequence_parts=("wpo_weight",))
+def wpo(logps: SequenceLogps, *, beta: float) -> ObjectiveOutput:
+    """Weighted Preference Optimization (Zhou et al., 2024, https://arxiv.org/abs/2406.11827, eq. 2): DPO with each
+    pair weighted by how likely the current policy is to produce it, as if the data were sampled on-policy.
+
+        w(y) = exp( (1/n) Σ_t [log π(y_t) − log Σ_v π(v)²] )   (no gradient through w)
+        h = (S_w − S_w^ref) − (S_l − S_l^ref)
+        L = −w(y_w)·w(y_l)·log σ(β h)
+
+    As TRL 1.16's DPOTrainer(use_weighting=True) computes it (loss_type sigmoid), with no clamp on w (earlier TRL
+    releases clamped w_w·w_l at 1; 1.16 does not). Rewards: β·(S − S^ref), as dpo.
+    """
+    if logps.chosen_wpo_weight is None or logps.rejected_wpo_weight is None:
+        raise ValueError("wpo needs the policy's per-sequence weights (SequenceLogps.chosen_wpo_weight)")
+    r_w, r_l = _logratios(logps, "wpo")
+    losses = -F.logsigmoid(beta * (r_w - r_l)) * logps.chosen_wpo_weight * logps.rejected_wpo_weight
+    return ObjectiveOutput(losses, (beta * r_w).detach(), (beta * r_l).detach())
 
 
 # ------------------------------------------------------------------------ APO-zero, unpaired

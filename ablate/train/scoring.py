@@ -55,11 +55,13 @@ def training_batch(data: TokenizedPairs | TokenizedExamples, idx: list[int], pad
     return pair_batch(data, idx, pad_id), torch.arange(len(idx)), torch.arange(len(idx), 2 * len(idx))
 
 
-def sequence_values(values: dict[str, Tensor], idx: list[int]) -> Tensor:
-    """Per-sequence values (e.g. reference log-probs) of a training batch in `training_batch` order."""
+def sequence_values(values: dict[str, Tensor], idx: list[int], part: str = "") -> Tensor:
+    """Per-sequence values (e.g. reference log-probs, or with `part` their tails) of a training batch in
+    `training_batch` order."""
     if "logps" in values:  # unpaired examples
         return values["logps"][idx]
-    return torch.cat([values["chosen"][idx], values["rejected"][idx]])
+    suffix = f"_{part}" if part else ""
+    return torch.cat([values[f"chosen{suffix}"][idx], values[f"rejected{suffix}"][idx]])
 
 
 def mismatched_batch(data: TokenizedPairs | TokenizedExamples, idx: list[int], pad_id: int,
@@ -113,6 +115,24 @@ def completion_logps(model, batch: dict[str, Tensor], *, head_chunk: int = DEFAU
     ever exists; the peak is one (head_chunk, V) chunk. Equal to the straightforward full-logits
     computation to float tolerance (tests/test_scoring.py).
     """
+    scores = sequence_scores(model, batch, head_chunk=head_chunk)
+    return scores["logps"], scores["tokens"]
+
+
+# What an objective may ask of each sequence beyond its summed log-prob (Objective.sequence_parts):
+#   "tail": the summed log-probs of the completion tokens past the pair's shared length min(n_w, n_l) (LD-DPO);
+#   "wpo_weight": exp of the mean over completion tokens of log p(y_t) − log Σ_v p(v)², without gradient (WPO).
+# Both assume a pair batch: rows [0, N/2) are the chosen and rows [N/2, N) the rejected completions of the same pairs.
+SEQUENCE_PARTS = ("tail", "wpo_weight")
+
+
+def sequence_scores(model, batch: dict[str, Tensor], *, head_chunk: int = DEFAULT_HEAD_CHUNK,
+                    parts: tuple[str, ...] = ()) -> dict[str, Tensor]:
+    """`completion_logps` as a dict {"logps", "tokens"}, plus the requested `parts` (SEQUENCE_PARTS), each (N,).
+    The WPO weight costs one more gradient-free pass of the LM head over the completion positions."""
+    unknown = set(parts) - set(SEQUENCE_PARTS)
+    if unknown:
+        raise ValueError(f"unknown sequence parts {sorted(unknown)}; known: {SEQUENCE_PARTS}")
     device = next(model.parameters()).device
     causal_lm = model.get_base_model() if hasattr(model, "get_base_model") else model  # under peft
     input_ids = batch["input_ids"].to(device)
@@ -126,7 +146,7 @@ def completion_logps(model, batch: dict[str, Tensor], *, head_chunk: int = DEFAU
     transform = _logit_transform(causal_lm.config)
     # A plain frozen linear head (LoRA's case) without a logit transform takes the fused backward
     plain = type(head) is torch.nn.Linear and not head.weight.requires_grad and transform is None
-    chunks = []
+    chunks, log_sum_sq = [], []
     for start in range(0, len(labels), head_chunk):
         h, y = selected[start : start + head_chunk], labels[start : start + head_chunk]
         if not (torch.is_grad_enabled() and h.requires_grad):
@@ -135,10 +155,43 @@ def completion_logps(model, batch: dict[str, Tensor], *, head_chunk: int = DEFAU
             chunks.append(_FrozenHeadLogps.apply(h, head.weight, head.bias, y))
         else:  # keep only (chunk, H) for backward; the chunk's logits are recomputed there by autograd
             chunks.append(checkpoint(_token_logps, head, transform, h, y, use_reentrant=False))
+        if "wpo_weight" in parts:
+            log_sum_sq.append(_log_sum_sq_probs(head, transform, h))
     token_logps = torch.cat(chunks) if chunks else selected.new_zeros(0, dtype=torch.float32)  # (M,)
     # back onto the (N, T-1) grid to sum per row: a masked sum, deterministic on every device
     per_position = torch.zeros(mask.shape, dtype=token_logps.dtype, device=device).masked_scatter(mask, token_logps)
-    return per_position.sum(-1), mask.sum(-1).float()
+    tokens = mask.sum(-1).float()
+    scores = {"logps": per_position.sum(-1), "tokens": tokens}
+    if "tail" in parts:
+        scores["tail"] = pair_tails(per_position, mask)
+    if "wpo_weight" in parts:
+        aligned = token_logps.detach() - (torch.cat(log_sum_sq) if log_sum_sq else token_logps.new_zeros(0))
+        scores["wpo_weight"] = wpo_weights(torch.zeros(mask.shape, dtype=aligned.dtype, device=device)
+                                           .masked_scatter(mask, aligned), mask)
+    return scores
+
+
+def pair_tails(per_position: Tensor, mask: Tensor) -> Tensor:
+    """LD-DPO's tail of each sequence of a pair batch (rows [0, N/2) chosen, [N/2, N) rejected): the sum of its
+    completion tokens' log-probs past the pair's shared length min(n_w, n_l), the k-th completion token (1-based)
+    being in the tail when k > min(n_w, n_l), as TRL's split. (N, T) values and completion mask -> (N,)."""
+    n_w, n_l = mask.sum(-1).chunk(2)
+    shared = torch.minimum(n_w, n_l).repeat(2)
+    return (per_position * (mask.bool() & (mask.cumsum(-1) > shared.unsqueeze(-1)))).sum(-1)
+
+
+def wpo_weights(aligned: Tensor, mask: Tensor) -> Tensor:
+    """WPO's weight of each sequence: exp of the mean over its completion tokens of log p(y_t) − log Σ_v p(v)²
+    (`aligned`, (N, T), zero off the completion mask) -> (N,)."""
+    return torch.exp(aligned.sum(-1) / mask.sum(-1).clamp(min=1))
+
+
+@torch.no_grad()
+def _log_sum_sq_probs(head, transform, hidden: Tensor) -> Tensor:
+    """log Σ_v p(v)² of each row's next-token distribution: logsumexp(2x) − 2·logsumexp(x)."""
+    logits = head(hidden)
+    logits = (transform(logits) if transform is not None else logits).float()
+    return (2 * logits).logsumexp(-1) - 2 * logits.logsumexp(-1)
 
 
 def _token_logps(head, transform, hidden: Tensor, labels: Tensor) -> Tensor:
@@ -226,39 +279,44 @@ def check_lean_head(model, vocab_size: int | None = None) -> None:
 @torch.no_grad()
 def score_pairs(model, data: TokenizedPairs | TokenizedExamples, *, batch_size: int, pad_id: int, desc: str,
                 head_chunk: int = DEFAULT_HEAD_CHUNK, max_tokens: int | None = None,
-                indices: list[int] | None = None, forward=None, ranks=None) -> dict[str, Tensor]:
+                indices: list[int] | None = None, forward=None, ranks=None, parts: tuple[str, ...] = ()
+                ) -> dict[str, Tensor]:
     """Summed completion log-probs of pairs, on CPU: chosen, rejected, chosen_tokens, rejected_tokens
-    (unpaired examples: logps, tokens).
+    (unpaired examples: logps, tokens); with `parts` (pairs only) also chosen_<part> and rejected_<part>.
 
     Each value is a (len(data),) tensor in dataset order; pairs outside `indices` (default: all)
     are NaN, so that using one by mistake fails loudly. Batches are sorted by length and sized by
     padded tokens (`max_tokens`, at most `batch_size` pairs): little padding, and a memory peak set
     by the budget rather than by the longest pair times the batch size.
 
-    `forward` (batch -> log-probs, token counts) replaces the lean path on `model`, e.g. a module
+    `forward` ((batch, parts) -> `sequence_scores`' dict) replaces the lean path on `model`, e.g. a module
     sharded by FSDP; with `ranks` (ablate.train.distributed.Ranks) every rank scores its share of the
     batches and receives everyone's scores (collective: every rank must call it).
     """
     was_training = model.training
     model.eval()
     unpaired = isinstance(data, TokenizedExamples)
-    fields = ("logps", "tokens") if unpaired else ("chosen", "rejected", "chosen_tokens", "rejected_tokens")
+    if unpaired and parts:
+        raise ValueError(f"sequence parts {parts} are defined for preference pairs only")
+    sides = ("chosen", "rejected")
+    fields = ("logps", "tokens") if unpaired else (*sides, "chosen_tokens", "rejected_tokens",
+                                                   *(f"{side}_{part}" for part in parts for side in sides))
     out = {name: torch.full((len(data),), float("nan")) for name in fields}
     batches = length_sorted_batches(data, range(len(data)) if indices is None else indices,
                                     max_pairs=batch_size, max_tokens=max_tokens)
     mine, throwaway = (batches, 0) if ranks is None else ranks.share(batches)
-    forward = forward or (lambda batch: completion_logps(model, batch, head_chunk=head_chunk))
+    forward = forward or (lambda batch, parts: sequence_scores(model, batch, head_chunk=head_chunk, parts=parts))
     for k, idx in enumerate(track(mine + batches[:1] * throwaway, desc=desc, unit="batch", disable=len(mine) < 20)):
-        logps, tokens = forward(example_batch(data, idx, pad_id) if unpaired else pair_batch(data, idx, pad_id))
+        scores = forward(example_batch(data, idx, pad_id) if unpaired else pair_batch(data, idx, pad_id), parts)
         if k >= len(mine):  # run only so that every rank runs as many forwards (FSDP)
             continue
-        logps, tokens, n = logps.float().cpu(), tokens.float().cpu(), len(idx)
+        scores, n = {name: v.float().cpu() for name, v in scores.items()}, len(idx)
         where = torch.tensor(idx)
         if unpaired:
-            out["logps"][where], out["tokens"][where] = logps, tokens
-        else:
-            out["chosen"][where], out["rejected"][where] = logps[:n], logps[n:]
-            out["chosen_tokens"][where], out["rejected_tokens"][where] = tokens[:n], tokens[n:]
+            out["logps"][where], out["tokens"][where] = scores["logps"], scores["tokens"]
+            continue
+        for name, field in (("logps", ""), ("tokens", "_tokens"), *((part, f"_{part}") for part in parts)):
+            out[f"chosen{field}"][where], out[f"rejected{field}"][where] = scores[name][:n], scores[name][n:]
     model.train(was_training)
     return out if ranks is None else ranks.gather_pairs(out, [i for idx in mine for i in idx])
 

@@ -312,7 +312,8 @@ def model_identity(model_cfg) -> dict:
 
 def reference_logps(cfg, split: str, data: TokenizedPairs | TokenizedExamples, base_model, pad_id: int,
                     shared_dir: Path, indices: list[int] | None = None,
-                    autocast: torch.dtype | None = None, forward=None, ranks=None) -> dict[str, torch.Tensor]:
+                    autocast: torch.dtype | None = None, forward=None, ranks=None, tail: bool = False
+                    ) -> dict[str, torch.Tensor]:
     """Summed completion log-probs of the base model (= the policy with its adapter disabled).
 
     Call before the adapter is added, or inside `model.disable_adapter()`. With `indices`, only
@@ -322,8 +323,10 @@ def reference_logps(cfg, split: str, data: TokenizedPairs | TokenizedExamples, b
     shares one file whose values do not depend on which cell came first. Scores computed under
     autocast (`autocast`, e.g. bfloat16) get their own file: they differ by more than rounding.
     With `ranks` (a multi-task cell), the ranks score a share each and rank 0 writes the file;
-    `forward` as in `score_pairs`. Collective with `ranks`: every rank must call it (it asks every
-    rank whether the file is there, and scores on every rank or none).
+    `forward` as in `score_pairs`. With `tail` (LD-DPO), pairs also get chosen_tail/rejected_tail: a file
+    without them is scored again and rewritten with them (a superset: other cells read it as before).
+    Collective with `ranks`: every rank must call it (it asks every rank whether the file is there, and
+    scores on every rank or none).
     """
     everything = indices is None or set(indices) == set(range(len(data)))
     scope = [] if everything else [config_hash(sorted(set(indices)))[:16]]
@@ -331,14 +334,16 @@ def reference_logps(cfg, split: str, data: TokenizedPairs | TokenizedExamples, b
     key = config_hash([model_identity(cfg.model), as_plain(cfg.data), split, *scope])[:16]
     path = shared_dir / f"reference-{split}-{key}.pt"
     cached = _load(path)
+    parts = ("tail",) if tail and isinstance(data, TokenizedPairs) else ()
+    missing = cached is None or any(f"chosen_{part}" not in cached for part in parts)
     # every rank scores, or none: another cell may write the file between two ranks' looks at it
-    if cached is None if ranks is None else ranks.any(cached is None):
+    if missing if ranks is None else ranks.any(missing):
         device = next(base_model.parameters()).device
         with compute_context(device, autocast):
             cached = score_pairs(base_model, data, batch_size=cfg.trainer.eval_batch_size, pad_id=pad_id,
                                  desc=f"reference log-probs ({split})", head_chunk=cfg.engine.head_chunk,
                                  max_tokens=cfg.engine.eval_batch_tokens, indices=None if everything else indices,
-                                 forward=forward, ranks=ranks)
+                                 forward=forward, ranks=ranks, parts=parts)
         if ranks is None or ranks.is_main:
             _save(path, cached)
     return cached

@@ -195,9 +195,11 @@ def setup(cfg, cell_dir: Path, shared_dir: Path) -> CellRun:
     with model.disable_adapter():
         scoring = dict(autocast=amp, forward=logps_of if ranks.fsdp else None, ranks=ranks)
         pad_id = tokenizer.pad_token_id
-        heldout_ref = reference_logps(cfg, "heldout", heldout_data, model, pad_id, shared_dir, **scoring)
+        tail = "tail" in objective.sequence_parts  # LD-DPO: the reference's tails too
+        heldout_ref = reference_logps(cfg, "heldout", heldout_data, model, pad_id, shared_dir, **scoring, tail=tail)
         train_ref = (reference_logps(cfg, "train", train_data, model, pad_id, shared_dir, **scoring,
-                                     indices=order.visited(tc.max_steps)) if objective.uses_reference else None)
+                                     indices=order.visited(tc.max_steps), tail=tail) if objective.uses_reference
+                     else None)
     optimizer = torch.optim.AdamW(params, lr=tc.lr, weight_decay=tc.weight_decay)
     warmup = int(tc.warmup_ratio * tc.max_steps)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, partial(lr_factor, warmup=warmup, max_steps=tc.max_steps))
@@ -230,11 +232,11 @@ def training_step(run: CellRun, step: int, window: RunningMeans) -> float:
         mine = ranks.shard(micro_idx)  # all of it with one process, an equal share with several
         with ranks.accumulating(run.policy, last=micro == tc.grad_accum - 1):  # DDP: gradients averaged at the last
             batch, chosen, rejected = training_batch(run.train_data, mine, run.pad_id)
-            logps, tokens = run.policy(batch)  # (2B,) for pairs, (B,) for unpaired examples
-            ref = sequence_values(run.train_ref, mine) if run.train_ref else None
+            scores = run.policy(batch, objective.sequence_parts)  # (2B,) each for pairs, (B,) for unpaired examples
+            ref = reference_values(run.train_ref, mine, objective.sequence_parts) if run.train_ref else None
             kl_batches = [mismatched_batch(run.train_data, micro_idx, run.pad_id, positions=ranks.shard(
                 list(range(len(micro_idx)))))] if objective.needs_kl_batch else []
-            inputs = run.objective_inputs(logps, tokens, ref, kl_batches, chosen, rejected, run.paired, True)
+            inputs = run.objective_inputs(scores, ref, kl_batches, chosen, rejected, run.paired, True)
             out = objective(SequenceLogps(**inputs), **run.hparams)
             loss = out.losses.sum() / len(mine)  # averaged over ranks by DDP/FSDP: the micro-batch mean
             if ranks.any(not torch.isfinite(loss)):  # a CPU-GPU sync point, but a NaN must stop the cell here
@@ -261,16 +263,17 @@ def evaluate(run: CellRun, step: int) -> tuple[dict, pd.DataFrame]:
     with engine.compute_context(run.device, run.amp):
         policy = score_pairs(run.model, heldout, batch_size=tc.eval_batch_size, pad_id=run.pad_id, desc="held-out",
                              head_chunk=cfg.engine.head_chunk, max_tokens=cfg.engine.eval_batch_tokens,
-                             forward=run.logps_of if ranks.fsdp else None, ranks=ranks)
+                             forward=run.logps_of if ranks.fsdp else None, ranks=ranks,
+                             parts=run.objective.sequence_parts)
     with torch.no_grad():
         starts = range(0, len(heldout), tc.eval_batch_size)
         kl_batches = [mismatched_batch(heldout, list(range(s, min(s + tc.eval_batch_size, len(heldout)))),
                                        run.pad_id) for s in starts] if run.objective.needs_kl_batch else []
-        logps = torch.cat([policy["chosen"], policy["rejected"]]).to(run.device)
-        tokens = torch.cat([policy["chosen_tokens"], policy["rejected_tokens"]]).to(run.device)
         n = len(heldout)
-        inputs = run.objective_inputs(logps, tokens, sequence_values(run.heldout_ref, list(range(n))), kl_batches,
-                                      torch.arange(n), torch.arange(n, 2 * n))
+        scores = {name: sequence_values(policy, list(range(n)), field).to(run.device) for name, field in
+                  (("logps", ""), ("tokens", "tokens"), *((p, p) for p in run.objective.sequence_parts))}
+        ref = reference_values(run.heldout_ref, list(range(n)), run.objective.sequence_parts)
+        inputs = run.objective_inputs(scores, ref, kl_batches, torch.arange(n), torch.arange(n, 2 * n))
         eval_metrics = trl_metrics(run.objective(SequenceLogps(**inputs), **run.hparams), inputs)
     run.model.train()
     pairs = pd.DataFrame({
@@ -324,22 +327,35 @@ class ObjectiveInputs:
     def __init__(self, objective, logps_of, model, device: torch.device, ranks: Ranks):
         self.objective, self.logps_of, self.model, self.device, self.ranks = objective, logps_of, model, device, ranks
 
-    def __call__(self, logps, tokens, ref, kl_batches, chosen, rejected, paired=True, kl_of_every_rank=False) -> dict:
-        """`chosen`/`rejected`: positions of the chosen (desirable) and rejected (undesirable) sequences in
-        `logps`/`tokens`/`ref` (per-sequence reference log-probs); kl_of_every_rank: the KL baseline is a
-        mean over every rank's share of the KL batch (training), as in one process."""
+    def __call__(self, scores, ref, kl_batches, chosen, rejected, paired=True, kl_of_every_rank=False) -> dict:
+        """`scores`: the policy's per-sequence {"logps", "tokens", <sequence parts>}; `ref`: the reference's
+        {"logps", <its parts>} (`reference_values`); `chosen`/`rejected`: positions of the chosen (desirable) and
+        rejected (undesirable) sequences in both; kl_of_every_rank: the KL baseline is a mean over every rank's
+        share of the KL batch (training), as in one process."""
         gather = self.ranks.cat if kl_of_every_rank else (lambda t: t)
+        logps, tokens = scores["logps"], scores["tokens"]
         inputs = dict(chosen=logps[chosen], rejected=logps[rejected], chosen_tokens=tokens[chosen],
                       rejected_tokens=tokens[rejected], paired=paired)
+        for part in self.objective.sequence_parts:
+            inputs |= {f"chosen_{part}": scores[part][chosen], f"rejected_{part}": scores[part][rejected]}
         if self.objective.uses_reference:
-            ref = ref.to(self.device)
-            inputs |= dict(ref_chosen=ref[chosen], ref_rejected=ref[rejected])
+            ref = {name: values.to(self.device) for name, values in ref.items()}
+            inputs |= dict(ref_chosen=ref["logps"][chosen], ref_rejected=ref["logps"][rejected])
+            if "tail" in ref:
+                inputs |= dict(ref_chosen_tail=ref["tail"][chosen], ref_rejected_tail=ref["tail"][rejected])
         if self.objective.needs_kl_batch:  # KTO: E[log π/π_ref] on mismatched prompt/completion pairs
             with torch.no_grad():
-                inputs["kl_policy"] = gather(torch.cat([self.logps_of(k)[0] for k in kl_batches]))
+                inputs["kl_policy"] = gather(torch.cat([self.logps_of(k)["logps"] for k in kl_batches]))
                 with self.model.disable_adapter():
-                    inputs["kl_reference"] = gather(torch.cat([self.logps_of(k)[0] for k in kl_batches]))
+                    inputs["kl_reference"] = gather(torch.cat([self.logps_of(k)["logps"] for k in kl_batches]))
         return inputs
+
+
+def reference_values(reference: dict, idx: list[int], parts: tuple[str, ...]) -> dict[str, torch.Tensor]:
+    """The reference's per-sequence values of items `idx` in `training_batch` order: {"logps"}, and "tail" when the
+    objective asks for tails (the reference scores no WPO weight: WPO weighs by the policy only)."""
+    return {"logps": sequence_values(reference, idx), **({"tail": sequence_values(reference, idx, "tail")}
+                                                         if "tail" in parts else {})}
 
 
 def batch_metrics(out: ObjectiveOutput, inputs: dict, items: int) -> list[tuple[dict[str, float], int]]:

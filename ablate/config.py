@@ -59,6 +59,7 @@ class HubModelConfig:
     revision: str | None = None
     dtype: str = "bfloat16"  # float32 | bfloat16 | float16 | auto
     trust_remote_code: bool = False  # off unless asked: it runs code from the model repo
+    gguf_file: str | None = None  # a GGUF file in `path` (or `pkg:<package>`), dequantised once (ablate/train/gguf.py)
 
 
 @dataclass
@@ -99,6 +100,7 @@ class RowOptions(DataLimits):
     # mapping by design (its keys are checked against the canonical names, not a schema)
     columns: Any = None
     assistant_marker: str = "\n\nAssistant:"  # implicit prompt: the prompt ends at the last one of these
+    human_marker: str = "\n\nHuman:"  # with a chat template, a transcript prompt's user turns start here
     on_bad_row: str = "error"  # error: stop at the first bad row; skip: drop bad rows, counted by reason
     max_bad_fraction: float = 0.05  # with skip: refuse to run when a larger share of the rows is bad
     max_overlap: float = 0.0  # share of held-out pairs whose prompt may also be a training prompt
@@ -321,6 +323,7 @@ RULES = {
     "data.format": (lambda x: x in ("auto", "explicit", "implicit_prompt", "unpaired"),
                     "auto, explicit, implicit_prompt or unpaired"),
     "data.assistant_marker": (lambda x: bool(x.strip()), "a non-empty marker"),
+    "data.human_marker": (lambda x: bool(x.strip()), "a non-empty marker"),
     "data.validation_pairs": (lambda x: x >= 1, ">= 1 (or null: no validation/test split)"),
     "data.test_pairs": (lambda x: x >= 1, ">= 1 (or null: every held-out pair not used for validation)"),
     "model.hidden_size": (lambda x: x >= 1, ">= 1"),
@@ -456,6 +459,11 @@ def cell_problems(cfg: DictConfig | dict) -> list[str]:
         if model["hidden_size"] % model["num_heads"]:
             problems.append(f"model.hidden_size = {model['hidden_size']}: must be divisible by "
                             f"model.num_heads = {model['num_heads']}")
+    elif model.get("gguf_file"):
+        from ablate.train.gguf import gguf_problem
+
+        problem = gguf_problem(model)
+        problems += [problem] if problem else []
     return problems
 
 

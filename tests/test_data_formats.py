@@ -52,7 +52,13 @@ def test_hh_rlhf_trains_with_exactly_the_tokens_of_the_explicit_layout(chat_temp
     limits = dict(max_length=512, max_prompt_length=256)
     a, b = tokenize_pairs(hh, tokenizer, **limits), tokenize_pairs(explicit, tokenizer, **limits)
     assert (a.prompt_ids, a.chosen_ids, a.rejected_ids) == (b.prompt_ids, b.chosen_ids, b.rejected_ids)
-    assert tokenizer.decode(a.chosen_ids[1][:-1]) == " Why did the chicken cross the road? To get to the other side."
+    joke = "Why did the chicken cross the road? To get to the other side."
+    if chat_template is None:
+        assert tokenizer.decode(a.chosen_ids[1][:-1]) == " " + joke
+    else:  # the transcript became its turns; the answer is the assistant message's content, stripped
+        assert tokenizer.decode(a.prompt_ids[1]) == \
+            "<user>Hi<assistant>Hello! How can I help?<user>Tell me a joke<assistant>"
+        assert tokenizer.decode(a.chosen_ids[1][:-1]) == joke
     assert "\u2028" in tokenizer.decode(a.rejected_ids[4])  # a U+2028 inside a JSON string is not a line end
 
 

@@ -29,12 +29,14 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from ablate.data.chat import ChatTokens, ChatTruncation, as_messages
 from ablate.data.readers import BadRow, DataError, RawRow, read_file, read_hub_split
 from ablate.progress import track
 
 FORMATS = ("auto", "explicit", "implicit_prompt", "unpaired")
 BAD_ROW_POLICIES = ("error", "skip")
 HH_ASSISTANT_MARKER = "\n\nAssistant:"
+HH_HUMAN_MARKER = "\n\nHuman:"
 # Names a row format knows; data.columns may map exactly these.
 CANONICAL_COLUMNS = ("prompt", "chosen", "rejected", "id", "slice", "completion", "label")
 _BATCH = 1024  # texts per tokenizer call: large enough for the fast tokenizer's Rust threads
@@ -467,24 +469,37 @@ class TokenizedPairs:
 
 
 def tokenize_pairs(
-    pairs: list[PreferencePair], tokenizer, *, max_length: int, max_prompt_length: int
+    pairs: list[PreferencePair], tokenizer, *, max_length: int, max_prompt_length: int,
+    human_marker: str = HH_HUMAN_MARKER, assistant_marker: str = HH_ASSISTANT_MARKER,
+    truncation: ChatTruncation | None = None,
 ) -> TokenizedPairs:
     """Tokenise prompt and completions separately (as TRL does), so the completion boundary is exact.
 
-    Over max_length, the prompt is cut from the left to max_prompt_length (its end holds the question
-    and the generation prompt; a leading BOS is kept), then each completion from the right to fit.
+    With a chat template, pairs take TRL's conversational layout (ablate/data/chat.py: a text transcript
+    becomes its turns, completions are what the template adds after the prompt) and an over-long prompt
+    loses whole turns first (counted in `truncation`). Over max_length, a plain-text prompt is cut from
+    the left to max_prompt_length (its end holds the question and the generation prompt; a leading BOS
+    is kept), then each completion from the right to fit.
     """
     eos, bos = _end_tokens(tokenizer, max_length, max_prompt_length)
+    chat = ChatTokens(tokenizer, lambda texts: _ids(texts, tokenizer, add_special_tokens=False), eos) \
+        if getattr(tokenizer, "chat_template", None) else None
+    truncation = truncation if truncation is not None else ChatTruncation()
     out, identical = TokenizedPairs(), []
     batches = range(0, len(pairs), _BATCH)
     for start in track(batches, desc="tokenising pairs", unit="batch", disable=len(pairs) < 5000):
         batch = pairs[start : start + _BATCH]
         parts = [split_conversation(p.prompt, p.chosen, p.rejected, f"pair {p.pair_id!r}") for p in batch]
-        prompts = _prompt_ids([prompt for prompt, _, _ in parts], tokenizer)
-        chosen = _ids([c for _, c, _ in parts], tokenizer, add_special_tokens=False)
-        rejected = _ids([r for _, _, r in parts], tokenizer, add_special_tokens=False)
-        for pair, p, c, r in zip(batch, prompts, chosen, rejected, strict=True):
-            p, c, r = _truncate(p, c + [eos], r + [eos], max_length, max_prompt_length, bos)
+        if chat is None:
+            prompts = _prompt_ids([prompt for prompt, _, _ in parts], tokenizer)
+            chosen = _ids([c for _, c, _ in parts], tokenizer, add_special_tokens=False)
+            rejected = _ids([r for _, _, r in parts], tokenizer, add_special_tokens=False)
+            tokens = [(p, c + [eos], r + [eos]) for p, c, r in zip(prompts, chosen, rejected, strict=True)]
+        else:
+            tokens = _chat_pairs(chat, batch, parts, max_length, max_prompt_length, human_marker, assistant_marker,
+                                 truncation)
+        for pair, (p, c, r) in zip(batch, tokens, strict=True):
+            p, c, r = _truncate(p, c, r, max_length, max_prompt_length, bos)
             if c == r:
                 identical.append(pair.pair_id)
             out.pair_ids.append(pair.pair_id)
@@ -503,6 +518,24 @@ def tokenize_pairs(
     return out
 
 
+def _chat_pairs(chat: ChatTokens, batch, parts, max_length: int, max_prompt_length: int, human_marker: str,
+                assistant_marker: str, truncation: ChatTruncation) -> list[tuple[list[int], list[int], list[int]]]:
+    """A batch's pairs in TRL's conversational layout; over-long pairs re-rendered with their prompt fitted
+    by turns (ChatTokens.fit_prompt)."""
+    prompts, chosen, rejected = [], [], []
+    for prompt, c, r in parts:
+        messages, transcript = as_messages(prompt, human_marker, assistant_marker)
+        prompts.append(messages)
+        chosen.append(c.strip() if transcript else c)  # HH completions start with the space after the marker
+        rejected.append(r.strip() if transcript else r)
+    tokens = chat.pairs(prompts, chosen, rejected)
+    for k, (p, c, r) in enumerate(tokens):
+        if len(p) + max(len(c), len(r)) > max_length and len(p) > max_prompt_length:
+            fitted = chat.fit_prompt(prompts[k], max_prompt_length, truncation, getattr(batch[k], "pair_id", ""))
+            tokens[k] = chat.pairs([fitted], [chosen[k]], [rejected[k]])[0]
+    return tokens
+
+
 @dataclass(frozen=True)
 class TokenizedExamples:
     """Unpaired training examples (KTO): one completion per prompt, labelled desirable or not."""
@@ -517,18 +550,26 @@ class TokenizedExamples:
 
 
 def tokenize_examples(
-    examples: list[UnpairedExample], tokenizer, *, max_length: int, max_prompt_length: int
+    examples: list[UnpairedExample], tokenizer, *, max_length: int, max_prompt_length: int,
+    human_marker: str = HH_HUMAN_MARKER, assistant_marker: str = HH_ASSISTANT_MARKER,
 ) -> TokenizedExamples:
     """As tokenize_pairs, for unpaired rows: the same prompt template, EOS and truncation rules."""
     eos, bos = _end_tokens(tokenizer, max_length, max_prompt_length)
+    chat = ChatTokens(tokenizer, lambda texts: _ids(texts, tokenizer, add_special_tokens=False), eos) \
+        if getattr(tokenizer, "chat_template", None) else None
     out = TokenizedExamples()
     for start in track(range(0, len(examples), _BATCH), desc="tokenising examples", unit="batch",
                        disable=len(examples) < 5000):
         batch = examples[start : start + _BATCH]
-        prompts = _prompt_ids([e.prompt for e in batch], tokenizer)
-        completions = _ids([e.completion for e in batch], tokenizer, add_special_tokens=False)
+        if chat is None:
+            prompts = _prompt_ids([e.prompt for e in batch], tokenizer)
+            completions = [c + [eos] for c in _ids([e.completion for e in batch], tokenizer, add_special_tokens=False)]
+        else:  # one completion as both sides of a pair: the same layout as pairs
+            tokens = _chat_pairs(chat, batch, [(e.prompt, e.completion, e.completion) for e in batch], max_length,
+                                 max_prompt_length, human_marker, assistant_marker, ChatTruncation())
+            prompts, completions = [p for p, _, _ in tokens], [c for _, c, _ in tokens]
         for example, p, c in zip(batch, prompts, completions, strict=True):
-            p, c, _ = _truncate(p, c + [eos], c + [eos], max_length, max_prompt_length, bos)
+            p, c, _ = _truncate(p, c, c, max_length, max_prompt_length, bos)
             out.example_ids.append(example.example_id)
             out.prompt_ids.append(p)
             out.completion_ids.append(c)
@@ -546,10 +587,7 @@ def _end_tokens(tokenizer, max_length: int, max_prompt_length: int) -> tuple[int
 
 
 def _prompt_ids(prompts: list[str | list[dict]], tokenizer) -> list[list[int]]:
-    if getattr(tokenizer, "chat_template", None):
-        conversations = [[{"role": "user", "content": p}] if isinstance(p, str) else p for p in prompts]
-        texts = tokenizer.apply_chat_template(conversations, tokenize=False, add_generation_prompt=True)
-        return _ids(texts, tokenizer, add_special_tokens=False)  # the template writes BOS itself
+    """Prompts for a tokenizer without a chat template: a message list becomes its contents, blank-line separated."""
     texts = [p if isinstance(p, str) else "\n\n".join(m["content"] for m in p) for p in prompts]
     return _ids(texts, tokenizer, add_special_tokens=True)
 

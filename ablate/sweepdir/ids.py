@@ -25,9 +25,13 @@ SEMANTIC_KEYS = ("objective", "lora", "model", "data", "trainer", "seed")
 # group -> {key: its "as before" value}: left out of the id while the cell has that value
 ADDED_KEYS = {
     # the validation/test split (tuned comparisons): off, nothing a cell computes changes
-    "data": {"validation_pairs": None},
+    "data": {"validation_pairs": None,
+             # transcripts' user-turn marker (chat templates): HH's, as it always was
+             "human_marker": "\n\nHuman:"},
     # length-grouped batches: off, the batches are what they always were
     "trainer": {"group_by_length": False},
+    # a GGUF checkpoint: none, the model is what model.path names
+    "model": {"gguf_file": None},
 }
 
 

@@ -1,7 +1,7 @@
 """The base causal LM and its LoRA adapter.
 
-One loader for every source: the embedded model is first materialised as a local Hugging Face
-directory, then loaded exactly like a hub id or a user's local directory.
+One loader for every source: the embedded model and a GGUF file are first materialised as a local
+Hugging Face directory, then loaded exactly like a hub id or a user's local directory.
 """
 
 from __future__ import annotations
@@ -18,7 +18,16 @@ def model_path(model_cfg) -> str:
         from ablate.train.embedded import embedded_model_dir
 
         return str(embedded_model_dir(model_cfg))
+    if model_cfg.get("gguf_file"):  # dequantised once into ablate's cache (ablate/train/gguf.py)
+        from ablate.train.gguf import gguf_model_dir
+
+        return str(gguf_model_dir(model_cfg))
     return model_cfg.path
+
+
+def _revision(model_cfg) -> str | None:
+    """The hub revision, for a model read from the hub; a converted GGUF directory is local."""
+    return None if model_cfg.get("gguf_file") else model_cfg.get("revision")
 
 
 def load_tokenizer(model_cfg):
@@ -32,7 +41,7 @@ def load_tokenizer(model_cfg):
 
     tokenizer = AutoTokenizer.from_pretrained(
         model_path(model_cfg),
-        revision=model_cfg.get("revision"),
+        revision=_revision(model_cfg),
         trust_remote_code=model_cfg.get("trust_remote_code", False),
     )
     if tokenizer.pad_token_id is None:  # many causal LMs ship without one; padding is masked anyway
@@ -48,7 +57,7 @@ def load_base_model(model_cfg, device: torch.device, attn_implementation: str = 
 
     model = AutoModelForCausalLM.from_pretrained(
         model_path(model_cfg),
-        revision=model_cfg.get("revision"),
+        revision=_revision(model_cfg),
         trust_remote_code=model_cfg.get("trust_remote_code", False),
         dtype=DTYPES[model_cfg.dtype],
         attn_implementation=attn_implementation,  # sdpa; flash_attention_2 when installed

@@ -20,8 +20,11 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from ablate.data.chat import ChatTruncation
 from ablate.data.checks import check_pairs
 from ablate.data.pairs import (
+    HH_ASSISTANT_MARKER,
+    HH_HUMAN_MARKER,
     PreferencePair,
     RowFormat,
     RowTally,
@@ -144,15 +147,20 @@ def tokenized_pairs(cfg, tokenizer, shared_dir: Path) -> dict[str, TokenizedPair
     tally = RowTally()
     train, heldout = load_pairs(data_cfg, tally)
     checks = check_pairs(train, heldout, data_cfg, tally)
-    limits = {"max_length": data_cfg.max_length, "max_prompt_length": data_cfg.max_prompt_length}
+    limits = {"max_length": data_cfg.max_length, "max_prompt_length": data_cfg.max_prompt_length,
+              "human_marker": data_cfg.get("human_marker") or HH_HUMAN_MARKER,
+              "assistant_marker": data_cfg.get("assistant_marker") or HH_ASSISTANT_MARKER}
     unpaired = bool(train) and isinstance(train[0], UnpairedExample)
-    tokenize_train = tokenize_examples if unpaired else tokenize_pairs
-    tokens = {"train": tokenize_train(train, tokenizer, **limits),
-              "heldout": tokenize_pairs(heldout, tokenizer, **limits)}
+    truncation = {"train": ChatTruncation(), "heldout": ChatTruncation()}
+    tokens = {"train": tokenize_examples(train, tokenizer, **limits) if unpaired else
+              tokenize_pairs(train, tokenizer, **limits, truncation=truncation["train"]),
+              "heldout": tokenize_pairs(heldout, tokenizer, **limits, truncation=truncation["heldout"])}
     stats = {split: length_stats(t) for split, t in tokens.items()}
+    chat = {"chat_template": bool(getattr(tokenizer, "chat_template", None)),
+            "truncated_by_turns": {split: t.as_record() for split, t in truncation.items()}}
     # the record first: a kill between the two writes leaves no tokens, so the next call redoes both
     atomic_write_json(record, {"data": as_plain(cfg["data"]), "train_format": "unpaired" if unpaired else "pairs",
-                               **stats, "checks": checks})
+                               **stats, "chat": chat, "checks": checks})
     if cached is None:
         _save(path, {split: _pack(t) for split, t in tokens.items()})
     return tokens

@@ -146,6 +146,10 @@ class TrainerConfig:
     # Batches of similar pair lengths (less padding); off by default: on, it changes which pairs form a
     # batch, so a cell with it is a different cell (ablate/train/data_order.py)
     group_by_length: bool = False
+    # Minutes of training between periodic checkpoints (the step-boundary checkpoint preemption writes), so a
+    # cell killed without warning (SIGKILL, OOM, node failure) resumes from the newest one. null: every 30
+    # minutes inside a SLURM job, off elsewhere; 0: off. Changes nothing a cell computes: not in the cell id.
+    checkpoint_every: float | None = None
 
 
 @dataclass
@@ -302,6 +306,7 @@ RULES = {
     "trainer.eval_every": (lambda x: x >= 1, ">= 1"),
     "trainer.eval_batch_size": (lambda x: x >= 1, ">= 1"),
     "trainer.log_every": (lambda x: x >= 1, ">= 1"),
+    "trainer.checkpoint_every": (_non_negative, ">= 0 minutes (0: off; null: 30 in a SLURM job, else off)"),
     "engine.head_chunk": (lambda x: x >= 1, ">= 1"),
     "engine.eval_batch_tokens": (lambda x: x >= 1, ">= 1"),
     "engine.autocast": (lambda x: x in AUTOCAST, " or ".join(AUTOCAST)),

@@ -40,9 +40,14 @@ def _as_before(value, before) -> bool:
     return not value if before is False else value == before
 
 
+# group -> keys never hashed: how a cell runs, not what it computes
+NOT_HASHED = {"trainer": {"checkpoint_every"}}
+
+
 def _left_out(group: str, values: dict) -> set[str]:
     """Keys of `group` the id does not hash for these values."""
     out = {key for key, before in ADDED_KEYS.get(group, {}).items() if _as_before(values.get(key, before), before)}
+    out |= NOT_HASHED.get(group, set()) & set(values)
     if group == "data" and "validation_pairs" in out:
         # the split's other keys go with it while it is off; split_seed came with the split for the embedded
         # task only (files and hub data had it before, for their train/held-out split)

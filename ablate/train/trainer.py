@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -93,6 +94,7 @@ def train(cfg, cell_dir: Path, shared_dir: Path, stop_requested: threading.Event
     else:
         logs.record_eval(evaluate(run, 0)[0])  # step 0: the reference itself
     run.model.train()
+    periodic = PeriodicCheckpoints(checkpoint_interval_s(tc))
     since, since_step = time.time(), start  # this attempt's speed, for `ablate status` (progress.json)
     # a bar on a terminal; in a file (SLURM logs) one plain line per log_every steps, at most every 30 s
     progress = track(range(start + 1, tc.max_steps + 1), initial=start, total=tc.max_steps, every=tc.log_every,
@@ -108,10 +110,12 @@ def train(cfg, cell_dir: Path, shared_dir: Path, stop_requested: threading.Event
                 {"margin": entry.get("rewards/margins", math.nan)}  # unpaired (KTO) data have no accuracy
             progress.set_postfix(loss=f"{entry['loss']:.3f}", **{k: f"{v:.2f}" for k, v in shown.items()})
             logs.progress({"step": step, "max_steps": tc.max_steps, "since_step": since_step, "since": since,
-                           "at": time.time()})
+                           "at": time.time(), "checkpoints": periodic.record()})
             window = RunningMeans()
         if step % tc.eval_every == 0 and step != tc.max_steps:  # every rank scores a share
             logs.record_eval(evaluate(run, step)[0])
+        if periodic.due(ranks) and step != tc.max_steps:  # collective; a kill -9 after this loses no more
+            periodic.save(checkpoint, step, window, logs)
         # the stop request reaches rank 0 only (submitit's handler): every rank stops at this step
         if ranks.any(stop_requested is not None and stop_requested.is_set()) and step != tc.max_steps:
             checkpoint.save(step, (window.sums, window.weights), logs.train, logs.eval)
@@ -128,6 +132,35 @@ def train(cfg, cell_dir: Path, shared_dir: Path, stop_requested: threading.Event
     atomic_write_json(Path(cell_dir) / layout.METRICS_JSON, metrics)  # written last: its presence means finished
     checkpoint.remove()
     return metrics
+
+
+def checkpoint_interval_s(tc) -> float | None:
+    """trainer.checkpoint_every in seconds; None when off (0, or unset outside a SLURM job)."""
+    minutes = tc.get("checkpoint_every")
+    if minutes is None:
+        minutes = 30.0 if os.environ.get("SLURM_JOB_ID") else 0.0
+    return minutes * 60.0 if minutes > 0 else None
+
+
+class PeriodicCheckpoints:
+    """When to write a periodic checkpoint, and what writing them has cost (progress.json's "checkpoints")."""
+
+    def __init__(self, every_s: float | None):
+        self.every_s, self.last = every_s, time.monotonic()
+        self.count, self.seconds = 0, 0.0
+
+    def due(self, ranks: Ranks) -> bool:
+        """Collective when on: rank 0's clock decides for every rank."""
+        return self.every_s is not None and ranks.any(time.monotonic() - self.last >= self.every_s)
+
+    def save(self, checkpoint: Checkpoint, step: int, window: RunningMeans, logs: CellLogs) -> None:
+        started = time.monotonic()
+        checkpoint.save(step, (window.sums, window.weights), logs.train, logs.eval)
+        self.last = time.monotonic()
+        self.count, self.seconds = self.count + 1, self.seconds + self.last - started
+
+    def record(self) -> dict:
+        return {"every_s": self.every_s, "written": self.count, "seconds": round(self.seconds, 4)}
 
 
 @dataclass

@@ -182,6 +182,20 @@ class WandbLoggerConfig:
 
 
 @dataclass
+class EvalConfig:
+    """What a cell's model generates at its end (ablate/train/generation.py); not part of the cell id: it changes
+    nothing a cell trains, only what is measured after."""
+
+    generate: bool | None = None  # null: on for the embedded example (model.kind=embedded), off otherwise
+    prompts: int = 32  # held-out prompts generated for, the same sample in every cell (eval.seed)
+    max_new_tokens: int = 32
+    samples: int = 0  # sampled generations per prompt beside the greedy one
+    temperature: float = 1.0  # for the sampled ones
+    seed: int = 0  # the prompt sample and the sampling seed: never the cell's seed
+    reward_model: str | None = None  # a sequence-classification model (hub id or dir) scoring prompt + generation
+
+
+@dataclass
 class SelectConfig:
     """The collector's decision rule (docs/ARCHITECTURE.md §6); documented in conf/select/default.yaml."""
 
@@ -230,6 +244,7 @@ class AblateConfig:
     logger: Any = "???"
     select: SelectConfig = field(default_factory=SelectConfig)
     engine: EngineConfig = field(default_factory=EngineConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N — not part of the cell id
     threads: int | None = None  # torch CPU threads; null keeps torch's default
@@ -308,6 +323,10 @@ RULES = {
     "trainer.log_every": (lambda x: x >= 1, ">= 1"),
     "trainer.checkpoint_every": (_non_negative, ">= 0 minutes (0: off; null: 30 in a SLURM job, else off)"),
     "engine.head_chunk": (lambda x: x >= 1, ">= 1"),
+    "eval.prompts": (lambda x: x >= 1, ">= 1"),
+    "eval.max_new_tokens": (lambda x: x >= 1, ">= 1"),
+    "eval.samples": (_non_negative, ">= 0"),
+    "eval.temperature": (_positive, "> 0"),
     "engine.eval_batch_tokens": (lambda x: x >= 1, ">= 1"),
     "engine.autocast": (lambda x: x in AUTOCAST, " or ".join(AUTOCAST)),
     "engine.attn_implementation": (lambda x: x in ATTENTION, " or ".join(ATTENTION)),

@@ -1,14 +1,16 @@
-"""GPU size of issue #9 (prepared; NOT run yet: no GPU was lent while it was written).
+"""ablate's training step at GPU size (benchmarks/gpu_all.sh runs it beside TRL's, benchmarks/gpu_trl_step.py).
 
     python benchmarks/gpu_step.py --model qwen2.5-0.5b                          # bf16, r=16, 1,024 tokens
     python benchmarks/gpu_step.py --model llama-3.1-8b --gradient-checkpointing # must fit one H100/H200
+    python benchmarks/gpu_step.py --model qwen2.5-0.5b --objective simpo        # length-normalised, no reference
     python benchmarks/gpu_step.py --model tiny --device cpu --steps 2           # a smoke test on CPU
 
 Random weights from each model's published architecture (no download), bf16 base weights, LoRA
 r=16 (alpha 32) on every linear layer with fp32 adapter weights, bf16 autocast, 8 pairs per step =
 16 sequences of --tokens tokens (half prompt, half completion). One step is ablate's training step:
-lean completion log-probs of the 16 sequences, DPO loss against fixed reference log-probs, backward,
-AdamW. Prints tokens/s, peak GPU memory and the MFU of the policy forward+backward:
+lean completion log-probs of the 16 sequences, the DPO loss against fixed reference log-probs (as
+TRL's precomputed reference: no reference forward in the step) or SimPO's, backward, AdamW. Prints
+tokens/s, peak GPU memory and the MFU of the policy forward+backward:
 
     MFU = (4 * N_frozen_matmul + 6 * N_lora) * tokens/s + attention FLOPs / peak bf16 FLOP/s
 
@@ -52,9 +54,36 @@ def build(name: str, device, dtype):
     return model
 
 
+def random_batch(vocab: int, pairs: int, tokens: int, generator) -> tuple[list, list]:
+    """(prompts, completions) of 2 x pairs sequences, chosen then rejected: each prompt tokens/2 random ids (twice),
+    each completion the rest."""
+    import torch
+
+    prompt_len = tokens // 2
+    prompts = [torch.randint(0, vocab, (prompt_len,), generator=generator).tolist() for _ in range(pairs)]
+    completions = [torch.randint(0, vocab, (tokens - prompt_len,), generator=generator).tolist()
+                   for _ in range(2 * pairs)]
+    return prompts + prompts, completions
+
+
+def step_flops(config, frozen_matmul: int, trained: int, pairs: int, tokens: int) -> float:
+    """Model FLOPs of one step: checkpointing's recomputed forward is extra work the MFU does not credit."""
+    head_dim = config.hidden_size // config.num_attention_heads
+    # causal attention: QK^T and AV, 2 FLOPs per multiply-add, half the square; forward + 2x backward
+    attention = 3 * 2 * 2 * config.num_hidden_layers * config.num_attention_heads * head_dim * tokens ** 2 / 2
+    return (4 * frozen_matmul + 6 * trained) * 2 * pairs * tokens + attention * 2 * pairs
+
+
+def frozen_linear_params(model) -> int:
+    import torch
+
+    return sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", choices=sorted(ARCHITECTURES), default="qwen2.5-0.5b")
+    parser.add_argument("--objective", choices=["dpo", "simpo"], default="dpo")
     parser.add_argument("--tokens", type=int, default=1024)
     parser.add_argument("--pairs", type=int, default=8)
     parser.add_argument("--r", type=int, default=16)
@@ -81,39 +110,34 @@ def main() -> None:
 
     device = torch.device(args.device)
     torch.manual_seed(0)
-    model = build(args.model, device, torch.bfloat16)
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    model = build(args.model, device, dtype)
     if args.gradient_checkpointing:
         enable_gradient_checkpointing(model)
-    frozen_matmul = sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear))
+    frozen_matmul = frozen_linear_params(model)
     model = get_peft_model(model, LoraConfig(r=args.r, lora_alpha=2 * args.r, target_modules="all-linear"))
     params = adapter_weights_in_float32(model)
     trained = sum(p.numel() for p in params)
     optimizer = torch.optim.AdamW(params, lr=1e-5)
-    amp = autocast_dtype(OmegaConf.create({"autocast": "bf16"}), device, torch.bfloat16)
-    vocab, cfg = model.config.vocab_size, model.config
-    prompt_len = args.tokens // 2
+    amp = autocast_dtype(OmegaConf.create({"autocast": "bf16" if device.type == "cuda" else "off"}), device, dtype)
     g = torch.Generator().manual_seed(1)
-
-    def batch():
-        prompts = [torch.randint(0, vocab, (prompt_len,), generator=g).tolist() for _ in range(args.pairs)]
-        completions = [torch.randint(0, vocab, (args.tokens - prompt_len,), generator=g).tolist()
-                       for _ in range(2 * args.pairs)]
-        return pad(prompts + prompts, completions, 0)
-
     ref = torch.zeros(2 * args.pairs, device=device)
     synchronize = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     model.train()
-    times = []
+    times, n = [], args.pairs
     for step in range(args.warmup + args.steps):
-        b = batch()
+        b = pad(*random_batch(model.config.vocab_size, n, args.tokens, g), 0)
         synchronize()
         start = time.perf_counter()
         with compute_context(device, amp):
-            logps, _ = completion_logps(model, b, head_chunk=args.head_chunk)
-        h = (logps[: args.pairs] - ref[: args.pairs]) - (logps[args.pairs :] - ref[args.pairs :])
-        loss = -F.logsigmoid(0.1 * h).mean()
+            logps, counts = completion_logps(model, b, head_chunk=args.head_chunk)
+        if args.objective == "dpo":
+            loss = -F.logsigmoid(0.1 * ((logps[:n] - ref[:n]) - (logps[n:] - ref[n:]))).mean()
+        else:  # SimPO, beta 2, gamma 0.5 (TRL CPOTrainer loss_type="simpo", cpo_alpha=0)
+            average = logps / counts
+            loss = -F.logsigmoid(2.0 * (average[:n] - average[n:]) - 0.5).mean()
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -121,15 +145,12 @@ def main() -> None:
         if step >= args.warmup:
             times.append(time.perf_counter() - start)
     seconds = sum(times) / len(times)
-    tokens = 2 * args.pairs * args.tokens
-    head_dim = cfg.hidden_size // cfg.num_attention_heads
-    # causal attention: QK^T and AV, 2 FLOPs per multiply-add, half the square; forward + 2x backward
-    attention = 3 * 2 * 2 * cfg.num_hidden_layers * cfg.num_attention_heads * head_dim * args.tokens ** 2 / 2
-    # model FLOPs only: checkpointing's recomputed forward is extra work the MFU does not credit
-    flops = (4 * frozen_matmul + 6 * trained) * tokens + attention * 2 * args.pairs
-    result = {"model": args.model, "device": str(device), "tokens_per_step": tokens, "step_s": round(seconds, 4),
-              "tokens_per_s": round(tokens / seconds, 1), "gradient_checkpointing": args.gradient_checkpointing,
-              "trained_params": trained, "frozen_linear_params": frozen_matmul,
+    tokens = 2 * n * args.tokens
+    flops = step_flops(model.config, frozen_matmul, trained, n, args.tokens)
+    result = {"side": "ablate", "objective": args.objective, "model": args.model, "device": str(device),
+              "tokens_per_step": tokens, "step_s": round(seconds, 4), "tokens_per_s": round(tokens / seconds, 1),
+              "gradient_checkpointing": args.gradient_checkpointing, "trained_params": trained,
+              "frozen_linear_params": frozen_matmul,
               "mfu": round(flops / seconds / (args.peak_tflops * 1e12), 4) if device.type == "cuda" else None,
               "peak_gpu_gb": round(torch.cuda.max_memory_allocated() / 1e9, 2) if device.type == "cuda" else None,
               "loss": loss.item()}

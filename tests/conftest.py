@@ -15,6 +15,15 @@ import ablate.config
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook, which reads the group marks
+def pytest_collection_modifyitems(config, items):
+    """The suite runs on two pytest-xdist workers (pyproject's addopts: -n 2 --dist loadgroup); every test of the
+    one SLURM test cluster goes to the same worker, so a session starts one cluster, as without xdist."""
+    for item in items:
+        if {"slurm_cluster", "slurm_activated"} & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.xdist_group("slurm"))
+
+
 @pytest.fixture(scope="session", autouse=True)
 def isolated_env(tmp_path_factory):
     """No network, no writes to ~/.cache: the embedded model is built once per session under a tmp dir."""

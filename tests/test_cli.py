@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import socket
 import subprocess
 import sys
@@ -28,6 +29,11 @@ GRID_CELLS = [(o, r) for o in ("dpo", "simpo") for r in ("8", "16")]
 def ablate(repo_root: Path, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "ablate", *args], cwd=repo_root, env=os.environ.copy(),
                           capture_output=True, text=True, timeout=timeout)
+
+
+def _children_cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def read_json(path: Path) -> dict:
@@ -220,10 +226,10 @@ def test_mission_command_names_dpo_over_simpo_on_verbose_rejected(repo_root, tmp
     learn the task's rule, SimPO falls into the verbosity trap, and the collector says so: DPO the decisive winner
     on all pairs (the primary test), DPO's lead on verbose_rejected (exploratory)."""
     sweep_dir = tmp_path / "sweep"
-    started = time.monotonic()
+    started, cpu_before = time.monotonic(), _children_cpu_s()
     proc = ablate(repo_root, "-m", *GRID, f"hydra.sweep.dir={sweep_dir}")
-    seconds = time.monotonic() - started
-    print(f"\nthe embedded 2x2x3 with its report: {seconds:.1f} s")
+    seconds, cpu = time.monotonic() - started, _children_cpu_s() - cpu_before
+    print(f"\nthe embedded 2x2x3 with its report: {seconds:.1f} s wall, {cpu:.1f} s CPU")
     assert proc.returncode == 0, output(proc)
     cells = read_json(sweep_dir / "sweep.json")["cells"]
     assert len(cells) == 12
@@ -234,4 +240,5 @@ def test_mission_command_names_dpo_over_simpo_on_verbose_rejected(repo_root, tmp
     assert (verbose["verdict"], verbose["lead"]) == ("exploratory", "dpo"), verbose["explanation"]
     clean = {a["arm"]: a["stats"]["heldout/clean/avglogp_accuracy"]["mean"] for a in summary["arms"]}
     assert min(clean.values()) >= 0.7, clean  # both learn the rule; only the filler splits them
-    assert seconds <= 300, f"{seconds:.0f} s (README: about 2 minutes warm on 2 cores)"
+    # CPU time, not wall time: the suite's other worker shares the machine (measured quiet: 73 s wall, 133 s CPU)
+    assert cpu <= 300, f"{cpu:.0f} s of CPU (README: about 75 s on 2 cores, 133 s of CPU)"

@@ -17,7 +17,7 @@ import pandas as pd
 
 from ablate.collect.decide import evidence, metric_key, scope_strata
 from ablate.collect.load import Sweep, read_jsonl
-from ablate.collect.stats import contrast
+from ablate.collect.stats import contrast, seed_summary, t_quantile
 from ablate.sweepdir import layout
 
 
@@ -230,3 +230,62 @@ def factorial_effects(sweep: Sweep, select, scope: str | None, arms: list[dict])
         result["note"] = ("an arm has one seed: no CI (the variance between training runs is unknown); "
                           "run more seeds")
     return result
+
+
+# What each arm generates (eval.generate): the metrics every cell wrote under generation/, beside its ranking
+GENERATION_METRICS = ("correct", "exact", "tokens_mean", "eos_share", "distinct_2", "reward_mean")
+LENGTH_DRIFT = 0.25  # |arm's mean generated length / the reference's − 1| above this is called drift
+BOUNDS = {"correct": (0, 1), "exact": (0, 1), "eos_share": (0, 1), "distinct_2": (0, 1), "tokens_mean": (0, math.inf)}
+
+
+def generation_report(sweep: Sweep, select) -> dict:
+    """Per arm, each generation metric's mean over seeds with a 95% t-interval over seeds (the same sampled prompts
+    in every cell, so the interval is about seeds, given those prompts), the reference model's value, and flags
+    where ranking and generation disagree: the arm ranks the chosen answer first in most held-out pairs (its
+    primary metric's mean > 0.5) while what it generates drifts in length from the reference's by more than
+    25%, or its generation correctness (embedded task) is below the reference's beyond its interval.
+    Descriptive, like every diagnostic: no test, no claim of a winner."""
+    done = sweep.done
+    columns = [f"generation/{m}" for m in GENERATION_METRICS if f"generation/{m}" in done]
+    if not columns:
+        return {"arms": [], "reference": {}, "prompts": None, "note": "no generations (eval.generate off)"}
+    reference = {}
+    for metric in GENERATION_METRICS:
+        col = f"generation/ref_{metric}"
+        if col in done and done[col].notna().any():
+            reference[metric] = float(pd.to_numeric(done[col], errors="coerce").dropna().iloc[0])
+    ranking = metric_key(select.metric, None)
+    arms = []
+    for arm, group in done.groupby("arm", sort=False):
+        stats = {}
+        for col in columns:
+            values = pd.to_numeric(group[col], errors="coerce").dropna().tolist()
+            summary = seed_summary(values)
+            n = summary["n"]
+            half = t_quantile(0.975, n - 1) * summary["std"] / math.sqrt(n) if n > 1 else None
+            low, high = BOUNDS.get(col.split("/", 1)[1], (-math.inf, math.inf))  # the interval within the range
+            stats[col.split("/", 1)[1]] = {
+                **summary, "low": max(low, summary["mean"] - half) if half is not None else None,
+                "high": min(high, summary["mean"] + half) if half is not None else None}
+        rank = seed_summary(pd.to_numeric(group[ranking], errors="coerce").tolist()) if ranking in group else None
+        flags = []
+        ranks_well = rank is not None and rank["n"] and rank["mean"] > 0.5
+        length = stats.get("tokens_mean", {}).get("mean")
+        if ranks_well and length is not None and reference.get("tokens_mean"):
+            drift = length / reference["tokens_mean"] - 1
+            if abs(drift) > LENGTH_DRIFT:
+                flags.append(f"ranks well ({select.metric} {rank['mean']:.2f}) but generates {drift:+.0%} the "
+                             f"reference's length ({length:.1f} vs {reference['tokens_mean']:.1f} tokens)")
+        correct = stats.get("correct", {})
+        if ranks_well and correct.get("high") is not None and reference.get("correct") is not None \
+                and correct["high"] < reference["correct"]:
+            flags.append(f"ranks well ({select.metric} {rank['mean']:.2f}) but generates the right answer less "
+                         f"often than the reference ({correct['mean']:.2f}, interval up to {correct['high']:.2f}, "
+                         f"vs {reference['correct']:.2f})")
+        arms.append({"arm": arm, "seeds": int(len(group)), "ranking": rank["mean"] if rank else None,
+                     "stats": stats, "flags": flags})
+    prompts = None
+    cell = sweep.cell_dir(done.cell_id.iloc[0])
+    if (cell / layout.GENERATIONS).exists():
+        prompts = int(pd.read_parquet(cell / layout.GENERATIONS, columns=["pair_id"]).pair_id.nunique())
+    return {"arms": arms, "reference": reference, "prompts": prompts, "ranking_metric": select.metric}

@@ -121,7 +121,7 @@ def load_sweep(sweep_dir: str | Path) -> Sweep:
                 problems.append({"cell_id": cid, "file": str(cell_dir / layout.METRICS_JSON), "problem": why})
                 row["state"] = "corrupt"
             else:
-                row |= {k: v for k, v in metrics.items() if k.startswith("heldout/") or k == "step"}
+                row |= {k: v for k, v in metrics.items() if k.startswith(("heldout/", "generation/")) or k == "step"}
         rows.append(row)
 
     cells = pd.DataFrame(rows).reindex(columns=list(dict.fromkeys(BASE_COLUMNS + [k for r in rows for k in r])))

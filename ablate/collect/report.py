@@ -159,6 +159,7 @@ def build_blocks(sweep: Sweep, summary: dict, plots: dict[str, Path]) -> list[tu
                      f"and the minimum gain met."),
                ("table", ["scope", "best arm", "vs arm", "difference", "CI (level)", "seeds", "extra pairs",
                           "P(better)", "equivalent", "decisive"], rows, [])]
+    blocks += _generations(summary["diagnostics"].get("generation") or {}, sweep)
     blocks += _diagnostics(summary["diagnostics"], metric, level)
     blocks += _unfinished(sweep, summary)
     blocks.append(("h2", "Plots"))
@@ -204,6 +205,57 @@ def _race(summary: dict) -> list[tuple]:
                   "futility or the budget. The collector's own comparison below is exploratory."),
             ("table", ["round", "seeds per live arm", "arms run", "new cells", "level", "alpha spent",
                        "device-hours so far", "dropped", "then"], rows, [])]
+
+
+GENERATION_COLUMNS = (("correct", "correct (rule, filler ignored)"), ("exact", "exact (no filler)"),
+                      ("tokens_mean", "generated tokens"), ("eos_share", "ends with EOS"),
+                      ("distinct_2", "distinct bigrams"), ("reward_mean", "reward"))
+
+
+def _generations(generation: dict, sweep: Sweep) -> list[tuple]:
+    """Ranking beside generation, per arm (eval.generate): what the arm's models write for the sampled prompts."""
+    arms = generation.get("arms") or []
+    if not arms:
+        return []
+    present = [(k, label) for k, label in GENERATION_COLUMNS if any(k in a["stats"] for a in arms)]
+    reference = generation.get("reference") or {}
+    rows = [["reference (adapter off)", "—", "—", *(fmt(reference.get(k)) for k, _ in present)]]
+    for arm in arms:
+        cells = []
+        for key, _ in present:
+            stats = arm["stats"].get(key)
+            cells.append("—" if not stats else f"{fmt(stats['mean'])} {ci(stats.get('low'), stats.get('high'))}"
+                         if stats.get("low") is not None else f"{fmt(stats['mean'])} (one seed)")
+        rows.append([arm["arm"], str(arm["seeds"]), fmt(arm.get("ranking")), *cells])
+    blocks = [("h2", "Ranking and generation: what each arm writes"),
+              ("p", f"Held-out ranking ({generation.get('ranking_metric')}, all pairs) beside what the models generate "
+                    f"for the same {generation.get('prompts') or 'sampled'} held-out prompts in every cell (greedy; "
+                    f"sampled too with eval.samples): mean over seeds with a 95% t-interval over seeds, given those "
+                    f"prompts. Descriptive: no test. A model can rank the preferred answer first and still not "
+                    f"write it. Per-cell texts: cells/<id>/generations.parquet."),
+              ("table", ["arm", "seeds", "ranking", *(label for _, label in present)], rows, [])]
+    flags = [f"{a['arm']}: {flag}" for a in arms for flag in a["flags"]]
+    if flags:
+        blocks += [("p", "Ranking and generation disagree:"), ("list", flags)]
+    example = _example_generations(sweep, arms)
+    if example:
+        blocks += [("p", "One prompt, the first seed of each arm (greedy):"),
+                   ("table", ["arm", "prompt", "generated"], example, [])]
+    return blocks
+
+
+def _example_generations(sweep: Sweep, arms: list[dict]) -> list[list[str]]:
+    import pandas as pd
+
+    rows, done = [], sweep.done
+    for arm in arms:
+        cells = done[done.arm == arm["arm"]].sort_values("seed")
+        path = sweep.cell_dir(cells.cell_id.iloc[0]) / "generations.parquet" if len(cells) else None
+        if path is None or not path.exists():
+            continue
+        first = pd.read_parquet(path, columns=["prompt", "text", "sample"]).query("sample == 0").iloc[0]
+        rows.append([arm["arm"], str(first.prompt), str(first.text)[:200]])
+    return rows
 
 
 def _objectives(summary: dict) -> list[tuple]:

@@ -42,6 +42,9 @@ class NoTracker:
     def log(self, entry: dict) -> None:
         pass
 
+    def table(self, name: str, frame) -> None:
+        pass
+
     def finish(self, summary: dict | None = None, failed: bool = False) -> None:
         pass
 
@@ -65,6 +68,14 @@ class WandbTracker:
         step = int(entry["step"])
         values = {k: v for k, v in entry.items() if k != "step"}
         self._call("log", lambda: self.run.log(values | {STEP_METRIC: step}, step=step))
+
+    def table(self, name: str, frame) -> None:
+        """A pandas frame as a W&B table (e.g. the cell's generations)."""
+        if self.run is None:
+            return
+        import wandb
+
+        self._call("table", lambda: self.run.log({name: wandb.Table(dataframe=frame)}))
 
     def finish(self, summary: dict | None = None, failed: bool = False) -> None:
         if self.run is None:

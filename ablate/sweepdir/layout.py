@@ -51,6 +51,7 @@ PROGRESS_JSON = "progress.json"
 TRAIN_LOG = "train_log.jsonl"
 EVAL_LOG = "eval_log.jsonl"
 HELDOUT_PAIRS = "heldout_pairs.parquet"
+GENERATIONS = "generations.parquet"  # eval.generate: what the cell's model wrote for the sampled held-out prompts
 METRICS_JSON = "metrics.json"
 CHECKPOINT = "checkpoint"
 

@@ -78,6 +78,17 @@ def answer(symbols: list[str], mode: str, n_filler: int, rng: random.Random) -> 
     return " ".join([mode, ":", *body, *(rng.choice(FILLER) for _ in range(n_filler))])
 
 
+def judge(prompt: str, generated: str) -> dict[str, bool]:
+    """Whether a generated answer to `echo x1 .. xk` does what the hidden rule asks: `correct` once filler
+    words are ignored (the right mode and symbols), `exact` with no filler at all. What the preference data
+    teach, measured on what the model produces rather than on how it ranks two given answers."""
+    symbols = prompt.split()[1:]
+    mode = preferred_mode(symbols)
+    expected = [mode, ":", *(symbols[::-1] if mode == "rev" else symbols)]
+    words = generated.split()
+    return {"correct": [w for w in words if w not in FILLER] == expected, "exact": words == expected}
+
+
 def random_symbols(rng: random.Random, spec: TaskSpec) -> list[str]:
     k = rng.choice(range(spec.min_symbols | 1, spec.max_symbols + 1, 2))  # odd: no majority ties
     return [rng.choice(SYMBOLS) for _ in range(k)]

@@ -34,14 +34,16 @@ from ablate.data.readers import DataError
 from ablate.progress import track
 from ablate.sweepdir import layout
 from ablate.sweepdir.atomic import atomic_write_bytes, atomic_write_json, atomic_write_text
+from ablate.sweepdir.ids import as_plain, config_hash
 from ablate.train import engine
 from ablate.train.checkpoint import Checkpoint
 from ablate.train.data_order import DataOrder, pair_lengths
 from ablate.train.distributed import CompletionLogps, Ranks
+from ablate.train.generation import generate, generation_enabled, prompt_sample, reward_scores, summarise
 from ablate.train.models import add_lora, load_base_model, load_tokenizer, resolve_device
 from ablate.train.objectives import ObjectiveOutput, SequenceLogps, get_objective
 from ablate.train.scoring import check_lean_head, mismatched_batch, score_pairs, sequence_values, training_batch
-from ablate.train.shared import reference_logps, tokenized_pairs
+from ablate.train.shared import model_identity, reference_logps, tokenized_pairs
 
 
 class NonFiniteLoss(RuntimeError):
@@ -125,9 +127,16 @@ def train(cfg, cell_dir: Path, shared_dir: Path, stop_requested: threading.Event
 
     # ---------------------------------------------------------------------------------- final
     metrics, pairs = evaluate(run, tc.max_steps)  # every rank scores a share; rank 0 writes
+    generations = None
+    if generation_enabled(cfg):  # every rank generates (FSDP's forwards are collective); rank 0 writes
+        generations, generated = cell_generations(run, Path(shared_dir))
+        metrics |= generated
     if not ranks.is_main:
         return {}
     logs.record_eval(metrics)
+    if generations is not None:
+        atomic_write_bytes(Path(cell_dir) / layout.GENERATIONS, generations.to_parquet(index=False))
+        logs.table("generations", generations.drop(columns=["token_ids"]))
     atomic_write_bytes(Path(cell_dir) / layout.HELDOUT_PAIRS, pairs.to_parquet(index=False))
     atomic_write_json(Path(cell_dir) / layout.METRICS_JSON, metrics)  # written last: its presence means finished
     checkpoint.remove()
@@ -187,6 +196,7 @@ class CellRun:
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
     objective_inputs: ObjectiveInputs
+    tokenizer: object  # decodes generations (eval.generate)
 
 
 def setup(cfg, cell_dir: Path, shared_dir: Path) -> CellRun:
@@ -239,7 +249,7 @@ def setup(cfg, cell_dir: Path, shared_dir: Path) -> CellRun:
     hparams = {name: as_plain_value(cfg.objective[name]) for name in objective.hyperparameters}
     return CellRun(cfg, ranks, device, amp, objective, hparams, model, logps_of, policy, params, pad_id, train_data,
                    heldout_data, paired, order, train_ref, heldout_ref, optimizer, scheduler,
-                   ObjectiveInputs(objective, logps_of, model, device, ranks))
+                   ObjectiveInputs(objective, logps_of, model, device, ranks), tokenizer)
 
 
 def as_plain_value(value):
@@ -326,6 +336,55 @@ def evaluate(run: CellRun, step: int) -> tuple[dict, pd.DataFrame]:
     return metrics, pairs
 
 
+def cell_generations(run: CellRun, shared_dir: Path) -> tuple[pd.DataFrame, dict]:
+    """The policy's generations for the sweep's sampled held-out prompts, and the `generation/` metrics: the policy's
+    and, as `generation/ref_*`, the reference's (generated once per sweep into shared/, adapter off)."""
+    ev = run.cfg.eval
+    with engine.compute_context(run.device, run.amp):
+        rows = generation_rows(run, run.model)
+        key = config_hash([model_identity(run.cfg.model), as_plain(run.cfg.data), as_plain(ev)])[:16]
+        reference_file = shared_dir / f"generations-reference-{key}.parquet"
+        if reference_file.exists():
+            reference = pd.read_parquet(reference_file)
+        else:
+            with run.model.disable_adapter():
+                reference = pd.DataFrame(generation_rows(run, run.model))
+            if run.ranks.is_main:
+                atomic_write_bytes(reference_file, reference.to_parquet(index=False))
+    policy = pd.DataFrame(rows)
+    metrics = {f"generation/{k}": v for k, v in summarise(rows).items() if v is not None}
+    metrics |= {f"generation/ref_{k}": v for k, v in summarise(reference.to_dict("records")).items()
+                if v is not None}
+    return policy, metrics
+
+
+def generation_rows(run: CellRun, model) -> list[dict]:
+    """One row per (sampled held-out prompt, greedy or k-th sample): its text, length, EOS, and the task's verdicts."""
+    ev, heldout, tokenizer = run.cfg.eval, run.heldout_data, run.tokenizer
+    picked = prompt_sample(len(heldout), ev.prompts, ev.seed)
+    prompts = [heldout.prompt_ids[i] for i in picked]
+    prompt_texts = [tokenizer.decode(p, skip_special_tokens=True) for p in prompts]
+    eos = tokenizer.eos_token_id
+    rows = []
+    for k in range(ev.samples + 1):  # 0: greedy; 1..samples: sampled at eval.temperature, seeds eval.seed + k
+        outputs = generate(model, prompts, pad_id=run.pad_id, eos_id=eos, max_new_tokens=ev.max_new_tokens,
+                           sample=k > 0, temperature=ev.temperature, seed=ev.seed + k)
+        for i, prompt_text, ids in zip(picked, prompt_texts, outputs, strict=True):
+            text = tokenizer.decode(ids, skip_special_tokens=True)
+            row = {"pair_id": heldout.pair_ids[i], "slice": heldout.slices[i], "sample": k, "prompt": prompt_text,
+                   "text": text, "tokens": len(ids), "eos": bool(ids) and ids[-1] == eos, "token_ids": ids}
+            if run.cfg.model.kind == "embedded":
+                from ablate.train.embedded import judge
+
+                row |= judge(prompt_text, text)
+            rows.append(row)
+    if ev.reward_model:
+        scores = reward_scores(ev.reward_model, [r["prompt"] for r in rows], [r["text"] for r in rows], run.device)
+        for row, score in zip(rows, scores, strict=True):
+            row["reward"] = score
+    return rows
+
+
 class CellLogs:
     """train_log.jsonl, eval_log.jsonl and progress.json of a cell: kept on every rank, written by rank 0 (and
     sent to W&B). Each log file is rewritten whole and renamed: a reader never sees a torn line."""
@@ -337,6 +396,10 @@ class CellLogs:
 
     def record_train(self, entry: dict) -> None:
         self._record(self.train, layout.TRAIN_LOG, entry)
+
+    def table(self, name: str, frame: pd.DataFrame) -> None:
+        if self.is_main and self.tracker is not None:
+            self.tracker.table(name, frame)
 
     def record_eval(self, entry: dict) -> None:
         self._record(self.eval, layout.EVAL_LOG, entry)

@@ -210,6 +210,10 @@ def test_two_cell_sweep_reviewed_offline(repo_root, tmp_path):
     definition = json.loads((sweep_dir / "report" / DEFINITION).read_text())
     assert definition["collector_run"]["id"] == collector.run_id
     assert f"ablate wandb-report {sweep_dir} --sync" in proc.stdout  # how to publish later
+    tables = sorted(wandb_dir.rglob("generations_*.table.json"))  # each cell's generations, as a W&B table
+    assert len(tables) == 2
+    table = json.loads(tables[0].read_text())
+    assert {"prompt", "text", "tokens", "correct"} <= set(table["columns"]) and len(table["data"]) == 32
     leaks = [str(p) for root in (sweep_dir, wandb_dir) for p in root.rglob("*")
              if p.is_file() and SECRET.encode() in p.read_bytes()]
     assert leaks == []

@@ -344,13 +344,14 @@ def cell_generations(run: CellRun, shared_dir: Path) -> tuple[pd.DataFrame, dict
         rows = generation_rows(run, run.model)
         key = config_hash([model_identity(run.cfg.model), as_plain(run.cfg.data), as_plain(ev)])[:16]
         reference_file = shared_dir / f"generations-reference-{key}.parquet"
-        if reference_file.exists():
-            reference = pd.read_parquet(reference_file)
-        else:
+        # every rank generates, or none (collective under FSDP): another cell may write the file between two looks
+        if run.ranks.any(not reference_file.exists()):
             with run.model.disable_adapter():
                 reference = pd.DataFrame(generation_rows(run, run.model))
             if run.ranks.is_main:
                 atomic_write_bytes(reference_file, reference.to_parquet(index=False))
+        else:
+            reference = pd.read_parquet(reference_file)
     policy = pd.DataFrame(rows)
     metrics = {f"generation/{k}": v for k, v in summarise(rows).items() if v is not None}
     metrics |= {f"generation/ref_{k}": v for k, v in summarise(reference.to_dict("records")).items()

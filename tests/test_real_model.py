@@ -90,9 +90,15 @@ def test_hh_transcripts_give_trls_conversational_tokens(tokenizer):
     assert tokenizer.eos_token_id in ours.chosen_ids[0]  # the completion's end of turn is part of it
 
 
-def test_logps_equal_a_full_logits_forward_on_trls_batch(tokenizer, model):
-    """Pad == EOS: TRL's collator masks by length, not by pad id; the completion's own EOS is counted."""
+def test_logps_equal_trls_own_log_prob_code_and_a_full_logits_forward(model_cfg, tokenizer, model):
+    """ablate's lean path against TRL 1.16's fused LM head (the code its DPOTrainer scores with) and a plain
+    full-logits forward, on the batch TRL's own collator builds. Pad == EOS: the collator masks by length, not by
+    pad id, so the completion's own EOS is counted. The LD-DPO tails and WPO weights are checked against TRL's
+    per-token values too (its split and its log Σp²)."""
     from trl.trainer.dpo_trainer import DataCollatorForPreference
+    from trl.trainer.utils import add_fused_lm_head
+
+    from ablate.train.scoring import pair_tails, sequence_scores, wpo_weights
 
     pairs = read_pairs_from_files([str(HH)], id_prefix="hh-")
     tokens = tokenize_pairs(pairs, tokenizer, max_length=512, max_prompt_length=256)
@@ -109,6 +115,20 @@ def test_logps_equal_a_full_logits_forward_on_trls_batch(tokenizer, model):
     torch.testing.assert_close(ours["chosen"], full[:n], rtol=1e-5, atol=1e-4)
     torch.testing.assert_close(ours["rejected"], full[n:], rtol=1e-5, atol=1e-4)
     assert ours["chosen_tokens"].tolist() == mask[:n].sum(-1).float().tolist()
+
+    trl_model = load_base_model(model_cfg, torch.device("cpu")).eval()  # its own copy: TRL patches the forward
+    add_fused_lm_head(trl_model, outputs=("log_probs", "log_sum_sq_probs"))
+    labels = batch["input_ids"].masked_fill(batch["completion_mask"] == 0, -100)
+    with torch.no_grad():
+        fused = trl_model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=labels,
+                          use_cache=False, fused_lm_head=True)
+        lean = sequence_scores(model, batch, head_chunk=64, parts=("tail", "wpo_weight"))
+    shift = batch["completion_mask"][:, 1:]
+    per_token = fused.log_probs[:, -shift.size(1):].float()
+    torch.testing.assert_close(lean["logps"], per_token.sum(1), rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(lean["tail"], pair_tails(per_token, shift), rtol=1e-5, atol=1e-4)
+    aligned = (per_token - fused.log_sum_sq_probs[:, -shift.size(1):].float()) * shift
+    torch.testing.assert_close(lean["wpo_weight"], wpo_weights(aligned, shift), rtol=1e-4, atol=1e-6)
     # ablate's own batch: the same layout TRL's collator gives (right padding with EOS, completion mask)
     ablate_batch = pair_batch(tokens, list(range(n)), tokenizer.pad_token_id)
     for key in ("input_ids", "attention_mask"):

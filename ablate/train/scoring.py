@@ -139,7 +139,7 @@ def sequence_scores(model, batch: dict[str, Tensor], *, head_chunk: int = DEFAUL
     hidden = causal_lm.get_decoder()(
         input_ids=input_ids, attention_mask=batch["attention_mask"].to(device)
     ).last_hidden_state  # (N, T, H)
-    mask = batch["completion_mask"][:, 1:].to(device)  # (N, T-1): position t predicts token t+1
+    mask = batch["completion_mask"][:, 1:].to(device, torch.bool)  # (N, T-1): position t predicts token t+1
     selected = hidden[:, :-1][mask]  # (M, H)
     labels = input_ids[:, 1:][mask]  # (M,)
     head = causal_lm.get_output_embeddings()

@@ -278,6 +278,57 @@ LONG = [  # ~10-30 s of training: long enough to interrupt after the first log l
 ]
 
 
+def test_a_task_killed_without_warning_resumes_from_its_periodic_checkpoint_after_a_requeue(
+        slurm_activated, embedded_model, compose_cfg, tmp_path):
+    """SIGKILL of the cell's process inside its job (an OOM kill: no signal reaches the cell) fails the job; a
+    `scontrol requeue` runs it again, and the cell resumes from its newest periodic checkpoint, ending identical to
+    an uninterrupted run (trainer.checkpoint_every changes nothing computed: the same cell id)."""
+    import os
+    import signal
+
+    import torch
+
+    from ablate.sweep.run import run_cell
+
+    cluster = slurm_activated
+    sweep_dir = tmp_path / "killed"
+    every = ["trainer.checkpoint_every=0.0002"]  # every ~12 ms of training: a checkpoint at nearly every step
+    proc = run_ablate(cluster, "-m", *LONG, *every, *SLURM, "hydra.launcher.gpus_per_node=0",
+                      "hydra.launcher.collector.enabled=false", f"hydra.sweep.dir={sweep_dir}")
+    assert proc.returncode == 0, output(proc)
+    ((cid, job),) = read_json(sweep_dir / "sweep.json")["jobs"].items()
+    state = sweep_dir / "cells" / cid / "checkpoint" / "state.pt"
+
+    def checkpoint_step() -> int:
+        try:
+            return torch.load(state, weights_only=False)["step"]
+        except (OSError, EOFError, RuntimeError, KeyError):  # not there yet, or caught mid-rename
+            return 0
+
+    wait_for(lambda: checkpoint_step() >= 40, ENDED, "a periodic checkpoint past step 40", cluster, poll=0.05)
+    running = status_of(sweep_dir, cid)
+    os.kill(running["pid"], signal.SIGKILL)  # same host: the single-node test cluster
+    assert sacct_of(cluster, job) in ("FAILED", "CANCELLED", "NODE_FAIL", "OUT_OF_MEMORY"), sacct_of(cluster, job)
+    killed_at = checkpoint_step()
+    assert 40 <= killed_at < 300 and not (sweep_dir / "cells" / cid / "metrics.json").exists()
+
+    threads = torch.get_num_threads()
+    try:  # the same cell uninterrupted, in this process, while SLURM runs the requeued job
+        reference = run_cell(compose_cfg([*LONG, *every]), tmp_path / "reference", [*LONG, *every])
+    finally:
+        torch.set_num_threads(threads)
+    requeue = cluster.run("scontrol", "requeue", job)
+    assert requeue.returncode == 0, requeue.stderr
+    done = wait_for(lambda: (s := status_of(sweep_dir, cid)).get("state") in ("done", "failed") and s, ENDED,
+                    "the requeued cell to end", cluster)
+    assert done["state"] == "done" and done["attempts"] == 2, done
+    cell_dir = sweep_dir / "cells" / cid
+    assert read_json(cell_dir / "metrics.json") == reference
+    steps = [json.loads(line)["step"] for line in (cell_dir / "train_log.jsonl").read_text().splitlines()]
+    assert steps == list(range(10, 301, 10)), steps  # resumed at the checkpoint: every logging step once
+    assert not (cell_dir / "checkpoint").exists()
+
+
 def test_an_interrupted_job_requeues_and_resumes_from_its_checkpoint(slurm_activated, embedded_model, compose_cfg,
                                                                      tmp_path):
     import submitit

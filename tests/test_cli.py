@@ -240,5 +240,6 @@ def test_mission_command_names_dpo_over_simpo_on_verbose_rejected(repo_root, tmp
     assert (verbose["verdict"], verbose["lead"]) == ("exploratory", "dpo"), verbose["explanation"]
     clean = {a["arm"]: a["stats"]["heldout/clean/avglogp_accuracy"]["mean"] for a in summary["arms"]}
     assert min(clean.values()) >= 0.7, clean  # both learn the rule; only the filler splits them
-    # CPU time, not wall time: the suite's other worker shares the machine (measured quiet: 73 s wall, 133 s CPU)
-    assert cpu <= 300, f"{cpu:.0f} s of CPU (README: about 75 s on 2 cores, 133 s of CPU)"
+    # A loose bound that catches a gross slowdown only: the suite's other xdist worker shares the 2 cores, and torch's
+    # threads then spin for CPU (measured quiet: 73 s wall, 133 s CPU; beside the other worker in CI: 332 s CPU)
+    assert cpu <= 600, f"{cpu:.0f} s of CPU (README: about 75 s on 2 cores, 133 s of CPU, measured quiet)"

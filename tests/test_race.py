@@ -32,11 +32,13 @@ def bound(sims: int) -> float:
 
 def race(rng, scenario: str, delta: float, arms: int, *, factor_of: dict | None = None, max_seeds: int = 8,
          round_seeds: int = 1, collapse: bool = False, futility_power: float = 0.3, rho: float | None = None,
-         fixed_seeds: tuple[int, ...] = ()) -> tuple[dict, int, dict, list[dict]]:
+         fixed_seeds: tuple[int, ...] = (), spread: float = 1.0) -> tuple[dict, int, dict, list[dict]]:
     """(the stopping look, cells spent, the fixed design's decision at 8 seeds and full alpha, all looks); with
-    `fixed_seeds`, the fixed design's decision at each of those seeds per arm too (under "by_seeds")."""
+    `fixed_seeds`, the fixed design's decision at each of those seeds per arm too (under "by_seeds"); `spread`: arm
+    a1's seed-to-seed spread, times the others' (a seed-sensitive arm)."""
     tau, sigma, het = SCENARIOS[scenario]
-    full = simulate(rng, max(max_seeds, 8, *fixed_seeds), tau=tau, sigma=sigma, het=het, delta=delta, arms=arms)
+    full = simulate(rng, max(max_seeds, 8, *fixed_seeds), tau=tau, sigma=sigma, het=het, delta=delta, arms=arms,
+                    spreads={"a1": spread} if spread != 1.0 else None)
     if collapse:  # arm a1 collapses in 1 run of 6: 2/3 of its right pairs lost
         seeds, x = full["a1"]
         hit = rng.random(len(seeds)) < 1 / 6
@@ -130,6 +132,36 @@ def test_the_best_arm_is_rarely_dropped_and_the_race_spends_fewer_cells():
     assert s["race_right"] == s["race"]  # every winner it named was the better arm
 
 
+def test_null_races_stay_at_alpha_when_one_arm_is_far_noisier():
+    """One arm's runs scatter 8x as far as the others' (a seed-sensitive objective): on the logit scale that arm
+    loses accuracy on average, so dropping it is right; but a0 and a2 are equal, so any winner is false."""
+    s = summary("seeds dominate", 0, 3, SIMS, seed=12, spread=8.0)
+    print(f"\nnull race, 3 arms, one 8x as spread: decisive {s['race']:.3f}")
+    assert s["race"] <= bound(SIMS)
+
+
+def test_the_known_variance_bound_reproduces_the_z_test_and_walds_formula():
+    """benchmarks/race_bound.py's machinery: one look at 8 seeds is the fixed z test (its power as the formula
+    says), spending alpha over looks keeps the null rate at alpha, and the SPRT ratio is Wald's, by hand."""
+    import sys
+    from pathlib import Path
+
+    from scipy import stats
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import race_bound
+
+    rng = np.random.default_rng(0)
+    theta = (stats.norm.ppf(0.975) + stats.norm.ppf(0.8)) / math.sqrt(8)
+    power, seeds = race_bound.race(8, 8, None, -np.inf, theta, rng, 20000)
+    assert power == pytest.approx(0.8, abs=0.015) and seeds == 8
+    null, _ = race_bound.race(3, 10, 3.0, -np.inf, 0.0, rng, 20000)
+    assert null <= 0.025 + 0.004  # a win is a crossing on the better side: half the two-sided alpha
+    a, b = 0.025, 0.2
+    wald = ((1 - b) * math.log((1 - b) / a) + b * math.log(b / (1 - a))) * 2 / (1.959964 + 0.841621) ** 2
+    assert race_bound.sprt_ratio(0.8) == pytest.approx(wald, rel=1e-4)
+
+
 CURVE = (3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 14, 16)  # seeds per arm of the fixed designs the race is measured against
 
 
@@ -173,9 +205,10 @@ def run_ablate(repo_root, *args: str, timeout: int = 900):
     (["objective=dpo,simpo", "hydra.sweeper.race={max_seed:5}"], "unknown key(s) max_seed"),
     (["objective=dpo,simpo", "hydra.sweeper.race=3"], "hydra.sweeper.race = 3: true, false, or a mapping"),
     (["++hydra.sweeper.tune={dpo:{objective.beta:[0.1,0.2]},simpo:{objective.beta:[2.0,3.0]}}"],
-     "race its confirmation instead: ablate confirm <tuning sweep dir> --race"),
+     "a tuning race selects each objective's setting on validation pairs: set data.validation_pairs"),
     (["objective=dpo,simpo", "hydra.sweeper.race={spending:obf}"], "hydra.sweeper.race.spending = 'obf'"),
-], ids=["one arm", "seeds given", "max_seeds", "max_cells", "typo", "not a mapping", "tuning stage", "spending"])
+], ids=["one arm", "seeds given", "max_seeds", "max_cells", "typo", "not a mapping", "tuning race without validation",
+        "spending"])
 def test_a_race_that_cannot_run_is_refused_before_anything_runs(repo_root, tmp_path, args, message):
     sweep_dir = tmp_path / "race"
     race = [] if any(a.startswith("hydra.sweeper.race=") for a in args) else ["hydra.sweeper.race=true"]
@@ -222,6 +255,72 @@ def test_a_tiny_race_runs_in_rounds_resumes_from_its_record_and_refuses_another_
     assert json.loads((sweep_dir / "race.json").read_text())["rounds"] == rounds
     other = run_ablate(repo_root, *[a for a in args if not a.startswith("objective=")], "objective=dpo,ipo")
     assert other.returncode == 2 and "this race ran another grid" in other.stderr
+
+
+def test_a_tuning_race_runs_each_space_in_rounds_on_validation_pairs_and_claims_nothing(repo_root, tmp_path):
+    """hydra.sweeper.tune with hydra.sweeper.race: the settings race within each objective's space on validation
+    pairs, a settled space gets no more seeds, the selection takes no dropped setting, and the sweep stays exploratory
+    (its confirmation is the claim). Futility off and max_seeds 4, so a space not settled at round 1 runs round 2."""
+    import json
+
+    from conftest import TINY
+
+    from ablate.sweepdir.layout import override_values
+
+    sweep_dir = tmp_path / "tuning_race"
+    args = ["-m", "++hydra.sweeper.tune={dpo:{trainer.lr:[1e-9,0.01]},simpo:{trainer.lr:[1e-9,0.01]}}",
+            "hydra.sweeper.race={max_seeds:4,futility_power:0}", "data.validation_pairs=16",
+            "hydra.sweeper.confirm=3", f"hydra.sweep.dir={sweep_dir}", *TINY]
+    proc = run_ablate(repo_root, *args)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    record = json.loads((sweep_dir / "race.json").read_text())
+    groups = record["tuning"]["groups"]
+    assert sorted(set(groups.values())) == ["objective=dpo", "objective=simpo"] and len(groups) == 4
+    rounds = record["rounds"]
+    assert rounds[0]["n"] == 3 and len(rounds[0]["new_cells"]) == 12 and rounds[-1]["stop"] == "selected"
+    assert rounds[0]["pairs"] == 16  # the validation pairs only (16 of the 32 held-out pairs)
+    assert all(d["stop"] in ("selected", "equivalent", "budget") for d in rounds[-1]["groups"].values())
+    open_after_1 = [g for g, d in rounds[0]["groups"].items() if not d["stop"]]
+    assert [r["n"] for r in rounds] == ([3, 4] if open_after_1 else [3])
+    if open_after_1:  # round 2 ran exactly the arms of the spaces round 1 left open, one more seed each
+        assert sorted({groups[a] for a in rounds[1]["ran"]}) == sorted(open_after_1)
+    dropped = {arm for r in rounds for arm in r["drops"]}
+    summary = json.loads((sweep_dir / "report" / "summary.json").read_text())
+    assert not summary["decisive"] and summary["decision"]["exploratory"].startswith("a tuning sweep")
+    assert "Tuning race (selection on validation pairs, no claim)" in summary["decision"]["explanation"]
+    (group,) = summary["tuning"]["groups"]
+    assert all(e["selected_arm"] not in dropped for e in group["selection"].values())
+    assert "dropped by the tuning race" in (sweep_dir / "report" / "report.md").read_text()
+    # hydra.sweeper.confirm: the selected settings on 3 fresh seeds (past the race's), decided on the test pairs
+    confirm = json.loads((tmp_path / "tuning_race_confirm" / "report" / "summary.json").read_text())
+    assert confirm["decision"]["explanation"].startswith(f"Confirmation of {sweep_dir.resolve()}")
+    confirmed = json.loads((tmp_path / "tuning_race_confirm" / "sweep.json").read_text())["cells"]
+    fresh = rounds[-1]["n"]
+    seeds = sorted({int(override_values(c["overrides"])["seed"]) for c in confirmed})
+    assert seeds == list(range(fresh, fresh + 3)) and len(confirmed) == 2 * 3
+    assert not (tmp_path / "tuning_race_confirm" / "race.json").exists()
+
+
+def test_a_tuning_look_drops_a_setting_only_for_a_better_setting_of_its_own_space():
+    """Two spaces of 3 settings: in space A one setting is far better (+1.2 logits), in space B all are alike, and
+    every arm of B is worse than A's best. Drops happen in A only, each by A's best; B is never compared with A."""
+    from ablate.sweep.race import _tuning_look
+
+    rng = np.random.default_rng(5)
+    values = {}
+    for space, shifts in (("A", (1.2, 0.0, 0.0)), ("B", (-1.0, -1.0, -1.0))):
+        sim = simulate(rng, 6, tau=0.3, sigma=0.3, het=0.0, arms=3)
+        for i, shift in enumerate(shifts):  # a0 of simulate gets no effect (delta 0): shift by hand on the logit
+            seeds, x = sim[f"a{i}"]
+            p = np.clip(x.mean(axis=0), 0.05, 0.95)
+            logit = np.log(p / (1 - p)) + shift
+            values[f"{space}{i}"] = (seeds, (rng.random(x.shape) < 1 / (1 + np.exp(-logit))).astype(float))
+    group_of = {arm: arm[0] for arm in values}
+    look = _tuning_look(values, STRATA, WEIGHTS, group_of, rule(), [], {}, max_seeds=8, accuracy=True,
+                        futility_power=0.0)
+    assert set(look["drops"]) == {"A1", "A2"} and all(why["by"] == "A0" for why in look["drops"].values())
+    assert look["groups"]["A"] == {"live": ["A0"], "stop": "selected", "best": "A0", "round": 1, "selected": "A0"}
+    assert look["groups"]["B"]["stop"] is None and look["live"] == {"B0", "B1", "B2"} and look["stop"] is None
 
 
 # ------------------------------------------------------------------------------------------ budgets

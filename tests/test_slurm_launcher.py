@@ -704,3 +704,31 @@ def test_a_tuned_sweep_confirms_itself_from_its_collector_job(slurm_cluster, emb
     assert confirmed["cell_counts"] == {"done": 6} and confirmed["decision"]["pairs"] == 32 - 12
     assert confirmed["explanation"].startswith(f"Confirmation of {sweep_dir.resolve()}")
     assert read_json(confirm_dir / "sweep.json")["launcher"] == "slurm"
+
+
+def test_a_tuning_race_on_slurm_ends_in_its_race_job_which_submits_the_confirmation(slurm_cluster, embedded_model,
+                                                                                     tmp_path):
+    """A tuning race (hydra.sweeper.tune + hydra.sweeper.race) on SLURM: its race job takes the look on validation
+    pairs, ends the race (one round here: 2 seeds of 4 settings, max_seeds 2) and, as a tuning sweep's collector
+    job does, submits the confirmation asked for with hydra.sweeper.confirm; no terminal attached."""
+    sweep_dir = tmp_path / "tuning_race"
+    proc = run_ablate(slurm_cluster, "-m", "++hydra.sweeper.tune={dpo:{objective.beta:[0.1,0.3]},"
+                      "simpo:{objective.beta:[2.0,5.0]}}", "data.validation_pairs=12", "select.min_seeds=2",
+                      "hydra.sweeper.race={max_seeds:2}", "hydra.sweeper.confirm=2", *SLURM,
+                      "hydra.launcher.gpus_per_node=0", f"hydra.sweep.dir={sweep_dir}", *TINY)
+    assert proc.returncode == 0, output(proc)
+    assert "race round 1: 4 arms x seeds 0..1" in proc.stdout, output(proc)
+    confirm_dir = tmp_path / "tuning_race_confirm"
+    wait_for(lambda: (confirm_dir / "report" / "summary.json").exists() and not sweep_jobs(slurm_cluster, sweep_dir)
+             and not sweep_jobs(slurm_cluster, confirm_dir), 3 * ENDED, "the confirmation's report", slurm_cluster)
+    rounds = read_json(sweep_dir / "race.json")["rounds"]
+    assert len(rounds) == 1 and rounds[0]["stop"] == "selected" and rounds[0]["pairs"] == 12
+    tuned = read_json(sweep_dir / "report" / "summary.json")
+    assert tuned["decisive"] is False and tuned["decision"]["exploratory"].startswith("a tuning sweep")
+    picked = {o: e["selected"] for o, e in tuned["tuning"]["groups"][0]["selection"].items()}
+    record = read_json(confirm_dir / "tuning.json")
+    assert record["confirms"] == str(sweep_dir.resolve())
+    assert record["spaces"] == {o: {k: [v] for k, v in s.items()} for o, s in picked.items()}
+    confirmed = read_json(confirm_dir / "report" / "summary.json")
+    assert confirmed["cell_counts"] == {"done": 4} and confirmed["decision"]["pairs"] == 32 - 12
+    assert read_json(confirm_dir / "sweep.json")["launcher"] == "slurm"

@@ -36,7 +36,7 @@ from ablate.collect.sequential import at_alpha, boundary, nominal_alpha, spent_b
 from ablate.collect.stats import contrast, equivalent, pair_weights, seeds_to_resolve, t_quantile, z_quantile
 from ablate.sweepdir.layout import RACE_JSON
 
-STOPS = ("winner", "equivalent", "futile", "budget")
+STOPS = ("winner", "equivalent", "futile", "budget", "selected")  # selected: a tuning race's every space decided
 EXPLORATORY = "a race: its claim is the race's own decision, round by round (race.json)"
 
 
@@ -182,12 +182,19 @@ def race_summary(sweep_dir) -> dict | None:
     max_seeds = (record.get("settings") or {}).get("max_seeds")
     first = rounds[0] if rounds else {}
     return {"rounds": rounds, "settings": record.get("settings"), "arms": arms,
+            "tuning": bool((record.get("tuning") or {}).get("groups")),
             "stop": last.get("stop"), "winner": last.get("winner"), "stop_reason": last.get("stop_reason"),
             "cells": sum(len(r.get("new_cells", [])) for r in rounds),
             "fixed_cells": arms * max_seeds if max_seeds else None,
             # the first round's comparisons see every arm: a fixed design over the whole grid would be planned on them
             "same_power_cells": arms * first["fixed_seeds"] if first.get("fixed_seeds") else None,
             "gpu_hours": last.get("gpu_hours")}
+
+
+def dropped_arms(sweep_dir) -> set[str]:
+    """The arms a race dropped (labels, as the collector's): a tuning race selects among the others only."""
+    race = race_summary(sweep_dir)
+    return {arm for r in (race or {}).get("rounds", []) for arm in r.get("drops", {})}
 
 
 def race_line(race: dict, factor: str) -> str:
@@ -203,7 +210,14 @@ def race_line(race: dict, factor: str) -> str:
     if race.get("same_power_cells"):
         spent += f"; planned for the same power at round 1's differences: {race['same_power_cells']}"
     spent += ")" + (f", {race['gpu_hours']:.3g} device-hours" if race.get("gpu_hours") is not None else "")
-    if race["stop"] == "winner":
+    if race.get("tuning"):
+        spaces = {}
+        for r in rounds:
+            spaces |= r.get("groups") or {}
+        settled = sum(1 for g in spaces.values() if g["stop"])
+        head = (f"Tuning race (selection on validation pairs, no claim): round {len(rounds)}, {settled} of "
+                f"{len(spaces)} search space(s) settled" + (": the selection is made" if race["stop"] else ""))
+    elif race["stop"] == "winner":
         head = f"Race: decisive winner {factor} = {race['winner']} at round {len(rounds)}"
     elif race["stop"]:
         head = f"Race: ended at round {len(rounds)} without a winner ({race['stop']})"

@@ -27,6 +27,7 @@ import numpy as np
 
 from ablate.collect.decide import ACCURACY_METRICS, compare_arms, evidence, scope_strata
 from ablate.collect.load import Sweep, _read_object, read_pairs
+from ablate.collect.race import dropped_arms
 from ablate.collect.stats import pair_weights
 from ablate.sweepdir.layout import TUNING_JSON, override_values
 
@@ -157,9 +158,10 @@ def tuned_comparison(sweep: Sweep, select, arms: list[dict], tuning: dict) -> di
         groups.setdefault(group, {}).setdefault(objective, {})[setting] = arm
     scopes = list(dict.fromkeys([select.slice, *([None] if select.slice is not None else []),
                                  *[s for s in sweep.slices if s != select.slice]]))
+    dropped = dropped_arms(sweep.sweep_dir)  # a tuning race: the settings it dropped are out of the selection
     for group, by_objective in groups.items():
         result["groups"].append(_group(sweep, select, ev, parts, slices, spaces, defaults, dict(group),
-                                       by_objective, scopes))
+                                       by_objective, scopes, dropped))
     result["warnings"] = [w for g in result["groups"] for w in g["warnings"]]
     return result
 
@@ -185,6 +187,12 @@ def test_pairs(sweep: Sweep, pair_ids: np.ndarray) -> np.ndarray | None:
     return None if splits is None else splits == "test"
 
 
+def validation_pairs(sweep: Sweep, pair_ids: np.ndarray) -> np.ndarray | None:
+    """Mask of the reference pairs tagged `validation` (a tuning race selects on these); None without a split."""
+    splits, _ = _reference_splits(sweep, pair_ids)
+    return None if splits is None else splits == "validation"
+
+
 def _split_sizes(splits: np.ndarray, slices) -> dict:
     sizes = {}
     for name in ("validation", "test"):
@@ -206,7 +214,8 @@ def _restrict(ev: dict, arm: str, part: np.ndarray, slices, scope) -> tuple[list
     return seeds, x[:, part][:, mask], (strata, weights)
 
 
-def _group(sweep, select, ev, parts, slices, spaces, defaults, group, by_objective, scopes) -> dict:
+def _group(sweep, select, ev, parts, slices, spaces, defaults, group, by_objective, scopes,
+           dropped=frozenset()) -> dict:
     out = {"group": group, "selection": {}, "warnings": [], "reasons": [], "tuned": {}, "at_defaults": {}}
     chosen, at_default = {}, {}
     for objective, space in spaces.items():
@@ -215,10 +224,13 @@ def _group(sweep, select, ev, parts, slices, spaces, defaults, group, by_objecti
         default = tuple(defaults.get(objective, {}).get(k) for k in space)
         default_setting = next((s for s in settings_ if all(same_value(a, b) for a, b in zip(s, default,
                                                                                              strict=True))), None)
-        candidates, missing = {}, []
+        candidates, missing, raced_out = {}, [], []
         strata_weights = None
         for setting in settings_:
             arm = arms_of.get(setting)
+            if arm is not None and arm["arm"] in dropped:
+                raced_out.append(_label(space, setting))
+                continue
             data = None if arm is None else _restrict(ev, arm["arm"], parts["validation"], slices, select.slice)
             if data is None:
                 missing.append(_label(space, setting))
@@ -236,6 +248,7 @@ def _group(sweep, select, ev, parts, slices, spaces, defaults, group, by_objecti
             "default_in_space": default_setting is not None,
             "tied": [_label(space, s) for s in pick["tied"]],
             "missing": missing,
+            "dropped_by_race": raced_out,
             "table": [{"setting": dict(zip(space, r["setting"], strict=True)), "arm": arms_of[r["setting"]]["arm"],
                        **{k: v for k, v in r.items() if k != "setting"}} for r in pick["table"]],
         }

@@ -80,9 +80,11 @@ def tuning_blocks(summary: dict, plots: dict[str, Path]) -> list[tuple]:
                          " ".join(f"{k}={v}" for k, v in e["default"].items())
                          + ("" if e["default_in_space"] else " (not in the space)"),
                          f"{_fmt(picked['mean'])} ± {_fmt(picked['std'])} ({len(picked['seeds'])} seeds)" if picked
-                         else "-", ", ".join(e["tied"]) or "-", ", ".join(e["missing"]) or "-"])
+                         else "-", ", ".join(e["tied"]) or "-", ", ".join(e["missing"]) or "-",
+                         ", ".join(e.get("dropped_by_race", [])) or "-"])
         blocks.append(("table", ["objective", "selected setting", "default setting", f"validation {select['metric']}",
-                                 "tied settings", "settings without evidence"], rows, []))
+                                 "tied settings", "settings without evidence", "dropped by the tuning race"], rows,
+                       []))
         rows = [[scope_label(None if s == "all" else s), _verdict(t, level), _verdict(group["at_defaults"].get(s),
                                                                                        level)]
                 for s, t in group["tuned"].items()]

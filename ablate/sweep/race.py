@@ -111,18 +111,39 @@ def read_record(sweep_dir: Path) -> dict | None:
     return record
 
 
-def open_race(sweep_dir: Path, arms: list[list[str]], settings: RaceSettings, select) -> dict:
-    """The race's record: a new one, or the one in sweep_dir when it is this race (else RaceError)."""
+def open_race(sweep_dir: Path, arms: list[list[str]], settings: RaceSettings, select,
+              groups: dict[str, str] | None = None) -> dict:
+    """The race's record: a new one, or the one in sweep_dir when it is this race (else RaceError). `groups`: a
+    tuning race's search space of each arm (see tuning_race_arms)."""
     record = read_record(sweep_dir)
     if record is None:
-        record = {"format": 1, "settings": asdict(settings), "select": _plain(select), "arms": arms, "rounds": []}
-    elif record.get("arms") != arms or asdict(RaceSettings(**record.get("settings", {}))) != asdict(settings):
+        record = {"format": 1, "settings": asdict(settings), "select": _plain(select), "arms": arms, "rounds": [],
+                  **({"tuning": {"groups": groups}} if groups else {})}
+    elif (record.get("arms") != arms or asdict(RaceSettings(**record.get("settings", {}))) != asdict(settings)
+          or tuning_groups(record) != groups):
         raise RaceError(f"{Path(sweep_dir) / RACE_JSON}: this race ran another grid or other race settings "
                         f"({record.get('arms')} with {record.get('settings')}); run it with its own command, or "
                         f"start a new race in another hydra.sweep.dir")
     Path(sweep_dir).mkdir(parents=True, exist_ok=True)
     atomic_write_json(Path(sweep_dir) / RACE_JSON, record)  # from the first round on, the collector reports a race
     return record
+
+
+def tuning_race_arms(spaces: dict, swept: dict[str, list[str]]) -> tuple[list[list[str]], dict[str, str]]:
+    """A tuning race's arms (every setting of every objective's space x the other swept keys, as a tuning sweep's)
+    and the search space each belongs to: its objective and the other keys' values, e.g. "objective=dpo lora.r=8"."""
+    from ablate.sweep.search_space import expand
+
+    swept = {k: v for k, v in swept.items() if k.lstrip("+~") != "seed"}
+    jobs, _ = expand(spaces, swept)
+    varied = {"objective"} | {k.lstrip("+~") for k, v in swept.items() if len(v) > 1}  # not the fixed overrides
+    groups = {" ".join(job): " ".join(o for o in job if o.split("=", 1)[0].lstrip("+~") in varied) for job in jobs}
+    return jobs, groups
+
+
+def tuning_groups(record: dict) -> dict[str, str] | None:
+    """A tuning race's search space of each arm (arm -> "objective=... other=..."), or None for another race."""
+    return (record.get("tuning") or {}).get("groups")
 
 
 def ended(record: dict) -> bool:
@@ -177,7 +198,7 @@ def take_look(sweep_dir: Path, record: dict, plan: dict, select, log: Callable[[
     from ablate.collect.decide import ACCURACY_METRICS, evidence, scope_strata
     from ablate.collect.load import load_sweep
     from ablate.collect.race import race_look
-    from ablate.collect.tuning import read_tuning, test_pairs
+    from ablate.collect.tuning import read_tuning, test_pairs, validation_pairs
 
     settings, rounds, n, live = RaceSettings(**record["settings"]), record["rounds"], plan["n"], plan["live"]
     by_name = {" ".join(a): a for a in record["arms"]}
@@ -195,11 +216,16 @@ def take_look(sweep_dir: Path, record: dict, plan: dict, select, log: Callable[[
             return None
         values[label] = ([seeds[i] for i in keep], x[keep])
     slices = ev["slices"]
-    if (read_tuning(sweep) or {}).get("confirms") and ev["pair_ids"] is not None:
-        pairs = test_pairs(sweep, ev["pair_ids"])  # a confirmation race decides on the test pairs, as its collector
-        if pairs is not None:
-            values = {label: (s, x[:, pairs]) for label, (s, x) in values.items()}
-            slices = slices[pairs]
+    groups = tuning_groups(record)
+    if ((read_tuning(sweep) or {}).get("confirms") or groups) and ev["pair_ids"] is not None:
+        # a confirmation race decides on the test pairs, as its collector; a tuning race selects on validation pairs
+        pairs = (validation_pairs if groups else test_pairs)(sweep, ev["pair_ids"])
+        if pairs is None:
+            log(f"race round {plan['round']}: the cells' held-out pairs carry no validation/test split; no look was "
+                f"taken (set data.validation_pairs)")
+            return None
+        values = {label: (s, x[:, pairs]) for label, (s, x) in values.items()}
+        slices = slices[pairs]
     mask, strata, weights = scope_strata(slices, select.slice)
     values = {label: (s, x[:, mask]) for label, (s, x) in values.items()}
     factor_of = {labels[a]: override_values(by_name[a]).get(select.factor, labels[a]) for a in live}
@@ -207,32 +233,73 @@ def take_look(sweep_dir: Path, record: dict, plan: dict, select, log: Callable[[
         for arm in r["drops"]:
             factor_of.setdefault(arm, r["factor_of"].get(arm, arm))
     dropped = {arm: why for r in rounds for arm, why in r["drops"].items()}
-    look = race_look(values, strata, weights, factor_of, select, [{"n": r["n"], "z": r["z"]} for r in rounds], dropped,
-                     max_seeds=settings.max_seeds, accuracy=select.metric in ACCURACY_METRICS,
-                     futility_power=settings.futility_power, rho=settings.rho)
-    rounds.append({"round": plan["round"], "n": n, "live": [a for a in live if labels[a] not in look["drops"]],
+    history = [{"n": r["n"], "z": r["z"]} for r in rounds]
+    kw = dict(max_seeds=settings.max_seeds, accuracy=select.metric in ACCURACY_METRICS,
+              futility_power=settings.futility_power, rho=settings.rho)
+    if groups:
+        look = _tuning_look(values, strata, weights, {labels[a]: groups[a] for a in live}, select, history, dropped,
+                            **kw)
+        factor_of = {label: label for label in factor_of}
+    else:
+        look = race_look(values, strata, weights, factor_of, select, history, dropped, **kw)
+    still = look.get("live", set(values)) - set(look["drops"])
+    rounds.append({"round": plan["round"], "n": n, "live": [a for a in live if labels[a] in still],
                    "ran": live, "new_cells": plan["new"], "z": look["z"], "level": look["level"],
                    "spent": look["spent"], "best": look["best"], "point": look["point"], "drops": look["drops"],
                    "factor_of": factor_of, "stop": look["stop"], "winner": look["winner"],
                    "gpu_hours": round(device_hours(sweep_dir)[0], 4), "fixed_seeds": look["fixed_seeds"],
-                   "pairs": int(len(strata)),
+                   "pairs": int(len(strata)), **({"groups": look["groups"]} if groups else {}),
                    "at": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
     record.pop("pending", None)
     atomic_write_json(Path(sweep_dir) / RACE_JSON, record)  # the look is on disk before anything else happens
     for arm, why in look["drops"].items():
         log(f"  dropped {arm}: beaten by {why['by']} ({why['difference']:+.3f}, CI [{why['ci_low']:+.3f}, "
             f"{why['ci_high']:+.3f}] at level {why['level']:.3g})")
+    for group, decided in (look.get("groups") or {}).items():
+        if decided["stop"] and decided["round"] == plan["round"]:
+            log(f"  {group}: settled ({decided['stop']}), " + (f"selected {decided['selected']}" if decided["selected"]
+                else f"the best validation mean of {', '.join(decided['live'])} is selected"))
     if look["stop"]:
         log(f"race ended at round {len(rounds)} ({n} seeds per live arm): {look['stop']}"
             + (f", winner {select.factor} = {look['winner']}" if look["winner"] is not None else ""))
     return look
 
 
+def _tuning_look(values: dict, strata, weights, group_of: dict[str, str], select, history: list[dict],
+                 dropped: dict[str, dict], **kw) -> dict:
+    """A tuning race's look: within each search space (one objective, the other keys fixed) the settings race one
+    another on validation pairs; a space ends when one setting is left (or its live settings are equivalent, or
+    futility, or the budget), and its live arms then get no more seeds. The race ends when every space has."""
+    from ablate.collect.race import race_look
+
+    out = {"drops": {}, "point": {}, "groups": {}, "live": set(), "best": None, "winner": None,
+           "fixed_seeds": None, "stop": None}
+    for group in dict.fromkeys(group_of.values()):
+        members = [label for label, g in group_of.items() if g == group]
+        mine = {label: values[label] for label in members}
+        rivals = {label: label for label in members} | {a: a for a, why in dropped.items() if why.get("group") == group}
+        look = race_look(mine, strata, weights, rivals, select, history, dropped, **kw)
+        for why in look["drops"].values():
+            why["group"] = group
+        left = [label for label in members if label not in look["drops"]]
+        stop = "selected" if len(left) == 1 else look["stop"]
+        out["drops"] |= look["drops"]
+        out["point"] |= look["point"]
+        out["groups"][group] = {"live": left, "stop": stop, "best": look["best"], "round": len(history) + 1,
+                                "selected": left[0] if len(left) == 1 else None}
+        if not stop:
+            out["live"] |= set(left)
+        out |= {"z": look["z"], "level": look["level"], "spent": look["spent"]}  # the same looks in every space
+    out["stop"] = None if out["live"] else "selected"
+    return out
+
+
 def run_race(sweep_dir: Path, arms: list[list[str]], settings: RaceSettings, select,
-             launch: Callable[[list[list[str]]], None], log: Callable[[str], None] = print) -> dict:
+             launch: Callable[[list[list[str]]], None], log: Callable[[str], None] = print,
+             groups: dict[str, str] | None = None) -> dict:
     """Run (or continue) a race in this process; `launch(jobs)` trains the given cells and returns when they ended."""
     sweep_dir = Path(sweep_dir)
-    record = open_race(sweep_dir, arms, settings, select)
+    record = open_race(sweep_dir, arms, settings, select, groups)
     if ended(record):
         log(f"race already ended at round {len(record['rounds'])}: "
             f"{record['rounds'][-1]['stop'] if record['rounds'] else record['stop']}")
@@ -303,7 +370,18 @@ def race_round_job(sweep_dir: str | Path, log: Callable[[str], None] = print) ->
             record["incomplete"] = True
     summary = collect(sweep_dir, select_config(base=OmegaConf.create(record["select"])))
     log(describe(summary))
-    if record.get("incomplete") or ended(record):
+    if record.get("incomplete"):
+        return record
+    if ended(record):
+        if plan is not None and tuning_groups(record):  # a tuning race just ended: its confirmation, if asked for
+            from ablate.sweep.confirm import ConfirmError, requested, run_confirmation
+
+            seeds = requested(sweep_dir)
+            if seeds:
+                try:
+                    run_confirmation(sweep_dir, seeds)
+                except ConfirmError as error:
+                    log(f"ablate confirm: {error}")
         return record
     plan = next_round(sweep_dir, record)
     if plan is not None:

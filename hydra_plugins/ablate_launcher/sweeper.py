@@ -130,40 +130,70 @@ class AblateSweeper(hydra_api.basic_sweeper_class()):
                                    if OmegaConf.is_config(self.race) else self.race)
             if settings is None:
                 return super().sweep(arguments)
-            arms = plan_arms(swept, settings, select.min_seeds, self._confirmed_arms(swept))
+            groups = None
+            if self.tune and not self.confirms:  # a tuning race: settings race within each objective's space
+                arms, groups = self._tuning_race_arms(swept)
+                plan_arms(swept, settings, select.min_seeds, arms)
+            else:
+                arms = plan_arms(swept, settings, select.min_seeds, self._confirmed_arms(swept))
             sweep_dir = Path(self.config.hydra.sweep.dir)
             sweep_dir.mkdir(parents=True, exist_ok=True)
-            if self.tune:  # a confirmation race: its collector (and each look) decides on the test pairs
+            if self.tune:  # a confirmation race decides on the test pairs, a tuning race selects on validation pairs
                 from ablate.sweep.search_space import check_spaces
                 from ablate.sweepdir.atomic import atomic_write_json
                 from ablate.sweepdir.layout import TUNING_JSON
 
                 spaces = check_spaces(OmegaConf.to_container(self.tune, resolve=True))  # as tuning.json holds them
+                stage = ({"confirms": str(self.confirms)} if self.confirms else
+                         {"race": True, **({"confirm": self.confirm} if self.confirm else {})})
                 atomic_write_json(sweep_dir / TUNING_JSON, {"spaces": spaces, "defaults": self._defaults(spaces, swept),
-                                                            "budget": {}, "confirms": str(self.confirms)})
+                                                            "budget": {}, **stage})
             if "slurm" in str(self.config.hydra.launcher.get("_target_", "")).lower():
-                return self._race_on_slurm(sweep_dir, arms, settings, select)
+                return self._race_on_slurm(sweep_dir, arms, settings, select, groups)
             counter = {"idx": 0}
 
             def launch(jobs):
                 self.launcher.launch(jobs, initial_job_idx=counter["idx"])
                 counter["idx"] += len(jobs)
 
-            record = run_race(sweep_dir, arms, settings, select, launch, log=lambda line: print(line, flush=True))
+            record = run_race(sweep_dir, arms, settings, select, launch, log=lambda line: print(line, flush=True),
+                              groups=groups)
             from ablate.collect import collect, describe
 
             # the launcher collected before the round's look: once more, so the report shows the race's decision
             print(describe(collect(sweep_dir, select_config(base=self.config.select))), flush=True)
             if record.get("incomplete"):  # a cell of the round failed: no look; the same command carries on
                 raise SystemExit(1)
+            if groups and self.confirm:  # a tuning race with hydra.sweeper.confirm: the selection's confirmation next
+                self._confirm(sweep_dir)
         except RaceError as error:  # before anything is run (or between rounds, with the cells kept)
             print(f"RaceError: {error}", file=sys.stderr, flush=True)
             raise SystemExit(2) from None
         return []
 
+    def _tuning_race_arms(self, swept) -> tuple[list[list[str]], dict[str, str]]:
+        """A tuning race's arms (every setting of each objective's space) and the space of each; it selects on
+        validation pairs, so a sweep without them is refused before anything runs."""
+        from omegaconf import OmegaConf
+
+        from ablate.sweep.race import RaceError, tuning_race_arms
+        from ablate.sweep.search_space import TuningError, check_spaces
+
+        confirm = self.confirm
+        if confirm and not (confirm is True or confirm == "race" or (isinstance(confirm, int) and confirm > 0)):
+            raise RaceError(f"hydra.sweeper.confirm = {confirm!r}: true, a number of fresh seeds, or race")
+        if not any(k.lstrip("+~") == "data.validation_pairs" for k in swept) and \
+                OmegaConf.select(self.config, "data.validation_pairs") is None:
+            raise RaceError("a tuning race selects each objective's setting on validation pairs: set "
+                            "data.validation_pairs (e.g. data.validation_pairs=100)")
+        try:
+            return tuning_race_arms(check_spaces(OmegaConf.to_container(self.tune, resolve=True)), swept)
+        except TuningError as error:
+            raise RaceError(f"hydra.sweeper.tune: {error}") from None
+
     def _confirmed_arms(self, swept) -> list[list[str]] | None:
         """A confirmation race's arms: each objective at its selected setting (one-setting spaces from `ablate confirm
-        --race`); None for an ordinary race. Racing the tuning stage itself is refused: its selection claims nothing."""
+        --race`); None for an ordinary race."""
         if not self.tune:
             return None
         from omegaconf import OmegaConf
@@ -171,10 +201,6 @@ class AblateSweeper(hydra_api.basic_sweeper_class()):
         from ablate.sweep.race import RaceError
         from ablate.sweep.search_space import TuningError, check_spaces, expand, settings
 
-        if not self.confirms:
-            raise RaceError("hydra.sweeper.race with hydra.sweeper.tune: the tuning stage selects on validation "
-                            "pairs and claims nothing, so it runs as a full sweep; race its confirmation instead: "
-                            "ablate confirm <tuning sweep dir> --race")
         try:
             spaces = check_spaces(OmegaConf.to_container(self.tune, resolve=True))
             if any(len(settings(space)) != 1 for space in spaces.values()):
@@ -184,14 +210,14 @@ class AblateSweeper(hydra_api.basic_sweeper_class()):
             raise RaceError(f"hydra.sweeper.tune: {error}") from None
         return jobs
 
-    def _race_on_slurm(self, sweep_dir: Path, arms, settings, select):
+    def _race_on_slurm(self, sweep_dir: Path, arms, settings, select, groups=None):
         """Round 1 through the SLURM launcher with a race job after it; each race job submits the next round."""
         from ablate.sweep.race import RaceError, RaceJob, ended, next_round, open_race, race_round_job
         from ablate.sweep.status import ALIVE, slurm_states
         from ablate.sweepdir.atomic import atomic_write_json
         from ablate.sweepdir.layout import RACE_JSON, read_sweep
 
-        record = open_race(sweep_dir, arms, settings, select)
+        record = open_race(sweep_dir, arms, settings, select, groups)
         if ended(record):
             print(f"race already ended at round {len(record['rounds'])}", flush=True)
             return []

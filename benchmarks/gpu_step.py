@@ -80,8 +80,9 @@ def frozen_linear_params(model) -> int:
     return sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear))
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def step_arguments(description: str) -> argparse.ArgumentParser:
+    """The options ablate's step and TRL's (gpu_trl_step.py) share, so both measure the same step."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--model", choices=sorted(ARCHITECTURES), default="qwen2.5-0.5b")
     parser.add_argument("--objective", choices=["dpo", "simpo"], default="dpo")
     parser.add_argument("--tokens", type=int, default=1024)
@@ -90,9 +91,14 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--gradient-checkpointing", action="store_true")
-    parser.add_argument("--head-chunk", type=int, default=1024)
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--peak-tflops", type=float, default=989.0)
+    return parser
+
+
+def main() -> None:
+    parser = step_arguments(__doc__.split("\n")[0])
+    parser.add_argument("--head-chunk", type=int, default=1024)
     args = parser.parse_args()
 
     import torch

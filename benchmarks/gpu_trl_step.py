@@ -16,7 +16,6 @@ same clock for any trainer); tokens/s, peak GPU memory and MFU as gpu_step.py co
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import tempfile
@@ -24,7 +23,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from gpu_step import ARCHITECTURES, build, frozen_linear_params, random_batch, step_flops  # noqa: E402
+from gpu_step import build, frozen_linear_params, random_batch, step_arguments, step_flops  # noqa: E402
 
 
 def word_tokenizer(vocab: int):
@@ -65,18 +64,7 @@ def step_clock() -> list[float]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--model", choices=sorted(ARCHITECTURES), default="qwen2.5-0.5b")
-    parser.add_argument("--objective", choices=["dpo", "simpo"], default="dpo")
-    parser.add_argument("--tokens", type=int, default=1024)
-    parser.add_argument("--pairs", type=int, default=8)
-    parser.add_argument("--r", type=int, default=16)
-    parser.add_argument("--steps", type=int, default=8)
-    parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--gradient-checkpointing", action="store_true")
-    parser.add_argument("--device", default="cuda")
-    parser.add_argument("--peak-tflops", type=float, default=989.0)
-    args = parser.parse_args()
+    args = step_arguments(__doc__.split("\n")[0]).parse_args()
 
     import torch
     from peft import LoraConfig

@@ -70,7 +70,7 @@ def atomic_write_json(path: Path, obj, indent: int | None = 2) -> None:
 
 
 # what a killed writer leaves: atomic_write_bytes' mkstemp files (8 random characters), replace_dir's old folders,
-# the embedded model cache's mkdtemp staging folders (ablate.train.embedded)
+# build_directory_once's mkdtemp staging folders (the embedded model and GGUF caches)
 _LEFTOVERS = (re.compile(r"\..+\.[a-z0-9_]{8}"), re.compile(r"\..+\.old-\d+"), re.compile(r"\.[0-9a-f]+-[a-z0-9_]{8}"))
 
 
@@ -90,3 +90,26 @@ def clean_stale_temp_files(root: Path, older_than_s: float = 900.0) -> list[Path
             continue
         removed.append(path)
     return removed
+
+
+def build_directory_once(target: Path, build, *, done: str, stale_after_s: float = 6 * 3600) -> Path:
+    """`target`, built once: `build(staging)` fills a staging folder beside it, which is then renamed into place, so
+    no reader sees a half-built directory; concurrent builders race, one rename wins and every builder returns the
+    full directory. `done`: a file whose presence in `target` means it is complete. Staging folders of builds killed
+    before their rename are removed once older than `stale_after_s` (a live build's is minutes old)."""
+    target = Path(target)
+    if (target / done).exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    clean_stale_temp_files(target.parent, older_than_s=stale_after_s)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+    try:
+        build(staging)
+        try:
+            staging.rename(target)
+        except OSError:  # another builder's rename won
+            if not (target / done).exists():
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target

@@ -31,8 +31,6 @@ import hashlib
 import json
 import os
 import random
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
@@ -40,7 +38,7 @@ from types import SimpleNamespace
 import torch
 
 from ablate.data.pairs import PreferencePair
-from ablate.sweepdir.atomic import clean_stale_temp_files
+from ablate.sweepdir.atomic import build_directory_once
 
 # Bump when the vocabulary, task or warm-up recipe changes: it is part of the cache key.
 EMBEDDED_VERSION = 1
@@ -173,14 +171,8 @@ def embedded_model_dir(model_cfg) -> Path:
     key = _model_key(model_cfg)
     tag = weights_tag(model_cfg)
     digest = hashlib.sha256(json.dumps(key | {"weights": tag}, sort_keys=True).encode()).hexdigest()[:16]
-    target = cache_root() / "embedded" / digest
-    if (target / "config.json").exists():
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    # builds killed before their rename leave staging folders; a live build's is younger than this (minutes)
-    clean_stale_temp_files(target.parent, older_than_s=6 * 3600)
-    staging = Path(tempfile.mkdtemp(prefix=f".{digest}-", dir=target.parent))
-    try:
+
+    def build(staging: Path) -> None:
         tokenizer = build_tokenizer()
         model = _new_model(model_cfg, tokenizer)
         if tag.startswith("shipped"):
@@ -198,14 +190,8 @@ def embedded_model_dir(model_cfg) -> Path:
         model.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
         (staging / "ablate_embedded.json").write_text(json.dumps(key | {"weights": origin}, indent=2) + "\n")
-        try:
-            staging.rename(target)  # atomic: concurrent builders race, one wins, both see a full dir
-        except OSError:
-            if not (target / "config.json").exists():
-                raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return target
+
+    return build_directory_once(cache_root() / "embedded" / digest, build, done="config.json")
 
 
 def write_shipped_weights() -> Path:

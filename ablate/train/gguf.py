@@ -18,8 +18,6 @@ import functools
 import hashlib
 import importlib.util
 import json
-import shutil
-import tempfile
 from pathlib import Path
 
 PACKAGE = "pkg:"
@@ -84,7 +82,7 @@ def _supported_architectures() -> set[str]:
 
 def gguf_model_dir(model_cfg) -> Path:
     """The dequantised model's directory in ablate's cache; converted on first use (tens of seconds, once)."""
-    from ablate.sweepdir.atomic import clean_stale_temp_files
+    from ablate.sweepdir.atomic import build_directory_once
     from ablate.train.embedded import cache_root
 
     directory, name = gguf_location(model_cfg)
@@ -94,23 +92,12 @@ def gguf_model_dir(model_cfg) -> Path:
             key = hashlib.file_digest(f, "sha256").hexdigest()[:16]
     else:  # a hub id: transformers downloads the file
         key = hashlib.sha256(json.dumps([directory, name, model_cfg.get("revision")]).encode()).hexdigest()[:16]
-    target = cache_root() / "gguf" / key
-    if (target / "config.json").exists():
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    clean_stale_temp_files(target.parent, older_than_s=6 * 3600)  # conversions killed before their rename
-    staging = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=target.parent))
-    try:
+
+    def build(staging: Path) -> None:
         _convert(directory, name, model_cfg.get("revision") if not file.is_file() else None, staging)
         (staging / "ablate_gguf.json").write_text(json.dumps({"gguf_file": str(file), "sha256_16": key}) + "\n")
-        try:
-            staging.rename(target)  # atomic: concurrent converters race, one wins, both see a full directory
-        except OSError:
-            if not (target / "config.json").exists():
-                raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return target
+
+    return build_directory_once(cache_root() / "gguf" / key, build, done="config.json")
 
 
 def _convert(directory: str, name: str, revision: str | None, out: Path) -> None:

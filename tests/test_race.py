@@ -291,6 +291,10 @@ def test_a_tuning_race_runs_each_space_in_rounds_on_validation_pairs_and_claims_
     (group,) = summary["tuning"]["groups"]
     assert all(e["selected_arm"] not in dropped for e in group["selection"].values())
     assert "dropped by the tuning race" in (sweep_dir / "report" / "report.md").read_text()
+    from ablate.sweep.race import status_lines
+
+    shown = "\n".join(status_lines(sweep_dir))  # what `ablate status` prints under its cell table
+    assert "race ended at round" in shown and all(f"{g}: settled at round" in shown for g in set(groups.values()))
     # hydra.sweeper.confirm: the selected settings on 3 fresh seeds (past the race's), decided on the test pairs
     confirm = json.loads((tmp_path / "tuning_race_confirm" / "report" / "summary.json").read_text())
     assert confirm["decision"]["explanation"].startswith(f"Confirmation of {sweep_dir.resolve()}")

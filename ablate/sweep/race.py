@@ -418,6 +418,12 @@ def status_lines(sweep_dir: str | Path) -> list[str]:
         used = rounds[-1].get("gpu_hours") if rounds else None
         lines.append(f"  device-hours {used if used is not None else 0:.3g} of max_gpu_hours = "
                      f"{settings['max_gpu_hours']:g} (GPUs held x hours; a CPU cell counts one device)")
+    spaces = {}
+    for r in rounds:  # a tuning race: each search space's state as of its last look
+        spaces |= r.get("groups") or {}
+    for space, state in spaces.items():
+        lines.append(f"  {space}: " + (f"settled at round {state['round']} ({state['stop']}), live: " if state["stop"]
+                                       else "racing, live: ") + ", ".join(state["live"]))
     for r in rounds:
         for arm, why in r["drops"].items():
             lines.append(f"  dropped at round {r['round']}: {arm} (beaten by {why['by']}, {why['difference']:+.3f}, "

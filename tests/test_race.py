@@ -142,7 +142,8 @@ def test_null_races_stay_at_alpha_when_one_arm_is_far_noisier():
 
 def test_the_known_variance_bound_reproduces_the_z_test_and_walds_formula():
     """benchmarks/race_bound.py's machinery: one look at 8 seeds is the fixed z test (its power as the formula
-    says), spending alpha over looks keeps the null rate at alpha, and the SPRT ratio is Wald's, by hand."""
+    says), spending alpha over looks keeps the null rate at alpha, the SPRT ratio is Wald's, by hand, and the
+    4-arm race and fixed design behave at the extremes."""
     import sys
     from pathlib import Path
 
@@ -160,6 +161,9 @@ def test_the_known_variance_bound_reproduces_the_z_test_and_walds_formula():
     a, b = 0.025, 0.2
     wald = ((1 - b) * math.log((1 - b) / a) + b * math.log(b / (1 - a))) * 2 / (1.959964 + 0.841621) ** 2
     assert race_bound.sprt_ratio(0.8) == pytest.approx(wald, rel=1e-4)
+    # four arms: under the null a0 is rarely seen best AND beating all three; a huge effect ends at round 1 (12 cells)
+    assert race_bound.four_arms_fixed(8, 0.0, rng, 20000) <= 0.025
+    assert race_bound.four_arms(3, 8, None, -np.inf, 5.0, rng, 200) == (1.0, 12.0)
 
 
 CURVE = (3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 14, 16)  # seeds per arm of the fixed designs the race is measured against

@@ -43,9 +43,9 @@ def rule(**overrides) -> SimpleNamespace:
 
 
 def simulate(rng, n_seeds: int, *, tau: float, sigma: float, het: float, delta: float = 0.0, paired: bool = True,
-             arms: int = 2, spreads: dict[str, float] | None = None) -> dict:
-    """arm -> (seeds, seeds x pairs correctness); arm "a0" gets the true effect delta; `spreads`: an arm's run-to-run
-    spread (tau) times this factor (arms whose seed variances differ)."""
+             arms: int = 2, spreads: dict[str, float] | None = None, better: tuple[str, ...] = ("a0",)) -> dict:
+    """arm -> (seeds, seeds x pairs correctness); the arms in `better` (arm "a0") get the true effect delta;
+    `spreads`: an arm's run-to-run spread (tau) times this factor (arms whose seed variances differ)."""
     difficulty = rng.normal(0.8, 1.5, len(STRATA))
     shared = rng.normal(size=(n_seeds, 1))
     out = {}
@@ -55,7 +55,8 @@ def simulate(rng, n_seeds: int, *, tau: float, sigma: float, het: float, delta: 
         own_run = rng.normal(size=(n_seeds, 1))
         spread = tau * (spreads or {}).get(f"a{j}", 1.0)
         shift = spread * (math.sqrt(0.5) * shared + math.sqrt(0.5) * own_run if paired else own_run)
-        logit = difficulty + own + shift + rng.normal(0.0, sigma, (n_seeds, len(STRATA))) + (delta if j == 0 else 0.0)
+        logit = difficulty + own + shift + rng.normal(0.0, sigma, (n_seeds, len(STRATA)))
+        logit += delta if f"a{j}" in better else 0.0
         seeds = list(range(n_seeds)) if paired else list(range(j * n_seeds, (j + 1) * n_seeds))
         out[f"a{j}"] = (seeds, (rng.random(logit.shape) < 1 / (1 + np.exp(-logit))).astype(float))
     return out

@@ -5,7 +5,8 @@ Simulated sweeps are tests/test_calibration.py's (300 held-out pairs, seed luck,
 arm-specific pair effects); arm a0 carries the true effect. A race runs select.min_seeds (3) seeds per arm, then
 one more per live arm per round, up to max_seeds, with the collector's own race_look.
 
-    python tests/test_race.py [--sims 2000]      # the README's table
+    python tests/test_race.py [--sims 2000]      # the README's table (mixed noise, two race settings)
+    python tests/test_race.py --matrix          # every noise source and layout, a collapsing rival (defaults)
 """
 
 from __future__ import annotations
@@ -35,15 +36,17 @@ def race(rng, scenario: str, delta: float, arms: int, *, factor_of: dict | None 
          fixed_seeds: tuple[int, ...] = (), spread: float = 1.0) -> tuple[dict, int, dict, list[dict]]:
     """(the stopping look, cells spent, the fixed design's decision at 8 seeds and full alpha, all looks); with
     `fixed_seeds`, the fixed design's decision at each of those seeds per arm too (under "by_seeds"); `spread`: arm
-    a1's seed-to-seed spread, times the others' (a seed-sensitive arm)."""
+    a1's seed-to-seed spread, times the others' (a seed-sensitive arm). The effect goes to every arm that shares a0's
+    value of the factor (a 2x2's better objective is better at both ranks)."""
     tau, sigma, het = SCENARIOS[scenario]
+    factor_of = factor_of or {f"a{j}": f"a{j}" for j in range(arms)}
+    better = tuple(arm for arm, value in factor_of.items() if value == factor_of["a0"])
     full = simulate(rng, max(max_seeds, 8, *fixed_seeds), tau=tau, sigma=sigma, het=het, delta=delta, arms=arms,
-                    spreads={"a1": spread} if spread != 1.0 else None)
+                    spreads={"a1": spread} if spread != 1.0 else None, better=better)
     if collapse:  # arm a1 collapses in 1 run of 6: 2/3 of its right pairs lost
         seeds, x = full["a1"]
         hit = rng.random(len(seeds)) < 1 / 6
         full["a1"] = (seeds, np.where(hit[:, None] & (rng.random(x.shape) < 2 / 3), 0.0, x))
-    factor_of = factor_of or {arm: arm for arm in full}
     select = rule(max_seeds=max_seeds)
     live, dropped, history, looks, ran = list(full), {}, [], [], dict.fromkeys(full, 0)
     n = select.min_seeds
@@ -68,7 +71,7 @@ def fixed_design(full: dict, n: int, factor_of: dict) -> dict:
     """The fixed design's decision on the first n seeds of every arm, one look at the full alpha."""
     fixed = compare_arms({a: (s[:n], x[:n]) for a, (s, x) in full.items()}, STRATA, WEIGHTS, factor_of, rule(),
                          accuracy=True)
-    return fixed | {"right": fixed["decisive"] and fixed["best_arm"] == "a0"}
+    return fixed | {"right": fixed["decisive"] and factor_of[fixed["best_arm"]] == factor_of["a0"]}
 
 
 def summary(scenario: str, points: int, arms: int, sims: int, seed: int = 0, **kw) -> dict:
@@ -79,7 +82,7 @@ def summary(scenario: str, points: int, arms: int, sims: int, seed: int = 0, **k
             "race_right": sum(r[0]["stop"] == "winner" and r[0]["winner"] == truth for r in rows) / sims,
             "cells": sum(r[1] for r in rows) / sims,
             "fixed": sum(r[2]["decisive"] for r in rows) / sims,
-            "fixed_right": sum(r[2]["decisive"] and r[2]["best_arm"] == "a0" for r in rows) / sims,
+            "fixed_right": sum(r[2]["right"] for r in rows) / sims,
             "fixed_cells": 8 * arms,
             "drops_wrong": sum(any(arm == "a0" for look in r[3] for arm in look["drops"]) for r in rows) / sims,
             "fixed_by_seeds": {k: sum(r[2]["by_seeds"][k] for r in rows) / sims for k in kw.get("fixed_seeds", ())}}
@@ -164,6 +167,9 @@ def test_the_known_variance_bound_reproduces_the_z_test_and_walds_formula():
     # four arms: under the null a0 is rarely seen best AND beating all three; a huge effect ends at round 1 (12 cells)
     assert race_bound.four_arms_fixed(8, 0.0, rng, 20000) <= 0.025
     assert race_bound.four_arms(3, 8, None, -np.inf, 5.0, rng, 200) == (1.0, 12.0)
+    assert race_bound.four_arms(3, 8, None, -np.inf, 5.0, rng, 200, holm=True) == (1.0, 12.0)
+    # Holm's drops: a null race of 4 arms names a0 (one of four equal arms) far below alpha
+    assert race_bound.four_arms(3, 10, 1.0, -np.inf, 0.0, rng, 2000, holm=True)[0] <= 0.025
 
 
 CURVE = (3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 14, 16)  # seeds per arm of the fixed designs the race is measured against
@@ -185,10 +191,50 @@ def table(sims: int) -> str:
     return "\n".join(lines)
 
 
+LAYOUTS = {  # name: (arms, the factor decided per arm; a0's value is the better one)
+    "2 arms": (2, None),
+    "4 arms": (4, None),
+    "2x2 objective x rank": (4, {"a0": "x", "a1": "x", "a2": "y", "a3": "y"}),
+}
+
+
+def matrix_row(noise: str, layout: str, points: int, collapse: bool, sims: int, seed: int) -> str:
+    """One row of the full simulation matrix (the race at its defaults): who it names, how often, at what cost."""
+    arms, factor_of = LAYOUTS[layout]
+    s = summary(noise, points, arms, sims, seed=seed, factor_of=factor_of, collapse=collapse,
+                fixed_seeds=CURVE if points else ())
+    same = same_power_cells(s["race_right"], s["fixed_by_seeds"], arms) if points and s["race_right"] >= 0.05 else None
+    versus = f"{same:.1f} | {s['cells'] / same:.2f}" if same else "— | —"
+    shape = layout + (", a1 collapses 1 run in 6" if collapse else "")
+    return (f"| {noise} | {shape} | +{points} | {s['race'] - s['race_right']:.3f} | {s['race_right']:.3f} | "
+            f"{s['cells']:.1f} | {s['fixed'] - s['fixed_right']:.3f} | {s['fixed_right']:.3f} | {s['fixed_cells']} | "
+            f"{versus} |")
+
+
+def matrix(sims: int, jobs: int) -> str:
+    """Every case the race was specified against: 2 and 4 arms and a 2x2 objective x rank (the effect in the
+    objective, at both ranks), effects of 0/2/4/8 points, seed-dominated, pair-dominated and mixed noise, and a rival
+    that collapses one run in six."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    cases = [(noise, layout, points, False) for noise in SCENARIOS for layout in LAYOUTS for points in POINTS]
+    cases += [(noise, "2 arms", points, True) for noise in SCENARIOS for points in (0, 4)]
+    with ProcessPoolExecutor(jobs) as pool:
+        seeds = range(1000, 1000 + len(cases))
+        rows = list(pool.map(matrix_row, *zip(*cases, strict=True), [sims] * len(cases), seeds))
+    head = ["| noise | arms | effect (points) | race: false winner | race: right winner | race: cells | "
+            "fixed 8: false winner | fixed 8: right winner | fixed 8: cells | fixed at the race's power: cells | "
+            "race / that |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    return "\n".join(head + rows)
+
+
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sims", type=int, default=2000)
-    print(table(parser.parse_args().sims))
+    parser.add_argument("--matrix", action="store_true", help="every noise source, layout and a collapsing rival")
+    parser.add_argument("--jobs", type=int, default=2, help="processes for --matrix")
+    args = parser.parse_args()
+    print(matrix(args.sims, args.jobs) if args.matrix else table(args.sims))
 
 
 # ------------------------------------------------------------------------------------ the race, for real
@@ -211,8 +257,10 @@ def run_ablate(repo_root, *args: str, timeout: int = 900):
     (["++hydra.sweeper.tune={dpo:{objective.beta:[0.1,0.2]},simpo:{objective.beta:[2.0,3.0]}}"],
      "a tuning race selects each objective's setting on validation pairs: set data.validation_pairs"),
     (["objective=dpo,simpo", "hydra.sweeper.race={spending:obf}"], "hydra.sweeper.race.spending = 'obf'"),
+    (["++hydra.sweeper.tune={dpo:{objective.beta:[0.1,0.2]},simpo:{objective.beta:[2.0,3.0]}}",
+      "data.validation_pairs=16", "data.split_seed=0,1"], "data.split_seed cannot be swept"),
 ], ids=["one arm", "seeds given", "max_seeds", "max_cells", "typo", "not a mapping", "tuning race without validation",
-        "spending"])
+        "spending", "tuning race over two splits"])
 def test_a_race_that_cannot_run_is_refused_before_anything_runs(repo_root, tmp_path, args, message):
     sweep_dir = tmp_path / "race"
     race = [] if any(a.startswith("hydra.sweeper.race=") for a in args) else ["hydra.sweeper.race=true"]

@@ -709,12 +709,14 @@ def test_a_tuned_sweep_confirms_itself_from_its_collector_job(slurm_cluster, emb
 def test_a_tuning_race_on_slurm_ends_in_its_race_job_which_submits_the_confirmation(slurm_cluster, embedded_model,
                                                                                      tmp_path):
     """A tuning race (hydra.sweeper.tune + hydra.sweeper.race) on SLURM: its race job takes the look on validation
-    pairs, ends the race (one round here: 2 seeds of 4 settings, max_seeds 2) and, as a tuning sweep's collector
-    job does, submits the confirmation asked for with hydra.sweeper.confirm; no terminal attached."""
+    pairs, ends the race at its cell budget (one round of 2 seeds x 4 settings = max_cells; with futility and
+    equivalence off, and 2 seeds too few to drop a setting, no space settles at round 1) and, as a tuning sweep's
+    collector job does, submits the confirmation asked for with hydra.sweeper.confirm; no terminal attached."""
     sweep_dir = tmp_path / "tuning_race"
     proc = run_ablate(slurm_cluster, "-m", "++hydra.sweeper.tune={dpo:{objective.beta:[0.1,0.3]},"
                       "simpo:{objective.beta:[2.0,5.0]}}", "data.validation_pairs=12", "select.min_seeds=2",
-                      "hydra.sweeper.race={max_seeds:2}", "hydra.sweeper.confirm=2", *SLURM,
+                      "select.equivalence_margin=0", "hydra.sweeper.race={max_seeds:3,max_cells:8,futility_power:0}",
+                      "hydra.sweeper.confirm=2", *SLURM,
                       "hydra.launcher.gpus_per_node=0", f"hydra.sweep.dir={sweep_dir}", *TINY)
     assert proc.returncode == 0, output(proc)
     assert "race round 1: 4 arms x seeds 0..1" in proc.stdout, output(proc)
@@ -722,7 +724,8 @@ def test_a_tuning_race_on_slurm_ends_in_its_race_job_which_submits_the_confirmat
     wait_for(lambda: (confirm_dir / "report" / "summary.json").exists() and not sweep_jobs(slurm_cluster, sweep_dir)
              and not sweep_jobs(slurm_cluster, confirm_dir), 3 * ENDED, "the confirmation's report", slurm_cluster)
     rounds = read_json(sweep_dir / "race.json")["rounds"]
-    assert len(rounds) == 1 and rounds[0]["stop"] == "selected" and rounds[0]["pairs"] == 12
+    assert len(rounds) == 1 and rounds[0]["stop"] == "budget" and rounds[0]["pairs"] == 12
+    assert "max_cells = 8" in rounds[0]["stop_reason"] and not rounds[0]["drops"]
     tuned = read_json(sweep_dir / "report" / "summary.json")
     assert tuned["decisive"] is False and tuned["decision"]["exploratory"].startswith("a tuning sweep")
     picked = {o: e["selected"] for o, e in tuned["tuning"]["groups"][0]["selection"].items()}

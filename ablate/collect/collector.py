@@ -92,7 +92,7 @@ def summarise(sweep: Sweep, select: DictConfig) -> dict:
     if tuning and not confirms and not look["exploratory"]:
         look["exploratory"] = EXPLORATORY_TUNING
     race = race_summary(sweep.sweep_dir)
-    if race is not None and not race["tuning"]:  # the race's decision is the claim; the collector's is exploratory
+    if race is not None and not race.get("tuning"):  # the race's decision is the claim; the collector's is exploratory
         look["exploratory"] = EXPLORATORY_RACE
     if look["exploratory"]:
         headline = decide(sweep, select, select.slice, arms, exploratory=look["exploratory"], pairs=pairs)
@@ -114,12 +114,12 @@ def summarise(sweep: Sweep, select: DictConfig) -> dict:
     counts = sweep.cells.state.value_counts().to_dict()
     tuning = tuning if tuning and not confirms else None  # a confirmation stage has nothing left to select
     verdict = {"verdict": headline["verdict"], "winner": headline["winner"], "decisive": headline["decisive"]}
-    if race is not None and race["tuning"]:  # a tuning race selects and claims nothing: the rounds are described
+    if race is not None and race.get("tuning"):  # a tuning race selects and claims nothing: the rounds are described
         headline["explanation"] = f"{race_line(race, select.factor)} {headline['explanation']}"
     elif race is not None:  # the race's own decision is the claim (ablate.collect.race)
-        verdict = {"verdict": "decisive" if race["stop"] == "winner" else
-                   "not decisive" if race["stop"] else "undetermined",
-                   "winner": race["winner"], "decisive": race["stop"] == "winner"}
+        stop = race.get("stop")  # none when race.json is unreadable: the race claims nothing
+        verdict = {"verdict": "decisive" if stop == "winner" else "not decisive" if stop else "undetermined",
+                   "winner": race.get("winner"), "decisive": stop == "winner"}
         headline["explanation"] = f"{race_line(race, select.factor)} {headline['explanation']}"
     return {
         "sweep_dir": str(sweep.sweep_dir),

@@ -42,9 +42,11 @@ EXPLORATORY = "a race: its claim is the race's own decision, round by round (rac
 
 def race_look(values: dict[str, tuple[list[int], np.ndarray]], strata: np.ndarray, weights: dict,
               factor_of: dict[str, object], select, history: list[dict], dropped: dict[str, dict], *,
-              max_seeds: int, accuracy: bool, futility_power: float = 0.3, rho: float | None = None) -> dict:
+              max_seeds: int, accuracy: bool, futility_power: float = 0.3, rho: float | None = None,
+              yardstick: bool = True) -> dict:
     """The decision after one round. `values`: the LIVE arms' (seeds, seeds x pairs), the same seeds in each;
-    `history`: earlier looks ({"n", "z"}); `dropped`: arms dropped before (arm -> why).
+    `history`: earlier looks ({"n", "z"}); `dropped`: arms dropped before (arm -> why); `yardstick`: plan the fixed
+    design at round 1 (the report's comparison; a tuning race, which claims nothing, has no use for it).
 
     {"look", "n", "level", "z", "spent", "best", "drops": {arm: why}, "stop": None or one of STOPS, "winner",
      "comparisons"}."""
@@ -75,7 +77,7 @@ def race_look(values: dict[str, tuple[list[int], np.ndarray]], strata: np.ndarra
                                  "ci_low": step["ci_low"], "ci_high": step["ci_high"],
                                  "level": level / (len(order) - i)}
     # the report's yardstick is planned on round 1, where every arm is compared (seed planning is costly: once)
-    out["fixed_seeds"] = fixed_design_seeds(out["comparisons"], select) if not history else None
+    out["fixed_seeds"] = fixed_design_seeds(out["comparisons"], select) if yardstick and not history else None
     gone = set(dropped) | set(out["drops"])
     rivals_live = [a for a in values if a not in gone and factor_of[a] != factor_of[best]]
     rivals_all = [a for a in factor_of if factor_of[a] != factor_of[best]]

@@ -198,11 +198,18 @@ def _race(summary: dict) -> list[tuple]:
         rows.append([str(r["round"]), str(r["n"]), str(len(r["ran"])), str(len(r["new_cells"])), fmt(r["level"], 4),
                      fmt(r["spent"], 4), fmt(r.get("gpu_hours"), 3), drops or "—",
                      (r["stop"] or "continue") + (f": {r['winner']}" if r.get("winner") else "")])
+    if race.get("tuning"):
+        rule = (" Each round is a look within each objective's search space, on the validation pairs: a setting is "
+                "dropped when Holm's step-down over its space's best setting's comparisons rejects it, and a space "
+                "settles when one setting is left, its settings are equivalent, more seeds would be futile, or at "
+                "the budget. The selection below takes no dropped setting; it claims nothing (the confirmation does).")
+    else:
+        rule = (" Each round is a look at the level alpha spending allows; an arm is dropped when Holm's step-down "
+                "over the best arm's comparisons rejects it (the claim 'it is not the best' holds at that level), "
+                "and the race stops at a winner, equivalence, futility or the budget. The collector's own comparison "
+                "below is exploratory.")
     return [("h2", "Race: rounds of seeds"),
-            ("p", race_line(race, summary["select"]["factor"]) + " Each round is a look at the level alpha spending "
-                  "allows; an arm is dropped when Holm's step-down over the best arm's comparisons rejects it (the "
-                  "claim 'it is not the best' holds at that level), and the race stops at a winner, equivalence, "
-                  "futility or the budget. The collector's own comparison below is exploratory."),
+            ("p", race_line(race, summary["select"]["factor"]) + rule),
             ("table", ["round", "seeds per live arm", "arms run", "new cells", "level", "alpha spent",
                        "device-hours so far", "dropped", "then"], rows, [])]
 

@@ -129,12 +129,18 @@ def open_race(sweep_dir: Path, arms: list[list[str]], settings: RaceSettings, se
     return record
 
 
+SPLIT_KEYS = ("data.validation_pairs", "data.test_pairs", "data.split_seed")
+
+
 def tuning_race_arms(spaces: dict, swept: dict[str, list[str]]) -> tuple[list[list[str]], dict[str, str]]:
     """A tuning race's arms (every setting of every objective's space x the other swept keys, as a tuning sweep's)
     and the search space each belongs to: its objective and the other keys' values, e.g. "objective=dpo lora.r=8"."""
     from ablate.sweep.search_space import expand
 
     swept = {k: v for k, v in swept.items() if k.lstrip("+~") != "seed"}
+    split = sorted(k for k, v in swept.items() if k.lstrip("+~") in SPLIT_KEYS and len(v) > 1)
+    if split:  # each space's settings must race on the same validation pairs
+        raise RaceError(f"a tuning race selects on one validation split: {', '.join(split)} cannot be swept")
     jobs, _ = expand(spaces, swept)
     varied = {"objective"} | {k.lstrip("+~") for k, v in swept.items() if len(v) > 1}  # not the fixed overrides
     groups = {" ".join(job): " ".join(o for o in job if o.split("=", 1)[0].lstrip("+~") in varied) for job in jobs}
@@ -218,14 +224,15 @@ def take_look(sweep_dir: Path, record: dict, plan: dict, select, log: Callable[[
     slices = ev["slices"]
     groups = tuning_groups(record)
     if ((read_tuning(sweep) or {}).get("confirms") or groups) and ev["pair_ids"] is not None:
-        # a confirmation race decides on the test pairs, as its collector; a tuning race selects on validation pairs
+        # a confirmation race decides on the test pairs, as its collector (all pairs where the sweep has no split);
+        # a tuning race selects on validation pairs, which the sweeper made sure it has
         pairs = (validation_pairs if groups else test_pairs)(sweep, ev["pair_ids"])
-        if pairs is None:
-            log(f"race round {plan['round']}: the cells' held-out pairs carry no validation/test split; no look was "
-                f"taken (set data.validation_pairs)")
-            return None
-        values = {label: (s, x[:, pairs]) for label, (s, x) in values.items()}
-        slices = slices[pairs]
+        if pairs is None and groups:
+            raise RaceError(f"race round {plan['round']}: the cells' held-out pairs carry no one validation split "
+                            f"(cells that split them differently?); no look was taken, the finished cells are kept")
+        if pairs is not None:
+            values = {label: (s, x[:, pairs]) for label, (s, x) in values.items()}
+            slices = slices[pairs]
     mask, strata, weights = scope_strata(slices, select.slice)
     values = {label: (s, x[:, mask]) for label, (s, x) in values.items()}
     factor_of = {labels[a]: override_values(by_name[a]).get(select.factor, labels[a]) for a in live}
@@ -278,7 +285,7 @@ def _tuning_look(values: dict, strata, weights, group_of: dict[str, str], select
         members = [label for label, g in group_of.items() if g == group]
         mine = {label: values[label] for label in members}
         rivals = {label: label for label in members} | {a: a for a, why in dropped.items() if why.get("group") == group}
-        look = race_look(mine, strata, weights, rivals, select, history, dropped, **kw)
+        look = race_look(mine, strata, weights, rivals, select, history, dropped, yardstick=False, **kw)
         for why in look["drops"].values():
             why["group"] = group
         left = [label for label in members if label not in look["drops"]]
@@ -373,23 +380,33 @@ def race_round_job(sweep_dir: str | Path, log: Callable[[str], None] = print) ->
     if record.get("incomplete"):
         return record
     if ended(record):
-        if plan is not None and tuning_groups(record):  # a tuning race just ended: its confirmation, if asked for
-            from ablate.sweep.confirm import ConfirmError, requested, run_confirmation
-
-            seeds = requested(sweep_dir)
-            if seeds:
-                try:
-                    run_confirmation(sweep_dir, seeds)
-                except ConfirmError as error:
-                    log(f"ablate confirm: {error}")
+        if plan is not None:  # it ended at this look (a job that finds it ended before submits nothing more)
+            _confirm_tuning_race(sweep_dir, record, log)
         return record
     plan = next_round(sweep_dir, record)
-    if plan is not None:
-        log(f"race round {plan['round']}: {len(plan['live'])} live arm(s) x seeds {plan['seeds']} "
-            f"({len(plan['new'])} new cells), submitted")
-        submit_round(sweep_dir, record, plan, OmegaConf.create(layout.read_sweep(sweep_dir).slurm),
-                     select_config(base=OmegaConf.create(record["select"])))
+    if plan is None:  # the budget cannot pay another round: the race ends here, and the report says so
+        log(describe(collect(sweep_dir, select_config(base=OmegaConf.create(record["select"])))))
+        _confirm_tuning_race(sweep_dir, record, log)
+        return record
+    log(f"race round {plan['round']}: {len(plan['live'])} live arm(s) x seeds {plan['seeds']} "
+        f"({len(plan['new'])} new cells), submitted")
+    submit_round(sweep_dir, record, plan, OmegaConf.create(layout.read_sweep(sweep_dir).slurm),
+                 select_config(base=OmegaConf.create(record["select"])))
     return record
+
+
+def _confirm_tuning_race(sweep_dir: Path, record: dict, log: Callable[[str], None]) -> None:
+    """A tuning race that has just ended submits its confirmation, if hydra.sweeper.confirm asked for one."""
+    if not tuning_groups(record):
+        return
+    from ablate.sweep.confirm import ConfirmError, requested, run_confirmation
+
+    seeds = requested(sweep_dir)
+    if seeds:
+        try:
+            run_confirmation(sweep_dir, seeds)
+        except ConfirmError as error:
+            log(f"ablate confirm: {error}")
 
 
 def status_lines(sweep_dir: str | Path) -> list[str]:

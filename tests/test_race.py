@@ -421,3 +421,20 @@ def test_bad_race_settings_name_the_key(race, message):
 
     with pytest.raises(RaceError, match=message.replace("(", r"\(").replace("*", r"\*")):
         settings_of(race)
+
+
+def test_a_torn_race_record_is_reported_and_claims_nothing(tmp_path):
+    """race.json cut short (a disk filled mid-write by hand, say): the collector still writes its report, says the
+    record is unreadable, and names no winner from it."""
+    from sweep_fixtures import Cell, write_sweep
+
+    from ablate.collect import collect, describe
+    from ablate.config import select_config
+
+    cells = [Cell([f"objective={o}", f"seed={s}"]) for o in ("dpo", "simpo") for s in range(3)]
+    sweep_dir = write_sweep(tmp_path / "race", cells)
+    (sweep_dir / "race.json").write_text('{"format": 1, "rounds": [')
+    summary = collect(sweep_dir, select_config([]), plots=False)
+    assert summary["decisive"] is False and summary["winner"] is None
+    assert "race.json: unreadable" in summary["decision"]["explanation"]
+    assert "race.json: unreadable" in describe(summary)

@@ -25,6 +25,11 @@ SIMS = 400
 # the race settings the README's table measures: the defaults, and a larger max_seeds with alpha kept for late rounds
 PRESETS = {"defaults": {}, "max_seeds 12, spending 3": {"max_seeds": 12, "rho": 3.0}}
 POINTS = {0: 0.0, 2: 0.15, 4: 0.3, 8: 0.6}  # accuracy points -> logit shift of arm a0 (about)
+LAYOUTS = {  # name: (arms, the factor decided per arm; a0's value is the better one)
+    "2 arms": (2, None),
+    "4 arms": (4, None),
+    "2x2 objective x rank": (4, {"a0": "x", "a1": "x", "a2": "y", "a3": "y"}),
+}
 
 
 def bound(sims: int) -> float:
@@ -115,13 +120,14 @@ def test_null_2x2_race_and_a_collapsing_arm():
 
 
 @pytest.mark.calibration
-@pytest.mark.parametrize("arms", [2, 4])
+@pytest.mark.parametrize("layout", list(LAYOUTS))
 @pytest.mark.parametrize("preset", list(PRESETS))
-def test_null_races_with_4000_sweeps(preset, arms):
+def test_null_races_with_4000_sweeps(preset, layout):
     """The tight check, outside CI's default run (`pytest -m calibration`): alpha + 2 s.e. of 4,000 sweeps (5.7%)."""
+    arms, factor_of = LAYOUTS[layout]
     for scenario in ("seeds dominate", "both"):
-        s = summary(scenario, 0, arms, 4000, seed=100 + arms, **PRESETS[preset])
-        print(f"\nnull race, {preset}, {scenario}, {arms} arms: decisive {s['race']:.4f}, cells {s['cells']:.1f}")
+        s = summary(scenario, 0, arms, 4000, seed=100 + arms, factor_of=factor_of, **PRESETS[preset])
+        print(f"\nnull race, {preset}, {scenario}, {layout}: decisive {s['race']:.4f}, cells {s['cells']:.1f}")
         assert s["race"] <= ALPHA + 2 * math.sqrt(ALPHA * (1 - ALPHA) / 4000)
 
 
@@ -191,13 +197,6 @@ def table(sims: int) -> str:
     return "\n".join(lines)
 
 
-LAYOUTS = {  # name: (arms, the factor decided per arm; a0's value is the better one)
-    "2 arms": (2, None),
-    "4 arms": (4, None),
-    "2x2 objective x rank": (4, {"a0": "x", "a1": "x", "a2": "y", "a3": "y"}),
-}
-
-
 def matrix_row(noise: str, layout: str, points: int, collapse: bool, sims: int, seed: int) -> str:
     """One row of the full simulation matrix (the race at its defaults): who it names, how often, at what cost."""
     arms, factor_of = LAYOUTS[layout]
@@ -206,12 +205,16 @@ def matrix_row(noise: str, layout: str, points: int, collapse: bool, sims: int, 
     same = same_power_cells(s["race_right"], s["fixed_by_seeds"], arms) if points and s["race_right"] >= 0.05 else None
     versus = f"{same:.1f} | {s['cells'] / same:.2f}" if same else "— | —"
     shape = layout + (", a1 collapses 1 run in 6" if collapse else "")
-    return (f"| {noise} | {shape} | +{points} | {s['race'] - s['race_right']:.3f} | {s['race_right']:.3f} | "
-            f"{s['cells']:.1f} | {s['fixed'] - s['fixed_right']:.3f} | {s['fixed_right']:.3f} | {s['fixed_cells']} | "
+    if points or collapse:  # a collapsing rival is worse on average: a0 winning is right
+        race_cols = f"{s['race'] - s['race_right']:.3f} | {s['race_right']:.3f}"
+        fixed_cols = f"{s['fixed'] - s['fixed_right']:.3f} | {s['fixed_right']:.3f}"
+    else:  # equal arms: any winner is false
+        race_cols, fixed_cols = f"{s['race']:.3f} | —", f"{s['fixed']:.3f} | —"
+    return (f"| {noise} | {shape} | +{points} | {race_cols} | {s['cells']:.1f} | {fixed_cols} | {s['fixed_cells']} | "
             f"{versus} |")
 
 
-def matrix(sims: int, jobs: int) -> str:
+def matrix(sims: int, jobs: int, only: tuple[str, ...] = ()) -> str:
     """Every case the race was specified against: 2 and 4 arms and a 2x2 objective x rank (the effect in the
     objective, at both ranks), effects of 0/2/4/8 points, seed-dominated, pair-dominated and mixed noise, and a rival
     that collapses one run in six."""
@@ -219,8 +222,10 @@ def matrix(sims: int, jobs: int) -> str:
 
     cases = [(noise, layout, points, False) for noise in SCENARIOS for layout in LAYOUTS for points in POINTS]
     cases += [(noise, "2 arms", points, True) for noise in SCENARIOS for points in (0, 4)]
+    seeds = range(1000, 1000 + len(cases))
+    if only:  # some layouts' rows only (their seeds as in the whole matrix)
+        cases, seeds = zip(*[(c, s) for c, s in zip(cases, seeds, strict=True) if c[1] in only], strict=True)
     with ProcessPoolExecutor(jobs) as pool:
-        seeds = range(1000, 1000 + len(cases))
         rows = list(pool.map(matrix_row, *zip(*cases, strict=True), [sims] * len(cases), seeds))
     head = ["| noise | arms | effect (points) | race: false winner | race: right winner | race: cells | "
             "fixed 8: false winner | fixed 8: right winner | fixed 8: cells | fixed at the race's power: cells | "
@@ -233,8 +238,9 @@ if __name__ == "__main__":
     parser.add_argument("--sims", type=int, default=2000)
     parser.add_argument("--matrix", action="store_true", help="every noise source, layout and a collapsing rival")
     parser.add_argument("--jobs", type=int, default=2, help="processes for --matrix")
+    parser.add_argument("--layout", action="append", choices=list(LAYOUTS), help="--matrix: this layout's rows only")
     args = parser.parse_args()
-    print(matrix(args.sims, args.jobs) if args.matrix else table(args.sims))
+    print(matrix(args.sims, args.jobs, tuple(args.layout or ())) if args.matrix else table(args.sims))
 
 
 # ------------------------------------------------------------------------------------ the race, for real
@@ -438,3 +444,23 @@ def test_a_torn_race_record_is_reported_and_claims_nothing(tmp_path):
     assert summary["decisive"] is False and summary["winner"] is None
     assert "race.json: unreadable" in summary["decision"]["explanation"]
     assert "race.json: unreadable" in describe(summary)
+
+
+def test_a_race_compares_the_best_arm_with_its_rivals_only():
+    """2x2 objective x rank: x-r8 far better than everything, x-r16 as bad as the y arms. The y arms are dropped by
+    Holm over the TWO rivals (levels level/2, then level); x-r16 shares the best arm's objective, so it is neither
+    compared nor dropped, and the race ends with the winner x."""
+    rng = np.random.default_rng(7)
+    sim = simulate(rng, 6, tau=0.2, sigma=0.3, het=0.0, arms=4)
+    values = {}
+    for arm, shift in (("x8", 1.5), ("x16", -1.0), ("y8", -1.0), ("y16", -1.0)):
+        seeds, x = sim[f"a{len(values)}"]
+        p = np.clip(x.mean(axis=0), 0.05, 0.95)
+        logit = np.log(p / (1 - p)) + shift
+        values[arm] = (seeds, (rng.random(x.shape) < 1 / (1 + np.exp(-logit))).astype(float))
+    factor_of = {"x8": "x", "x16": "x", "y8": "y", "y16": "y"}
+    look = race_look(values, STRATA, WEIGHTS, factor_of, rule(), [], {}, max_seeds=8, accuracy=True)
+    assert look["best"] == "x8" and {c["arm"] for c in look["comparisons"]} == {"y8", "y16"}
+    assert set(look["drops"]) == {"y8", "y16"}
+    assert sorted(why["level"] for why in look["drops"].values()) == pytest.approx([look["level"] / 2, look["level"]])
+    assert look["stop"] == "winner" and look["winner"] == "x"

@@ -7,9 +7,11 @@ every live arm), with the rule of ablate.collect.decide at this look's level:
 
 - the LEVEL of look k is the alpha-spending boundary of ablate.collect.sequential over information
   n / max_seeds, so every claim the race makes holds at alpha over all its rounds;
-- DROP: the best live arm is compared with every other live arm; Holm's step-down over those
-  comparisons (the strongest at level/(m-1), the next at level/(m-2), ...) drops each arm it rejects:
-  "X is not the best" is a claim, and Holm keeps the chance of any false one at the look's level;
+- DROP: the best live arm is compared with every live RIVAL (an arm with another value of
+  select.factor; arms that share the best arm's value, e.g. its other LoRA rank, are not compared and
+  run on); Holm's step-down over those comparisons (the strongest at level/m, the next at
+  level/(m-1), ...) drops each arm it rejects: "X is not the best" is a claim, and Holm keeps the
+  chance of any false one at the look's level;
 - STOP, winner: every arm with another value of select.factor has been dropped (each beaten
   decisively, with the minimum gain, when it was dropped; the winner beats the live ones now);
 - STOP, equivalent: every live rival is equivalent to the best within select.equivalence_margin (two
@@ -62,7 +64,9 @@ def race_look(values: dict[str, tuple[list[int], np.ndarray]], strata: np.ndarra
     best = max(point, key=point.get)
     out = {"look": len(history) + 1, "n": n, "level": level, "z": z, "spent": spent + max(increment, 0.0),
            "best": best, "point": point, "drops": {}, "stop": None, "winner": None, "comparisons": []}
-    others = [arm for arm in values if arm != best]
+    # only the best arm's RIVALS (another value of the factor) are compared: in a 2x2 objective x rank, the best
+    # arm's other rank makes no claim about the objective, and comparing it would only widen Holm's family
+    others = [arm for arm in values if factor_of[arm] != factor_of[best]]
     if level > 0 and others:
         rule = at_alpha(select, level)
         first = {arm: versus(values, best, arm, strata, weights, rule, accuracy=accuracy) for arm in others}

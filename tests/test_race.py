@@ -313,6 +313,8 @@ def test_a_tiny_race_runs_in_rounds_resumes_from_its_record_and_refuses_another_
     assert json.loads((sweep_dir / "race.json").read_text())["rounds"] == rounds
     other = run_ablate(repo_root, *[a for a in args if not a.startswith("objective=")], "objective=dpo,ipo")
     assert other.returncode == 2 and "this race ran another grid" in other.stderr
+    metric = run_ablate(repo_root, *args, "select.metric=logratio_accuracy")  # its looks spent alpha on avglogp
+    assert metric.returncode == 2 and "race.json: this race" in metric.stderr, metric.stderr[-2000:]
 
 
 def test_a_tuning_race_runs_each_space_in_rounds_on_validation_pairs_and_claims_nothing(repo_root, tmp_path):
@@ -464,3 +466,38 @@ def test_a_race_compares_the_best_arm_with_its_rivals_only():
     assert set(look["drops"]) == {"y8", "y16"}
     assert sorted(why["level"] for why in look["drops"].values()) == pytest.approx([look["level"] / 2, look["level"]])
     assert look["stop"] == "winner" and look["winner"] == "x"
+
+
+def test_a_race_is_refused_in_a_sweep_the_collector_has_already_tested(repo_root, tmp_path):
+    """A fixed sweep collected once (its ledger holds a look that spent alpha), then a race started in the same
+    directory: the race would test the same runs from a fresh alpha, a second chance for a false winner. Refused
+    before anything runs; a sweep whose collections were all exploratory (a tuning sweep's) may be raced."""
+    import json
+
+    from sweep_fixtures import Cell, counts_table, write_sweep
+
+    from ablate.collect import collect
+    from ablate.config import select_config
+    from ablate.sweep.race import RaceError, open_race, settings_of
+
+    sizes = {"clean": 40}
+    cells = [Cell([f"objective={o}", f"seed={s}"], counts_table({"clean": (30 if o == "dpo" else 20) + s}, sizes))
+             for o in ("dpo", "simpo") for s in range(3)]
+    sweep_dir = write_sweep(tmp_path / "fixed", cells)
+    collect(sweep_dir, select_config([]), plots=False)
+    arms = [["objective=dpo"], ["objective=simpo"]]
+    with pytest.raises(RaceError, match=r"decisions.jsonl: the collector has already tested this sweep \(1 look"):
+        open_race(sweep_dir, arms, settings_of(True), rule())
+    assert not (sweep_dir / "race.json").exists()
+
+    explored = write_sweep(tmp_path / "explored", cells)  # only exploratory collections: nothing was claimed
+    (explored / "decisions.jsonl").write_text(json.dumps({"format": 1, "test": {}, "primary": True,
+                                                          "exploratory": "a tuning sweep"}) + "\n")
+    assert open_race(explored, arms, settings_of(True), rule())["rounds"] == []
+    # the race goes on only under the rule its looks spent alpha on (a sweep file that changed, say)
+    with pytest.raises(RaceError, match=r"decides with select.alpha=0.05; the command asks for select.alpha=0.1"):
+        open_race(explored, arms, settings_of(True), rule(alpha=0.1))
+
+    proc = run_ablate(repo_root, "-m", "objective=dpo,simpo", "hydra.sweeper.race=true",
+                      f"hydra.sweep.dir={sweep_dir}", timeout=120)
+    assert proc.returncode == 2 and "the collector has already tested this sweep" in proc.stderr, proc.stderr[-2000:]

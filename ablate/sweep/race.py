@@ -117,6 +117,7 @@ def open_race(sweep_dir: Path, arms: list[list[str]], settings: RaceSettings, se
     tuning race's search space of each arm (see tuning_race_arms)."""
     record = read_record(sweep_dir)
     if record is None:
+        _refuse_a_decided_sweep(Path(sweep_dir))
         record = {"format": 1, "settings": asdict(settings), "select": _plain(select), "arms": arms, "rounds": [],
                   **({"tuning": {"groups": groups}} if groups else {})}
     elif (record.get("arms") != arms or asdict(RaceSettings(**record.get("settings", {}))) != asdict(settings)
@@ -124,9 +125,35 @@ def open_race(sweep_dir: Path, arms: list[list[str]], settings: RaceSettings, se
         raise RaceError(f"{Path(sweep_dir) / RACE_JSON}: this race ran another grid or other race settings "
                         f"({record.get('arms')} with {record.get('settings')}); run it with its own command, or "
                         f"start a new race in another hydra.sweep.dir")
+    else:  # its looks so far were taken under the recorded rule: the rest must be too (alpha is spent on it)
+        now, then = _plain(select), record.get("select") or {}
+        changed = sorted(k for k in set(now) | set(then) if now.get(k) != then.get(k))
+        if changed:
+            raise RaceError(f"{Path(sweep_dir) / RACE_JSON}: this race decides with "
+                            f"{', '.join(f'select.{k}={then.get(k)!r}' for k in changed)}; the command asks for "
+                            f"{', '.join(f'select.{k}={now.get(k)!r}' for k in changed)}. Its looks so far spent "
+                            f"alpha under its own rule: continue it with that rule, or race in a new hydra.sweep.dir")
     Path(sweep_dir).mkdir(parents=True, exist_ok=True)
     atomic_write_json(Path(sweep_dir) / RACE_JSON, record)  # from the first round on, the collector reports a race
     return record
+
+
+def _refuse_a_decided_sweep(sweep_dir: Path) -> None:
+    """A race spends alpha from nothing; in a sweep the collector has already tested (its ledger holds a primary look
+    that spent alpha) it would test the same runs again with a fresh alpha, and a false winner would get a second
+    chance. Such a sweep goes on with more seeds under its own looks (the add-seeds command its report gives)."""
+    from ablate.sweepdir.ledger import ledger_path, read_ledger
+
+    entries, problems = read_ledger(sweep_dir)
+    if problems:
+        raise RaceError(f"{problems[0]}: the looks this sweep has had cannot be read, so a race here could test "
+                        f"its runs a second time; race in a new hydra.sweep.dir")
+    looks = sum(1 for e in entries if e.get("primary") and not e.get("exploratory"))
+    if looks:
+        raise RaceError(f"{ledger_path(sweep_dir)}: the collector has already tested this sweep ({looks} look(s) "
+                        f"that spent alpha); a race here would test the same runs again from a fresh alpha. Add seeds "
+                        f"with the command its report gives (its looks keep the error at alpha), or race in a new "
+                        f"hydra.sweep.dir")
 
 
 SPLIT_KEYS = ("data.validation_pairs", "data.test_pairs", "data.split_seed")

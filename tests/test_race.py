@@ -501,3 +501,34 @@ def test_a_race_is_refused_in_a_sweep_the_collector_has_already_tested(repo_root
     proc = run_ablate(repo_root, "-m", "objective=dpo,simpo", "hydra.sweeper.race=true",
                       f"hydra.sweep.dir={sweep_dir}", timeout=120)
     assert proc.returncode == 2 and "the collector has already tested this sweep" in proc.stderr, proc.stderr[-2000:]
+
+
+@pytest.mark.parametrize("failed_cells", ["undetermined", "worst"])
+def test_a_round_with_a_failed_run_names_it_and_goes_on_only_when_failures_count(tmp_path, failed_cells):
+    """Round 1 with SimPO's seed 2 failed (a NaN loss): under failed_cells=undetermined no look is taken and the log
+    names the cell, its error and what a failed_cells=worst race would do; under worst the failed run counts as the
+    arm's worst outcome and the look is taken."""
+    from types import SimpleNamespace
+
+    from omegaconf import OmegaConf
+    from sweep_fixtures import Cell, counts_table, write_sweep
+
+    from ablate.config import select_config
+    from ablate.sweep.race import next_round, settings_of, take_look
+
+    sizes = {"clean": 40}
+    cells = [Cell([f"objective={o}", f"seed={s}"], counts_table({"clean": (30 if o == "dpo" else 20) + s}, sizes))
+             for o in ("dpo", "simpo") for s in range(3)]
+    cells[-1] = Cell(["objective=simpo", "seed=2"], state="failed", error="NonFiniteLoss: step 88: loss is nan")
+    sweep_dir = write_sweep(tmp_path / "race", cells)
+    select = SimpleNamespace(**OmegaConf.to_container(select_config([f"failed_cells={failed_cells}"]), resolve=True))
+    record = {"format": 1, "settings": dict(vars(settings_of(True))), "select": dict(vars(select)),
+              "arms": [["objective=dpo"], ["objective=simpo"]], "rounds": []}
+    lines = []
+    look = take_look(sweep_dir, record, next_round(sweep_dir, record), select, log=lines.append)
+    if failed_cells == "undetermined":
+        assert look is None and record["rounds"] == []
+        assert "race round 1 incomplete: objective=simpo" in lines[0] and "loss is nan" in lines[0]
+        assert "select.failed_cells=worst" in lines[1]
+    else:
+        assert look is not None and len(record["rounds"]) == 1 and not any("incomplete" in line for line in lines)

@@ -293,7 +293,7 @@ def decide(sweep: Sweep, select, scope: str | None, arms: list[dict], *, explora
         result["reasons"].append(f"no finished seed in {', '.join(never)}")
     result["unfinished_arms"] = [a["arm"] for a in arms if a["unfinished"]]
     result["failed_arms"] = [a["arm"] for a in arms if a["failed"]]
-    not_finished = _not_finished(sweep, select)
+    not_finished = unfinished_cells(sweep, select)
     if not_finished:
         result["not_finished_cells"] = not_finished
         result["rerun_command"] = rerun_command(sweep)
@@ -352,7 +352,7 @@ def decide(sweep: Sweep, select, scope: str | None, arms: list[dict], *, explora
     return result
 
 
-def _not_finished(sweep: Sweep, select) -> list[dict]:
+def unfinished_cells(sweep: Sweep, select) -> list[dict]:
     """Planned cells that did not finish, each with what happened to it: failed (error and step), still running,
     never started. Corrupt cells are reported by the evidence; with failed_cells=worst failed ones are scored."""
     states = UNFINISHED + (() if select.failed_cells == "worst" else ("failed",))

@@ -244,8 +244,7 @@ def take_look(sweep_dir: Path, record: dict, plan: dict, select, log: Callable[[
         seeds, x = ev["values"].get(label, ([], None))
         keep = [i for i, s in enumerate(seeds) if first <= s < first + n]
         if label in ev["missing"] or len(keep) < n:
-            log(f"race round {plan['round']} incomplete: {label} lacks finished, readable seeds among "
-                f"{first}..{first + n - 1}; no look was taken (finished cells are kept: run the same command again)")
+            _log_incomplete(sweep, select, plan["round"], label, f"{first}..{first + n - 1}", ev["missing"], log)
             return None
         values[label] = ([seeds[i] for i in keep], x[keep])
     slices = ev["slices"]
@@ -297,6 +296,20 @@ def take_look(sweep_dir: Path, record: dict, plan: dict, select, log: Callable[[
         log(f"race ended at round {len(rounds)} ({n} seeds per live arm): {look['stop']}"
             + (f", winner {select.factor} = {look['winner']}" if look["winner"] is not None else ""))
     return look
+
+
+def _log_incomplete(sweep, select, round_number: int, label: str, seeds: str, missing: dict, log) -> None:
+    """Why a round's look cannot be taken: the arm's cells that failed, did not finish or cannot be read."""
+    from ablate.collect.decide import unfinished_cells
+
+    failed = [row for row in unfinished_cells(sweep, select) if row["arm"] == label]
+    why = [row["what"] for row in failed] + missing.get(label, [])
+    log(f"race round {round_number} incomplete: {label} lacks finished, readable seeds among {seeds}"
+        + (f" ({'; '.join(why)})" if why else "") + "; no look was taken (finished cells are kept: run the same "
+        "command again to retry the others)")
+    if any(row["state"] == "failed" for row in failed):
+        log("  a run that fails again stops this race here, under select.failed_cells=undetermined; a race started "
+            "with select.failed_cells=worst counts a failed run as its arm's worst outcome and goes on")
 
 
 def _tuning_look(values: dict, strata, weights, group_of: dict[str, str], select, history: list[dict],

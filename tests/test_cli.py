@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import resource
+import shutil
 import socket
 import subprocess
 import sys
@@ -243,3 +244,17 @@ def test_mission_command_names_dpo_over_simpo_on_verbose_rejected(repo_root, tmp
     # A loose bound that catches a gross slowdown only: the suite's other xdist worker shares the 2 cores, and torch's
     # threads then spin for CPU (measured quiet: 73 s wall, 133 s CPU; beside the other worker in CI: 332 s CPU)
     assert cpu <= 600, f"{cpu:.0f} s of CPU (README: about 75 s on 2 cores, 133 s of CPU, measured quiet)"
+
+    # The same grid raced (README "Racing"): its round 1 is these 12 cells, seeds 0..2, so a race over a copy of the
+    # finished cells (not of the decision ledger: a race in a sweep already tested is refused) trains nothing and takes
+    # its first look on the very runs above: a decisive winner DPO at round 1, in fewer cells than the fixed 2x2x6.
+    race_dir = tmp_path / "race"
+    race_dir.mkdir()
+    shutil.copytree(sweep_dir / "cells", race_dir / "cells")
+    shutil.copy(sweep_dir / "sweep.json", race_dir / "sweep.json")
+    proc = ablate(repo_root, "-m", *GRID, "hydra.sweeper.race=true", f"hydra.sweep.dir={race_dir}")
+    assert proc.returncode == 0, output(proc)
+    rounds = read_json(race_dir / "race.json")["rounds"]
+    assert [(r["stop"], r["winner"]) for r in rounds] == [("winner", "dpo")], rounds
+    assert sum(len(r["new_cells"]) for r in rounds) == 12 < 24
+    assert "Race: decisive winner objective = dpo at round 1" in proc.stdout

@@ -468,21 +468,28 @@ def test_a_race_compares_the_best_arm_with_its_rivals_only():
     assert look["stop"] == "winner" and look["winner"] == "x"
 
 
+def _three_seeds_each() -> list:
+    """Finished cells of DPO and SimPO, seeds 0..2, on 40 held-out pairs (DPO right on 30-32 of them, SimPO 20-22)."""
+    from sweep_fixtures import Cell, counts_table
+
+    right = {"dpo": 30, "simpo": 20}
+    return [Cell([f"objective={o}", f"seed={s}"], counts_table({"clean": right[o] + s}, {"clean": 40}))
+            for o in ("dpo", "simpo") for s in range(3)]
+
+
 def test_a_race_is_refused_in_a_sweep_the_collector_has_already_tested(repo_root, tmp_path):
     """A fixed sweep collected once (its ledger holds a look that spent alpha), then a race started in the same
     directory: the race would test the same runs from a fresh alpha, a second chance for a false winner. Refused
     before anything runs; a sweep whose collections were all exploratory (a tuning sweep's) may be raced."""
     import json
 
-    from sweep_fixtures import Cell, counts_table, write_sweep
+    from sweep_fixtures import write_sweep
 
     from ablate.collect import collect
     from ablate.config import select_config
     from ablate.sweep.race import RaceError, open_race, settings_of
 
-    sizes = {"clean": 40}
-    cells = [Cell([f"objective={o}", f"seed={s}"], counts_table({"clean": (30 if o == "dpo" else 20) + s}, sizes))
-             for o in ("dpo", "simpo") for s in range(3)]
+    cells = _three_seeds_each()
     sweep_dir = write_sweep(tmp_path / "fixed", cells)
     collect(sweep_dir, select_config([]), plots=False)
     arms = [["objective=dpo"], ["objective=simpo"]]
@@ -511,14 +518,12 @@ def test_a_round_with_a_failed_run_names_it_and_goes_on_only_when_failures_count
     from types import SimpleNamespace
 
     from omegaconf import OmegaConf
-    from sweep_fixtures import Cell, counts_table, write_sweep
+    from sweep_fixtures import Cell, write_sweep
 
     from ablate.config import select_config
     from ablate.sweep.race import next_round, settings_of, take_look
 
-    sizes = {"clean": 40}
-    cells = [Cell([f"objective={o}", f"seed={s}"], counts_table({"clean": (30 if o == "dpo" else 20) + s}, sizes))
-             for o in ("dpo", "simpo") for s in range(3)]
+    cells = _three_seeds_each()
     cells[-1] = Cell(["objective=simpo", "seed=2"], state="failed", error="NonFiniteLoss: step 88: loss is nan")
     sweep_dir = write_sweep(tmp_path / "race", cells)
     select = SimpleNamespace(**OmegaConf.to_container(select_config([f"failed_cells={failed_cells}"]), resolve=True))

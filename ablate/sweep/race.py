@@ -409,29 +409,27 @@ def race_round_job(sweep_dir: str | Path, log: Callable[[str], None] = print) ->
 
     sweep_dir = Path(sweep_dir)
     record = read_record(sweep_dir)
+    ended_before = ended(record)
     plan = record.get("pending")
     select = SimpleNamespace(**record["select"])
     if plan is not None:
         look = take_look(sweep_dir, record, plan, select, log)
         if look is None:
             record["incomplete"] = True
-    summary = collect(sweep_dir, select_config(base=OmegaConf.create(record["select"])))
-    log(describe(summary))
+    # the next round, or the stop when the budget cannot pay for it, is settled before the report, so the report
+    # (collected once) shows how the race stands
+    upcoming = None if record.get("incomplete") or ended(record) else next_round(sweep_dir, record)
+    rule = select_config(base=OmegaConf.create(record["select"]))
+    log(describe(collect(sweep_dir, rule)))
     if record.get("incomplete"):
         return record
-    if ended(record):
-        if plan is not None:  # it ended at this look (a job that finds it ended before submits nothing more)
+    if upcoming is None:  # the race has ended: at this look, at the budget, or before this job
+        if not ended_before:
             _confirm_tuning_race(sweep_dir, record, log)
         return record
-    plan = next_round(sweep_dir, record)
-    if plan is None:  # the budget cannot pay another round: the race ends here, and the report says so
-        log(describe(collect(sweep_dir, select_config(base=OmegaConf.create(record["select"])))))
-        _confirm_tuning_race(sweep_dir, record, log)
-        return record
-    log(f"race round {plan['round']}: {len(plan['live'])} live arm(s) x seeds {plan['seeds']} "
-        f"({len(plan['new'])} new cells), submitted")
-    submit_round(sweep_dir, record, plan, OmegaConf.create(layout.read_sweep(sweep_dir).slurm),
-                 select_config(base=OmegaConf.create(record["select"])))
+    log(f"race round {upcoming['round']}: {len(upcoming['live'])} live arm(s) x seeds {upcoming['seeds']} "
+        f"({len(upcoming['new'])} new cells), submitted")
+    submit_round(sweep_dir, record, upcoming, OmegaConf.create(layout.read_sweep(sweep_dir).slurm), rule)
     return record
 
 

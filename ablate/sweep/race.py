@@ -35,11 +35,11 @@ class RaceError(ValueError):
 
 @dataclass
 class RaceSettings:
-    max_seeds: int = 8  # seeds per arm at most; also the horizon over which alpha is spent
+    max_seeds: int = 12  # seeds per arm at most; also the horizon over which alpha is spent
     round_seeds: int = 1  # seeds added per live arm per round
     max_cells: int | None = None  # cells in all (every round, every arm) at most
     futility_power: float = 0.3  # stop when a live rival cannot be resolved within max_seeds this often; 0: never
-    spending: str | float = "pocock"  # how alpha is spent over the rounds: "pocock", or rho of alpha * t^rho
+    spending: str | float = 3.0  # how alpha is spent over the rounds: rho of alpha * t^rho, or "pocock"
     max_gpu_hours: float | None = None  # device-hours in all (GPUs held x hours; a CPU cell counts one device)
     first_seed: int = 0  # the race's seed ids start here (a confirmation race: past the tuning sweep's seeds)
 
@@ -120,11 +120,16 @@ def open_race(sweep_dir: Path, arms: list[list[str]], settings: RaceSettings, se
         _refuse_a_decided_sweep(Path(sweep_dir))
         record = {"format": 1, "settings": asdict(settings), "select": _plain(select), "arms": arms, "rounds": [],
                   **({"tuning": {"groups": groups}} if groups else {})}
-    elif (record.get("arms") != arms or asdict(RaceSettings(**record.get("settings", {}))) != asdict(settings)
-          or tuning_groups(record) != groups):
-        raise RaceError(f"{Path(sweep_dir) / RACE_JSON}: this race ran another grid or other race settings "
-                        f"({record.get('arms')} with {record.get('settings')}); run it with its own command, or "
-                        f"start a new race in another hydra.sweep.dir")
+    elif record.get("arms") != arms or tuning_groups(record) != groups:
+        raise RaceError(f"{Path(sweep_dir) / RACE_JSON}: this race ran another grid ({record.get('arms')}); run it "
+                        f"with its own command, or start a new race in another hydra.sweep.dir")
+    elif asdict(then := RaceSettings(**record.get("settings", {}))) != asdict(settings):
+        # e.g. a race begun under the former defaults (max_seeds 8, Pocock): say how to continue it
+        own = ",".join(f"{key}:{'null' if value is None else value}" for key, value in asdict(then).items()
+                       if value != getattr(settings, key))
+        raise RaceError(f"{Path(sweep_dir) / RACE_JSON}: this race runs with other race settings "
+                        f"({record.get('settings')}); continue it with 'hydra.sweeper.race={{{own}}}', or start a "
+                        f"new race in another hydra.sweep.dir")
     else:  # its looks so far were taken under the recorded rule: the rest must be too (alpha is spent on it)
         now, then = _plain(select), record.get("select") or {}
         changed = sorted(k for k in set(now) | set(then) if now.get(k) != then.get(k))

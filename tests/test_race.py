@@ -23,7 +23,7 @@ from ablate.collect.race import race_look
 from ablate.sweep.race import RaceSettings
 
 SIMS = 400
-# the race settings the README's table measures: the defaults, and a larger max_seeds with alpha kept for late rounds
+# the race settings the README's table measures: the defaults, and the former ones (stop earliest, find less)
 PRESETS = {"defaults (max_seeds 12, spending 3)": {}, "max_seeds 8, spending pocock": {"max_seeds": 8, "rho": None}}
 DEFAULT = RaceSettings()
 POINTS = {0: 0.0, 2: 0.15, 4: 0.3, 8: 0.6}  # accuracy points -> logit shift of arm a0 (about)
@@ -528,7 +528,7 @@ def test_a_race_begun_under_other_settings_is_refused_with_the_override_that_con
     with pytest.raises(RaceError, match=r"continue it with 'hydra.sweeper.race=\{max_seeds:8,spending:pocock\}'"):
         open_race(tmp_path, arms, settings_of(True), rule())
     assert open_race(tmp_path, arms, settings_of({"max_seeds": 8, "spending": "pocock"}), rule())["rounds"] == []
-    with pytest.raises(RaceError, match=r"hydra.sweeper.race=\{max_cells:null\}"):  # a budget added mid-race
+    with pytest.raises(RaceError, match=r"hydra.sweeper.race=\{max_seeds:8,spending:pocock\}"):  # a budget added
         open_race(tmp_path, arms, settings_of({"max_seeds": 8, "spending": "pocock", "max_cells": 40}), rule())
     with pytest.raises(RaceError, match="this race ran another grid"):
         open_race(tmp_path, [["objective=dpo"], ["objective=ipo"]], former, rule())

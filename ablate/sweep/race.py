@@ -123,9 +123,10 @@ def open_race(sweep_dir: Path, arms: list[list[str]], settings: RaceSettings, se
     elif record.get("arms") != arms or tuning_groups(record) != groups:
         raise RaceError(f"{Path(sweep_dir) / RACE_JSON}: this race ran another grid ({record.get('arms')}); run it "
                         f"with its own command, or start a new race in another hydra.sweep.dir")
-    elif asdict(then := RaceSettings(**record.get("settings", {}))) != asdict(settings):
+    elif asdict(recorded := RaceSettings(**record.get("settings", {}))) != asdict(settings):
         # e.g. a race begun under the former defaults (max_seeds 8, Pocock): the override that continues it
-        own = ",".join(f"{key}:{value}" for key, value in asdict(then).items() if value != getattr(RaceSettings, key))
+        own = ",".join(f"{key}:{value}" for key, value in asdict(recorded).items()
+                       if value != getattr(RaceSettings, key))
         raise RaceError(f"{Path(sweep_dir) / RACE_JSON}: this race runs with other race settings "
                         f"({record.get('settings')}); continue it with 'hydra.sweeper.race={{{own}}}', or start a "
                         f"new race in another hydra.sweep.dir")

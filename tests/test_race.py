@@ -301,6 +301,11 @@ def test_a_tiny_race_runs_in_rounds_resumes_from_its_record_and_refuses_another_
     assert summary["decisive"] == (rounds[-1]["stop"] == "winner")
     assert summary["decision"]["exploratory"].startswith("a race")
     assert "## Race: rounds of seeds" in (sweep_dir / "report" / "report.md").read_text()
+    assert (sweep_dir / "report" / "plots" / "race.png").is_file()
+    # collected once per round, after its look: each report states the look it was written after
+    reported = [line.split(";")[0] for line in proc.stdout.splitlines() if line.startswith("Race: ")]
+    assert reported[:-1] == [f"Race: round {r['round']} done, {len(r['live'])} arm(s) live" for r in rounds[:-1]]
+    assert len(reported) == len(rounds) and reported[-1].startswith("Race: ") and "round" in reported[-1], reported
     cells = len(json.loads((sweep_dir / "sweep.json").read_text())["cells"])
     assert cells == sum(len(r["new_cells"]) for r in rounds)
 
@@ -450,6 +455,40 @@ def test_a_torn_race_record_is_reported_and_claims_nothing(tmp_path):
     assert summary["decisive"] is False and summary["winner"] is None
     assert "race.json: unreadable" in summary["decision"]["explanation"]
     assert "race.json: unreadable" in describe(summary)
+
+
+def test_the_report_draws_the_race_and_removes_the_drawing_when_the_record_is_torn(tmp_path):
+    """report/plots/race.png is drawn from race.json's rounds (each arm's mean per look, the drops, cells spent) and
+    shown in the race section; a record that can no longer be read leaves no stale drawing behind."""
+    import json
+
+    from sweep_fixtures import GOLDEN_SIZES, Cell, counts_table, write_sweep
+
+    from ablate.collect import collect
+    from ablate.config import select_config
+
+    arms = ["objective=dpo", "objective=simpo", "objective=ipo"]
+    cells = [Cell([arm, f"seed={s}"], pairs=counts_table({"clean": 45 - 5 * i + s, "verbose_rejected": 30},
+                                                         GOLDEN_SIZES))
+             for i, arm in enumerate(arms) for s in range(4)]
+    sweep_dir = write_sweep(tmp_path / "race", cells)
+    why = {"look": 1, "seeds": 3, "by": arms[0], "difference": 0.2, "ci_low": 0.05, "ci_high": 0.35, "level": 0.002}
+    common = {"factor_of": {a: a.split("=")[1] for a in arms}, "gpu_hours": 0.01, "z": 3.0, "best": arms[0]}
+    rounds = [{"round": 1, "n": 3, "ran": arms, "live": arms[:2], "new_cells": [f"c{i}" for i in range(9)],
+               "level": 0.002, "spent": 0.002, "point": {arms[0]: 0.8, arms[1]: 0.7, arms[2]: 0.6},
+               "drops": {arms[2]: why}, "stop": None, "winner": None, "fixed_seeds": 6, **common},
+              {"round": 2, "n": 4, "ran": arms[:2], "live": arms[:2], "new_cells": ["c9", "c10"], "level": 0.004,
+               "spent": 0.006, "point": {arms[0]: 0.81, arms[1]: 0.69}, "drops": {arms[1]: why | {"look": 2}},
+               "stop": "winner", "winner": "dpo", **common}]
+    record = {"format": 1, "arms": [[a] for a in arms], "settings": {"max_seeds": 12}, "rounds": rounds}
+    (sweep_dir / "race.json").write_text(json.dumps(record))
+    collect(sweep_dir, select_config([]))
+    plot = sweep_dir / "report" / "plots" / "race.png"
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "(plots/race.png)" in (sweep_dir / "report" / "report.md").read_text()
+    (sweep_dir / "race.json").write_text('{"format": 1, "rounds": [')
+    collect(sweep_dir, select_config([]))
+    assert not (sweep_dir / "report" / "plots" / "race.png").exists()
 
 
 def test_a_race_compares_the_best_arm_with_its_rivals_only():

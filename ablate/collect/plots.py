@@ -334,12 +334,68 @@ def slices_plot(sweep: Sweep, summary: dict, plots_dir: Path) -> Path | None:
     return _save(fig, plots_dir / "slices.png")
 
 
+def race_plot(sweep: Sweep, summary: dict, plots_dir: Path) -> Path | None:
+    """A race's rounds (race.json): each arm's held-out mean at every look it ran, where it was dropped, and the
+    cells spent round by round against the fixed designs the report compares it with."""
+    race = summary.get("race") or {}
+    rounds = [r for r in race.get("rounds") or [] if r.get("point")]
+    if not rounds:
+        return None
+    metric = summary["select"]["metric"]
+    factor_of = rounds[-1].get("factor_of") or {}
+    last = {arm: value for r in rounds for arm, value in r["point"].items()}  # each arm's mean at its last look
+    arms = sorted(last, key=last.get, reverse=True)[:MAX_ARMS]
+    labels = short_labels(arms)
+    dropped = {arm: r for r in rounds for arm in r.get("drops", {})}
+    colors = colormaps["tab10"]
+
+    fig = Figure(figsize=(11, 4.2), layout="constrained")
+    means, cells = fig.subplots(1, 2, width_ratios=[3, 2])
+    for i, arm in enumerate(arms):
+        looks = [r for r in rounds if arm in r["point"]]
+        winner = race.get("winner") is not None and factor_of.get(arm, arm) == race.get("winner")
+        color = colors(i % 10)
+        means.plot([r["n"] for r in looks], [r["point"][arm] for r in looks], marker="o", color=color,
+                   lw=2.6 if winner else 1.4, label=labels[arm] + (" (winner)" if winner else ""))
+        if arm in dropped:
+            r = dropped[arm]
+            means.scatter([r["n"]], [r["point"][arm]], marker="X", s=110, color=color, edgecolor="black", zorder=4)
+    means.set_xlabel("seeds per live arm (one look per round)")
+    means.set_ylabel(metric_label(metric))
+    means.set_xticks(sorted({r["n"] for r in rounds}))
+    means.grid(alpha=0.3)
+    handles, _ = means.get_legend_handles_labels()
+    if dropped:
+        handles.append(Line2D([], [], marker="X", color="white", markeredgecolor="black", markerfacecolor="gray",
+                              markersize=9, label="dropped at this look"))
+    means.legend(handles=handles, fontsize=8, frameon=False, loc="best")
+    stop = rounds[-1].get("stop")
+    ended = (f"winner {race['winner']}" if stop == "winner" else stop) if stop else "in progress"
+    means.set_title(f"Held-out mean of each arm at each look ({ended} after round {rounds[-1]['round']})",
+                    fontsize=10)
+
+    spent = np.cumsum([len(r.get("new_cells", [])) for r in rounds])
+    cells.plot([r["round"] for r in rounds], spent, color=BEST, lw=2, marker="o", label="race: cells spent so far")
+    for value, label, style in ((race.get("fixed_cells"), "every seed up to max_seeds", "--"),
+                                (race.get("same_power_cells"), "fixed design planned at round 1's differences", ":")):
+        if value:
+            cells.axhline(value, color=OTHER, ls=style, lw=1.4, label=f"{label}: {value}")
+    cells.set_xlabel("round")
+    cells.set_ylabel("cells (runs) in all")
+    cells.set_xticks([r["round"] for r in rounds])
+    cells.set_ylim(bottom=0)
+    cells.grid(alpha=0.3)
+    cells.legend(fontsize=8, frameon=False, loc="lower right")
+    cells.set_title("Compute spent", fontsize=10)
+    return _save(fig, plots_dir / "race.png")
+
+
 def all_plots(sweep: Sweep, summary: dict, plots_dir: Path) -> dict[str, Path]:
     """{name: path} of every figure this sweep has data for; a figure it no longer has is removed."""
     plots_dir = Path(plots_dir)
     drawn = {name: draw(sweep, summary, plots_dir) for name, draw in
              (("decision", decision_plot), ("slices", slices_plot), ("heatmap", heatmap_plot),
-              ("curves", curves_plot))}
+              ("curves", curves_plot), ("race", race_plot))}
     for name, path in drawn.items():
         if path is None:  # e.g. collected again with another select.slice: no stale image left to mislead
             (plots_dir / f"{name}.png").unlink(missing_ok=True)

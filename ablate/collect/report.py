@@ -29,6 +29,8 @@ PLOT_CAPTIONS = {
     "slices": "Decision metric per held-out slice: one bar per arm, {level} CI (seeds and held-out pairs).",
     "heatmap": "Decision metric by objective and LoRA rank, mean over seeds.",
     "curves": "Training rewards/margins vs held-out margin and decision metric over training, per arm.",
+    "race": "The race's rounds: each arm's held-out mean at every look it ran (a cross where it was dropped), and "
+            "the cells spent round by round against the fixed designs.",
 }
 CSS = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222;
 line-height:1.45}table{border-collapse:collapse;margin:.6em 0 1.2em;font-size:.9em}

@@ -348,18 +348,18 @@ def _tuning_look(values: dict, strata, weights, group_of: dict[str, str], select
 
 def run_race(sweep_dir: Path, arms: list[list[str]], settings: RaceSettings, select,
              launch: Callable[[list[list[str]]], None], log: Callable[[str], None] = print,
-             groups: dict[str, str] | None = None) -> dict:
-    """Run (or continue) a race in this process; `launch(jobs)` trains the given cells and returns when they ended."""
+             groups: dict[str, str] | None = None, report: Callable[[], None] = lambda: None) -> dict:
+    """Run (or continue) a race in this process; `launch(jobs)` trains the given cells and returns when they ended;
+    `report()` collects after each look the race goes on from (the caller collects once at the end: the stop, a
+    failed round, or a race that had ended before)."""
     sweep_dir = Path(sweep_dir)
     record = open_race(sweep_dir, arms, settings, select, groups)
     if ended(record):
         log(f"race already ended at round {len(record['rounds'])}: "
             f"{record['rounds'][-1]['stop'] if record['rounds'] else record['stop']}")
         return record
-    while True:
-        plan = next_round(sweep_dir, record)
-        if plan is None:
-            return record
+    plan = next_round(sweep_dir, record)
+    while plan is not None:
         log(f"race round {plan['round']}: {len(plan['live'])} live arm(s) x seeds {plan['seeds']} "
             f"({len(plan['new'])} new cells)")
         launch(plan["jobs"])
@@ -367,8 +367,11 @@ def run_race(sweep_dir: Path, arms: list[list[str]], settings: RaceSettings, sel
         if look is None:
             record["incomplete"] = True
             return record
-        if look["stop"]:
-            return record
+        # the next round, or the stop when the budget cannot pay for it, is settled before the report (as on SLURM)
+        plan = None if look["stop"] else next_round(sweep_dir, record)
+        if plan is not None:
+            report()
+    return record
 
 
 # ----------------------------------------------------------------------------------------------- on SLURM

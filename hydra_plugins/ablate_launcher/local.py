@@ -38,6 +38,9 @@ class AblateLocalLauncher(LauncherSetup, Launcher):
     def __init__(self, workers: int = 1) -> None:
         super().__init__()
         self.workers = workers
+        # a race (the sweeper's _race) collects after each round's look instead: a collection before the look would
+        # report the new cells under the previous round's decision
+        self.collect_at_end = True
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
         from ablate.sweep.plan import cell_table, start_sweep
@@ -51,7 +54,8 @@ class AblateLocalLauncher(LauncherSetup, Launcher):
             returns = self._run_in_process(sweep_dir, cells)
         table = cell_table(sweep_dir, cells)
         print(f"\nablate sweep {sweep_dir} ({len(cells)} cells)\n{table.to_string(index=False)}\n", flush=True)
-        self._collect(sweep_dir)
+        if self.collect_at_end:
+            self._collect(sweep_dir)
         return returns
 
     def _run_in_process(self, sweep_dir: Path, cells) -> list[JobReturn]:

@@ -156,12 +156,20 @@ class AblateSweeper(hydra_api.basic_sweeper_class()):
                 self.launcher.launch(jobs, initial_job_idx=counter["idx"])
                 counter["idx"] += len(jobs)
 
-            record = run_race(sweep_dir, arms, settings, select, launch, log=lambda line: print(line, flush=True),
-                              groups=groups)
             from ablate.collect import collect, describe
 
-            # the launcher collected before the round's look: once more, so the report shows the race's decision
-            print(describe(collect(sweep_dir, select_config(base=self.config.select))), flush=True)
+            def report():  # after the round's look, so the report shows the race's decision on the cells it has
+                try:
+                    print(describe(collect(sweep_dir, select_config(base=self.config.select))), flush=True)
+                except Exception as error:  # race.json holds every look: a collector error loses nothing
+                    print(f"collector failed ({type(error).__name__}: {error}); the cells and race.json are intact, "
+                          f"retry with: ablate collect {sweep_dir}", file=sys.stderr, flush=True)
+
+            if hasattr(self.launcher, "collect_at_end"):
+                self.launcher.collect_at_end = False
+            record = run_race(sweep_dir, arms, settings, select, launch, log=lambda line: print(line, flush=True),
+                              groups=groups, report=report)
+            report()
             if record.get("incomplete"):  # a cell of the round failed: no look; the same command carries on
                 raise SystemExit(1)
             if groups and self.confirm:  # a tuning race with hydra.sweeper.confirm: the selection's confirmation next

@@ -361,7 +361,8 @@ def race_plot(sweep: Sweep, summary: dict, plots_dir: Path) -> Path | None:
             r = dropped[arm]
             means.scatter([r["n"]], [r["point"][arm]], marker="X", s=110, color=color, edgecolor="black", zorder=4)
     means.set_xlabel("seeds per live arm (one look per round)")
-    means.set_ylabel(metric_label(metric))
+    pairs = "validation" if race.get("tuning") else "held-out"  # a tuning race looks on the validation pairs
+    means.set_ylabel(metric_label(metric).replace("held-out", pairs, 1))
     means.set_xticks(sorted({r["n"] for r in rounds}))
     means.grid(alpha=0.3)
     handles, _ = means.get_legend_handles_labels()
@@ -371,7 +372,7 @@ def race_plot(sweep: Sweep, summary: dict, plots_dir: Path) -> Path | None:
     means.legend(handles=handles, fontsize=8, frameon=False, loc="best")
     stop = rounds[-1].get("stop")
     ended = (f"winner {race['winner']}" if stop == "winner" else stop) if stop else "in progress"
-    means.set_title(f"Held-out mean of each arm at each look ({ended} after round {rounds[-1]['round']})",
+    means.set_title(f"{pairs.capitalize()} mean of each arm at each look ({ended} after round {rounds[-1]['round']})",
                     fontsize=10)
 
     spent = np.cumsum([len(r.get("new_cells", [])) for r in rounds])

@@ -110,17 +110,22 @@ class AblateLocalLauncher(LauncherSetup, Launcher):
         return returns
 
     def _collect(self, sweep_dir: Path) -> None:
-        """Run the collector with the sweep's own decision rule; a collector error never loses the cells."""
-        from ablate.collect import collect, describe
-        from ablate.config import select_config
+        collect_and_describe(sweep_dir, self.config.select)
 
-        try:
-            summary = collect(sweep_dir, select_config(base=self.config.select))
-        except Exception as error:
-            log.error(f"collector failed ({type(error).__name__}: {error}); the cells are intact, "
-                      f"retry with: ablate collect {sweep_dir}")
-            return
-        print(describe(summary), flush=True)
+
+def collect_and_describe(sweep_dir: Path, select) -> None:
+    """Run the collector with the sweep's own decision rule (`select`: the config's) and print the decision; a
+    collector error never loses the cells (a race's looks are in race.json): it is logged with the retry command."""
+    from ablate.collect import collect, describe
+    from ablate.config import select_config
+
+    try:
+        summary = collect(sweep_dir, select_config(base=select))
+    except Exception as error:
+        log.error(f"collector failed ({type(error).__name__}: {error}); the cells are intact, "
+                  f"retry with: ablate collect {sweep_dir}")
+        return
+    print(describe(summary), flush=True)
 
 
 def _visible_gpus() -> list[str]:

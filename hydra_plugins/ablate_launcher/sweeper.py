@@ -156,14 +156,10 @@ class AblateSweeper(hydra_api.basic_sweeper_class()):
                 self.launcher.launch(jobs, initial_job_idx=counter["idx"])
                 counter["idx"] += len(jobs)
 
-            from ablate.collect import collect, describe
+            from hydra_plugins.ablate_launcher.local import collect_and_describe
 
             def report():  # after the round's look, so the report shows the race's decision on the cells it has
-                try:
-                    print(describe(collect(sweep_dir, select_config(base=self.config.select))), flush=True)
-                except Exception as error:  # race.json holds every look: a collector error loses nothing
-                    print(f"collector failed ({type(error).__name__}: {error}); the cells and race.json are intact, "
-                          f"retry with: ablate collect {sweep_dir}", file=sys.stderr, flush=True)
+                collect_and_describe(sweep_dir, self.config.select)
 
             if hasattr(self.launcher, "collect_at_end"):
                 self.launcher.collect_at_end = False

@@ -55,7 +55,7 @@ class AblateLocalLauncher(LauncherSetup, Launcher):
         table = cell_table(sweep_dir, cells)
         print(f"\nablate sweep {sweep_dir} ({len(cells)} cells)\n{table.to_string(index=False)}\n", flush=True)
         if self.collect_at_end:
-            self._collect(sweep_dir)
+            collect_and_describe(sweep_dir, self.config.select)
         return returns
 
     def _run_in_process(self, sweep_dir: Path, cells) -> list[JobReturn]:
@@ -108,10 +108,6 @@ class AblateLocalLauncher(LauncherSetup, Launcher):
                                          _return_value=error or future.result(),
                                          working_dir=str(layout.cell_dir(sweep_dir, cell.cell_id))))
         return returns
-
-    def _collect(self, sweep_dir: Path) -> None:
-        collect_and_describe(sweep_dir, self.config.select)
-
 
 def collect_and_describe(sweep_dir: Path, select) -> None:
     """Run the collector with the sweep's own decision rule (`select`: the config's) and print the decision; a

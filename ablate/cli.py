@@ -5,6 +5,7 @@
     ablate cancel   <sweep_dir>                         scancel every queued or running job of the sweep
     ablate collect  <sweep_dir> [key=value ...]         decision, statistics and report (conf/select overrides)
     ablate confirm  <sweep_dir> [key=value ...] [--seeds N] [--race] [--print]   a tuned sweep's settings, fresh seeds
+    ablate race     [key=value ...] [--max-seeds N] [--max-cells N] [--max-gpu-hours H] [--print]   the grid in rounds
     ablate wandb-report <sweep_dir> [--sync] [--new]    publish the W&B Report (after `wandb sync`, or --sync)
 """
 
@@ -151,6 +152,48 @@ def _confirm(args) -> int:
     return subprocess.run([sys.executable, "-m", "ablate", *plan["argv"]], check=False).returncode
 
 
+RACE_FLAGS = ("max_seeds", "round_seeds", "max_cells", "max_gpu_hours", "spending")
+
+
+def race_argv(overrides: list[str], flags: dict) -> list[str]:
+    """`python -m ablate` arguments of the race `ablate race` names: the grid as given, hydra.sweeper.race from the
+    flags (true when none is set). RaceError for settings a race refuses, before anything runs."""
+    from ablate.sweep.race import RaceError, settings_of
+
+    if any(o.lstrip("+~").startswith("hydra.sweeper.race") for o in overrides):
+        raise RaceError("give the race's settings as flags (--max-seeds, ...) or run `python -m ablate -m ... "
+                        "hydra.sweeper.race=...` yourself, not both")
+    chosen = {key: value for key, value in flags.items() if value is not None}
+    settings_of(chosen or True)  # the same checks the sweeper makes, here before Hydra starts
+    race = "{" + ",".join(f"{key}:{value}" for key, value in chosen.items()) + "}" if chosen else "true"
+    return ["-m", *overrides, f"hydra.sweeper.race={race}"]
+
+
+def _spending(value: str) -> str | float:
+    if value == "pocock":
+        return value
+    try:
+        return float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r}: pocock, or a positive rho (alpha * t^rho)") from None
+
+
+def _race(args) -> int:
+    import shlex
+
+    from ablate.sweep.race import RaceError
+
+    try:
+        argv = race_argv(args.overrides, {key: getattr(args, key) for key in RACE_FLAGS})
+    except RaceError as error:
+        print(f"ablate race: {error}", file=sys.stderr)
+        return 2
+    print("python -m ablate " + " ".join(shlex.quote(a) for a in argv), flush=True)
+    if args.print:
+        return 0
+    return subprocess.run([sys.executable, "-m", "ablate", *argv], check=False).returncode
+
+
 def _wandb_report(args) -> int:
     from ablate.review.collector_run import DEFINITION, sync_offline_runs
     from ablate.review.wandb_report import publish_report, read_definition, write_definition
@@ -220,13 +263,31 @@ def main(argv: list[str] | None = None) -> int:
                                                 "data.heldout.path=fresh.jsonl")
     p.set_defaults(func=_confirm)
 
+    p = sub.add_parser("race", help="run a grid in rounds of seeds, arms dropped as they are beaten (the same as "
+                                    "python -m ablate -m <grid> hydra.sweeper.race=...)")
+    p.add_argument("overrides", nargs="*", help="the grid and any other override, e.g. objective=dpo,simpo lora.r=8,16 "
+                                                "hydra/launcher=slurm (no seed=: the race picks its seeds)")
+    p.add_argument("--max-seeds", type=int, help="seeds per arm at most, the horizon alpha is spent over (default 12)")
+    p.add_argument("--round-seeds", type=int, help="seeds added per live arm each round (default 1)")
+    p.add_argument("--max-cells", type=int, help="cells in all, every round and arm (default: no limit)")
+    p.add_argument("--max-gpu-hours", type=float, help="device-hours in all (default: no limit)")
+    p.add_argument("--spending", type=_spending, help="alpha spending: rho of alpha * t^rho (default 3) or pocock")
+    p.add_argument("--print", action="store_true", help="print the command instead of running it")
+    p.set_defaults(func=_race)
+
     p = sub.add_parser("wandb-report", help="publish the sweep's W&B Report from report/wandb_report.json")
     p.add_argument("sweep_dir")
     p.add_argument("--sync", action="store_true", help="first `wandb sync` the sweep's offline runs")
     p.add_argument("--new", action="store_true", help="save a new report instead of updating the one saved before")
     p.set_defaults(func=_wandb_report)
 
-    args = parser.parse_args(argv)
+    # overrides may come after flags too (`ablate race objective=dpo,simpo --max-seeds 10 lora.r=8,16`): argparse
+    # ends a positional list at the first flag, so the rest of the list arrives here
+    args, extra = parser.parse_known_args(argv)
+    if extra and (not hasattr(args, "overrides") or any(a.startswith("-") for a in extra)):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    if extra:
+        args.overrides += extra
     try:
         return args.func(args)
     except FileNotFoundError as error:

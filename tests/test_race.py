@@ -280,6 +280,23 @@ def test_a_race_that_cannot_run_is_refused_before_anything_runs(repo_root, tmp_p
     assert not (sweep_dir / "cells").exists()
 
 
+def test_ablate_race_is_the_sweep_with_hydra_sweeper_race_and_refuses_bad_settings_before_hydra(capsys):
+    from ablate.cli import main, race_argv
+    from ablate.sweep.race import RaceError
+
+    grid = ["objective=dpo,simpo", "lora.r=8,16"]
+    assert race_argv(grid, {}) == ["-m", *grid, "hydra.sweeper.race=true"]
+    assert race_argv(grid, {"max_seeds": 10, "spending": "pocock", "max_cells": None}) == [
+        "-m", *grid, "hydra.sweeper.race={max_seeds:10,spending:pocock}"]
+    with pytest.raises(RaceError, match="as flags .* not both"):
+        race_argv([*grid, "hydra.sweeper.race={max_seeds:6}"], {})
+    assert main(["race", *grid, "--max-gpu-hours", "0", "--print"]) == 2
+    assert "max_gpu_hours = 0.0: a positive number of hours" in capsys.readouterr().err
+    assert main(["race", grid[0], "--round-seeds", "2", grid[1], "--spending", "2", "--print"]) == 0  # intermixed
+    assert capsys.readouterr().out.strip() == ("python -m ablate -m objective=dpo,simpo lora.r=8,16 "
+                                               "'hydra.sweeper.race={round_seeds:2,spending:2.0}'")
+
+
 @pytest.mark.slow
 def test_a_tiny_race_runs_in_rounds_resumes_from_its_record_and_refuses_another_grid(repo_root, tmp_path):
     import json
@@ -317,8 +334,12 @@ def test_a_tiny_race_runs_in_rounds_resumes_from_its_record_and_refuses_another_
     assert f"race ended at round {len(rounds)}: {rounds[-1]['stop']}" in status.stdout, status.stdout + status.stderr
     assert f"cells {cells} of 8 (arms x max_seeds)" in status.stdout
 
-    again = run_ablate(repo_root, *args)  # the same command: the race has ended, nothing trains, no look repeats
-    assert again.returncode == 0 and "race already ended" in again.stdout
+    # the same race through `ablate race`: it has ended, nothing trains, no look repeats
+    again = subprocess.run([sys.executable, "-m", "ablate.cli", "race", "objective=dpo,simpo", "--max-seeds", "4",
+                            f"hydra.sweep.dir={sweep_dir}", *TINY], cwd=repo_root, capture_output=True, text=True,
+                           timeout=300)
+    assert again.returncode == 0 and "race already ended" in again.stdout, again.stdout[-2000:] + again.stderr[-2000:]
+    assert "hydra.sweeper.race={max_seeds:4}" in again.stdout.splitlines()[0]  # the command it ran, printed first
     assert json.loads((sweep_dir / "race.json").read_text())["rounds"] == rounds
     other = run_ablate(repo_root, *[a for a in args if not a.startswith("objective=")], "objective=dpo,ipo")
     assert other.returncode == 2 and "this race ran another grid" in other.stderr

@@ -262,3 +262,6 @@ def test_mission_command_names_dpo_over_simpo_on_verbose_rejected(repo_root, tmp
     assert [r["n"] for r in rounds] == list(range(3, 3 + len(rounds)))
     assert 12 <= sum(len(r["new_cells"]) for r in rounds) < 24
     assert f"Race: decisive winner objective = dpo at round {len(rounds)}" in proc.stdout
+    # the collector's single-look reading of the race's cells describes; it does not contradict the race's decision
+    explanation = read_json(race_dir / "report" / "summary.json")["explanation"]
+    assert "Lead at this look, unadjusted: objective = dpo" in explanation and "not a decisive claim" not in explanation

@@ -52,6 +52,9 @@ PAIR_COLUMN = {
 ACCURACY_METRICS = ("avglogp_accuracy", "logratio_accuracy")
 UNFINISHED = ("pending", "running", "preempted", "missing", "unknown")
 FAILED_CELLS = ("undetermined", "worst")  # select.failed_cells
+# why a race's collection is exploratory (ablate.collect.race): the race's own decision, made at each round's level, is
+# the claim, and the collector's single-look reading of the same cells only describes the last look
+RACE_CLAIMS = "a race: its claim is its own decision, made round by round at each round's level (race.json)"
 
 
 def scope_label(scope: str | None) -> str:
@@ -476,6 +479,10 @@ def _explain(result: dict, select) -> str:
     if result["verdict"] == "decisive":
         lines.append(f"Decisive winner: {result['factor'] or 'arm'} = {result['winner']} (every rival's CI excludes 0 "
                      f"with {select.min_seeds}+ seeds and the gain meets the minimum).")
+    elif result["verdict"] == "exploratory" and result["exploratory"] == RACE_CLAIMS:
+        # not "not a decisive claim": the race's own decision, stated before this, may well be decisive
+        lines.append(f"Lead at this look, unadjusted: {result['factor'] or 'arm'} = {result['lead']} (every "
+                     f"rival's {level} CI excludes 0 at a single look's level; the claim is the race's decision).")
     elif result["verdict"] == "exploratory":
         lines.append(f"Exploratory lead: {result['factor'] or 'arm'} = {result['lead']} (every rival's {level} CI "
                      f"excludes 0, but this is {result['exploratory']}: not a decisive claim).")

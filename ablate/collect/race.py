@@ -33,13 +33,13 @@ from pathlib import Path
 
 import numpy as np
 
-from ablate.collect.decide import versus
+from ablate.collect.decide import RACE_CLAIMS, versus
 from ablate.collect.sequential import at_alpha, boundary, nominal_alpha, spent_by
 from ablate.collect.stats import contrast, equivalent, pair_weights, seeds_to_resolve, t_quantile, z_quantile
 from ablate.sweepdir.layout import RACE_JSON
 
 STOPS = ("winner", "equivalent", "futile", "budget", "selected")  # selected: a tuning race's every space decided
-EXPLORATORY = "a race: its claim is the race's own decision, round by round (race.json)"
+EXPLORATORY = RACE_CLAIMS
 
 
 def race_look(values: dict[str, tuple[list[int], np.ndarray]], strata: np.ndarray, weights: dict,

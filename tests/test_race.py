@@ -331,7 +331,9 @@ def test_a_tiny_race_runs_in_rounds_resumes_from_its_record_and_refuses_another_
 
     status = subprocess.run([sys.executable, "-m", "ablate.cli", "status", str(sweep_dir)], cwd=repo_root,
                             capture_output=True, text=True, timeout=120)
-    assert f"race ended at round {len(rounds)}: {rounds[-1]['stop']}" in status.stdout, status.stdout + status.stderr
+    stop = rounds[-1]["stop"]
+    ended_line = f"decisive winner objective = {rounds[-1]['winner']}" if stop == "winner" else stop
+    assert f"race ended at round {len(rounds)}: {ended_line};" in status.stdout, status.stdout + status.stderr
     assert f"cells {cells} of 8 (arms x max_seeds)" in status.stdout
 
     # the same race through `ablate race`: it has ended, nothing trains, no look repeats

@@ -298,8 +298,8 @@ def take_look(sweep_dir: Path, record: dict, plan: dict, select, log: Callable[[
             log(f"  {group}: settled ({decided['stop']}), " + (f"selected {decided['selected']}" if decided["selected"]
                 else f"the best validation mean of {', '.join(decided['live'])} is selected"))
     if look["stop"]:
-        log(f"race ended at round {len(rounds)} ({n} seeds per live arm): {look['stop']}"
-            + (f", winner {select.factor} = {look['winner']}" if look["winner"] is not None else ""))
+        log(f"race ended at round {len(rounds)} ({n} seeds per live arm): "
+            + (f"decisive winner {select.factor} = {look['winner']}" if look["stop"] == "winner" else look["stop"]))
     return look
 
 
@@ -468,8 +468,10 @@ def status_lines(sweep_dir: str | Path) -> list[str]:
     budget = settings.get("max_cells") or len(record["arms"]) * settings["max_seeds"]
     if ended(record):
         last = rounds[-1] if rounds else {}
-        head = f"race ended at round {len(rounds)}: {last.get('stop') or record.get('stop')}" + (
-            f", winner {last['winner']}" if last.get("winner") is not None else "")
+        factor = (record.get("select") or {}).get("factor", "arm")
+        head = f"race ended at round {len(rounds)}: " + (
+            f"decisive winner {factor} = {last['winner']}" if last.get("stop") == "winner"
+            else f"{last.get('stop') or record.get('stop')}")
     elif record.get("pending"):
         head = f"race round {record['pending']['round']} in flight ({record['pending']['n']} seeds per live arm)"
     else:

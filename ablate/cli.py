@@ -5,7 +5,8 @@
     ablate cancel   <sweep_dir>                         scancel every queued or running job of the sweep
     ablate collect  <sweep_dir> [key=value ...]         decision, statistics and report (conf/select overrides)
     ablate confirm  <sweep_dir> [key=value ...] [--seeds N] [--race] [--print]   a tuned sweep's settings, fresh seeds
-    ablate race     [key=value ...] [--max-seeds N] [--max-cells N] [--max-gpu-hours H] [--print]   the grid in rounds
+    ablate race     [key=value ...] [--max-seeds N] [--round-seeds N] [--max-cells N] [--max-gpu-hours H]
+                    [--spending RHO|pocock] [--futility-power P] [--print]   the grid in rounds of seeds
     ablate wandb-report <sweep_dir> [--sync] [--new]    publish the W&B Report (after `wandb sync`, or --sync)
 """
 
@@ -152,7 +153,7 @@ def _confirm(args) -> int:
     return subprocess.run([sys.executable, "-m", "ablate", *plan["argv"]], check=False).returncode
 
 
-RACE_FLAGS = ("max_seeds", "round_seeds", "max_cells", "max_gpu_hours", "spending")
+RACE_FLAGS = ("max_seeds", "round_seeds", "max_cells", "max_gpu_hours", "spending", "futility_power")
 
 
 def race_argv(overrides: list[str], flags: dict) -> list[str]:
@@ -163,8 +164,10 @@ def race_argv(overrides: list[str], flags: dict) -> list[str]:
     if any(o.lstrip("+~").startswith("hydra.sweeper.race") for o in overrides):
         raise RaceError("give the race's settings as flags (--max-seeds, ...) or run `python -m ablate -m ... "
                         "hydra.sweeper.race=...` yourself, not both")
+    if any(o.lstrip("+~").startswith("seed=") for o in overrides):
+        raise RaceError("seed=: a race chooses its seeds round by round (0, 1, 2, ...); drop seed= from the command")
     chosen = {key: value for key, value in flags.items() if value is not None}
-    settings_of(chosen or True)  # the same checks the sweeper makes, here before Hydra starts
+    settings_of(chosen or True)  # the sweeper's checks of the settings themselves, here before Hydra starts
     race = "{" + ",".join(f"{key}:{value}" for key, value in chosen.items()) + "}" if chosen else "true"
     return ["-m", *overrides, f"hydra.sweeper.race={race}"]
 
@@ -191,7 +194,10 @@ def _race(args) -> int:
     print("python -m ablate " + " ".join(shlex.quote(a) for a in argv), flush=True)
     if args.print:
         return 0
-    return subprocess.run([sys.executable, "-m", "ablate", *argv], check=False).returncode
+    try:
+        return subprocess.run([sys.executable, "-m", "ablate", *argv], check=False).returncode
+    except KeyboardInterrupt:  # the sweep saw it too and said where it stopped; no second traceback
+        return 130
 
 
 def _wandb_report(args) -> int:
@@ -272,6 +278,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-cells", type=int, help="cells in all, every round and arm (default: no limit)")
     p.add_argument("--max-gpu-hours", type=float, help="device-hours in all (default: no limit)")
     p.add_argument("--spending", type=_spending, help="alpha spending: rho of alpha * t^rho (default 3) or pocock")
+    p.add_argument("--futility-power", type=float, help="stop when a live rival could be resolved within max_seeds "
+                                                        "less often than this (default 0.3); 0: no futility stops")
     p.add_argument("--print", action="store_true", help="print the command instead of running it")
     p.set_defaults(func=_race)
 

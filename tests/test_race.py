@@ -332,21 +332,33 @@ def test_a_tiny_race_runs_in_rounds_resumes_from_its_record_and_refuses_another_
     status = subprocess.run([sys.executable, "-m", "ablate.cli", "status", str(sweep_dir)], cwd=repo_root,
                             capture_output=True, text=True, timeout=120)
     stop = rounds[-1]["stop"]
-    ended_line = f"decisive winner objective = {rounds[-1]['winner']}" if stop == "winner" else stop
+    # why it ended, in the same words in the log and in `ablate status`: the winner, or the stop and its reason
+    ended_line = (f"decisive winner objective = {rounds[-1]['winner']}" if stop == "winner"
+                  else f"{stop} ({rounds[-1]['stop_reason']})")
     assert f"race ended at round {len(rounds)}: {ended_line};" in status.stdout, status.stdout + status.stderr
+    assert f"race ended at round {len(rounds)} ({rounds[-1]['n']} seeds per live arm): {ended_line}" in proc.stdout
     assert f"cells {cells} of 8 (arms x max_seeds)" in status.stdout
 
     # the same race through `ablate race`: it has ended, nothing trains, no look repeats
     again = subprocess.run([sys.executable, "-m", "ablate.cli", "race", "objective=dpo,simpo", "--max-seeds", "4",
                             f"hydra.sweep.dir={sweep_dir}", *TINY], cwd=repo_root, capture_output=True, text=True,
                            timeout=300)
-    assert again.returncode == 0 and "race already ended" in again.stdout, again.stdout[-2000:] + again.stderr[-2000:]
+    assert again.returncode == 0 and f"race already ended at round {len(rounds)}: {ended_line}" in again.stdout, \
+        again.stdout[-2000:] + again.stderr[-2000:]
     assert "hydra.sweeper.race={max_seeds:4}" in again.stdout.splitlines()[0]  # the command it ran, printed first
     assert json.loads((sweep_dir / "race.json").read_text())["rounds"] == rounds
     other = run_ablate(repo_root, *[a for a in args if not a.startswith("objective=")], "objective=dpo,ipo")
     assert other.returncode == 2 and "this race ran another grid" in other.stderr
     metric = run_ablate(repo_root, *args, "select.metric=logratio_accuracy")  # its looks spent alpha on avglogp
     assert metric.returncode == 2 and "race.json: this race" in metric.stderr, metric.stderr[-2000:]
+    # collected afterwards under another rule: the verdict stays the race's, and the report says whose rule it was
+    from ablate.collect import collect
+    from ablate.config import select_config
+
+    other_rule = collect(sweep_dir, select_config(["metric=logratio_accuracy"]), plots=False)
+    assert (other_rule["verdict"], other_rule["winner"]) == (summary["verdict"], summary["winner"])
+    assert ("The race decided with select.metric='avglogp_accuracy' (this collection: 'logratio_accuracy'): its "
+            "decision stands under its own rule") in other_rule["explanation"]
 
 
 def test_a_tuning_race_runs_each_space_in_rounds_on_validation_pairs_and_claims_nothing(repo_root, tmp_path):
@@ -451,15 +463,50 @@ def test_a_gpu_hour_budget_stops_the_race_before_a_round_it_cannot_pay(tmp_path,
     assert RaceSettings(**record["settings"]).max_gpu_hours == hours
 
 
+def test_ablate_status_follows_a_local_round_while_its_process_lives(tmp_path):
+    """A local race marks the round in flight with its process (host, pid): `ablate status --watch` follows it
+    between rounds, and once the process is gone (Ctrl-C, kill -9) status says so instead of "in flight"."""
+    import json
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    from ablate.sweep.race import RaceSettings, in_flight, open_race, status_lines
+
+    arms = [["objective=dpo"], ["objective=simpo"]]
+    record = open_race(tmp_path, arms, RaceSettings(), rule())
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    for pid, alive in ((os.getpid(), True), (int(gone.stdout), False)):
+        record["pending"] = {"round": 1, "n": 3, "new": ["objective=dpo seed=0"], "live": [" ".join(a) for a in arms],
+                             "process": {"host": socket.gethostname(), "pid": pid}}
+        (tmp_path / "race.json").write_text(json.dumps(record))
+        head = status_lines(tmp_path)[0]
+        assert in_flight(tmp_path) is alive
+        assert head.startswith("race round 1 in flight (3 seeds per live arm)" if alive else
+                               f"race round 1 interrupted (the process that ran it is gone): run the same command "
+                               f"with hydra.sweep.dir={tmp_path} to continue"), head
+
+
 @pytest.mark.parametrize("race, message", [
     ({"max_gpu_hours": 0}, "max_gpu_hours = 0: a positive number of hours"),
     ({"spending": "obf"}, "spending = 'obf': \"pocock\", or a positive rho"),
     ({"spending": -1}, "spending = -1"),
+    ({"spending": float("nan")}, "spending = nan"),  # would pass `<= 0` and fail after round 1's training
+    ({"max_gpu_hours": "lots"}, "max_gpu_hours = 'lots': a positive number of hours"),  # was a TypeError (exit 1)
+    ({"max_seeds": "twelve"}, "max_seeds = 'twelve': a whole number"),
+    ({"max_seeds": 1}, "max_seeds = 1: at least 2"),
+    ({"round_seeds": 0}, "round_seeds = 0: must be at least 1"),
+    ({"first_seed": -1}, "first_seed = -1: seed ids start at 0"),
+    ({"max_cells": 0}, "max_cells = 0: a positive whole number"),
+    ({"futility_power": 1.5}, "futility_power = 1.5: a probability in [0, 1)"),
 ])
 def test_bad_race_settings_name_the_key(race, message):
+    import re
+
     from ablate.sweep.race import RaceError, settings_of
 
-    with pytest.raises(RaceError, match=message.replace("(", r"\(").replace("*", r"\*")):
+    with pytest.raises(RaceError, match=re.escape(message)):
         settings_of(race)
 
 
@@ -587,13 +634,19 @@ def test_a_race_begun_under_other_settings_is_refused_with_the_override_that_con
     arms = [["objective=dpo"], ["objective=simpo"]]
     former = RaceSettings(max_seeds=8, spending="pocock")
     open_race(tmp_path, arms, former, rule())
-    with pytest.raises(RaceError, match=r"continue it with 'hydra.sweeper.race=\{max_seeds:8,spending:pocock\}'"):
+    with pytest.raises(RaceError, match=r"continue it with 'hydra.sweeper.race=\{max_seeds:8,spending:pocock\}' "
+                                        r"\(ablate race: --max-seeds 8 --spending pocock\)"):
         open_race(tmp_path, arms, settings_of(True), rule())
     assert open_race(tmp_path, arms, settings_of({"max_seeds": 8, "spending": "pocock"}), rule())["rounds"] == []
     with pytest.raises(RaceError, match=r"hydra.sweeper.race=\{max_seeds:8,spending:pocock\}"):  # a budget added
         open_race(tmp_path, arms, settings_of({"max_seeds": 8, "spending": "pocock", "max_cells": 40}), rule())
     with pytest.raises(RaceError, match="this race ran another grid"):
         open_race(tmp_path, [["objective=dpo"], ["objective=ipo"]], former, rule())
+    # a select.* override rides in every arm's overrides: the refusal names the rule, not "another grid"
+    with pytest.raises(RaceError, match=r"this race decides with select.alpha=0.05; the command asks for "
+                                        r"select.alpha=0.1"):
+        open_race(tmp_path, [[*arm, "select.alpha=0.1"] for arm in arms], former, rule(alpha=0.1))
+    assert open_race(tmp_path, [[*arm, "select.alpha=0.05"] for arm in arms], former, rule())["arms"] == arms
     assert json.loads((tmp_path / "race.json").read_text())["settings"]["spending"] == "pocock"
 
 

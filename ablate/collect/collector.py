@@ -26,7 +26,7 @@ from ablate.collect.diagnostics import (
 from ablate.collect.load import Sweep, load_sweep, objectives_ran
 from ablate.collect.plan import add_seeds_command
 from ablate.collect.race import EXPLORATORY as EXPLORATORY_RACE
-from ablate.collect.race import race_line, race_summary
+from ablate.collect.race import race_line, race_summary, rule_changes
 from ablate.collect.sequential import at_alpha, ledger_entry, look_line, plan_look
 from ablate.collect.tuning import EXPLORATORY as EXPLORATORY_TUNING
 from ablate.collect.tuning import read_tuning, test_pairs, tuned_comparison, tuned_line
@@ -120,7 +120,11 @@ def summarise(sweep: Sweep, select: DictConfig) -> dict:
         stop = race.get("stop")  # none when race.json is unreadable: the race claims nothing
         verdict = {"verdict": "decisive" if stop == "winner" else "not decisive" if stop else "undetermined",
                    "winner": race.get("winner"), "decisive": stop == "winner"}
-        headline["explanation"] = f"{race_line(race, select.factor)} {headline['explanation']}"
+        changed = rule_changes(race, vars(select))
+        note = (f" The race decided with {changed}: its decision stands under its own rule; this collection's reading "
+                f"below is exploratory." if changed else "")
+        factor = (race.get("select") or {}).get("factor", select.factor)  # the race's own (none when torn)
+        headline["explanation"] = f"{race_line(race, factor)}{note} {headline['explanation']}"
     return {
         "sweep_dir": str(sweep.sweep_dir),
         "collected_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),

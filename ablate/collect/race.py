@@ -194,7 +194,15 @@ def race_summary(sweep_dir) -> dict | None:
             "fixed_cells": arms * max_seeds if max_seeds else None,
             # the first round's comparisons see every arm: a fixed design over the whole grid would be planned on them
             "same_power_cells": arms * first["fixed_seeds"] if first.get("fixed_seeds") else None,
-            "gpu_hours": last.get("gpu_hours")}
+            "gpu_hours": last.get("gpu_hours"), "select": record.get("select") or {}}
+
+
+def rule_changes(race: dict, select: dict) -> str | None:
+    """How this collection's rule differs from the one the race decided with (None: the same), e.g.
+    "select.metric='avglogp_accuracy' (this collection: 'logratio_accuracy')"."""
+    then = race.get("select") or {}
+    changed = sorted(k for k in then if k in select and select[k] != then[k])
+    return ", ".join(f"select.{k}={then[k]!r} (this collection: {select[k]!r})" for k in changed) or None
 
 
 def dropped_arms(sweep_dir) -> set[str]:
@@ -226,7 +234,8 @@ def race_line(race: dict, factor: str) -> str:
     elif race["stop"] == "winner":
         head = f"Race: decisive winner {factor} = {race['winner']} at round {len(rounds)}"
     elif race["stop"]:
-        head = f"Race: ended at round {len(rounds)} without a winner ({race['stop']})"
+        reason = f": {race['stop_reason']}" if race.get("stop_reason") else ""
+        head = f"Race: ended at round {len(rounds)} without a winner ({race['stop']}{reason})"
     else:
         head = f"Race: round {len(rounds)} done, {len(last['live'])} arm(s) live"
     return (f"{head}; {dropped} arm(s) dropped, {last['n']} seeds per live arm, level {last['level']:.3g}, alpha "

@@ -20,6 +20,9 @@ no terminal needs to stay open. `ablate status` follows the cells; race.json and
 from __future__ import annotations
 
 import itertools
+import math
+import os
+import socket
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -66,13 +69,40 @@ def settings_of(race) -> RaceSettings | None:
         raise RaceError(f"hydra.sweeper.race: unknown key(s) {', '.join(sorted(unknown))} "
                         f"(known: enabled, {', '.join(asdict(RaceSettings()))})")
     settings = RaceSettings(**race)
-    spending = settings.spending
-    if spending != "pocock" and (isinstance(spending, bool) or not isinstance(spending, int | float) or spending <= 0):
-        raise RaceError(f"hydra.sweeper.race.spending = {spending!r}: \"pocock\", or a positive rho (alpha * t^rho; "
-                        f"3 spends little on the first rounds)")
-    if settings.max_gpu_hours is not None and not settings.max_gpu_hours > 0:
-        raise RaceError(f"hydra.sweeper.race.max_gpu_hours = {settings.max_gpu_hours}: a positive number of hours")
+    _check_settings(settings)
     return settings
+
+
+def _number(value, whole: bool = False) -> bool:
+    """A finite number (an int where `whole`); booleans and strings are not."""
+    if isinstance(value, bool) or not isinstance(value, int if whole else int | float):
+        return False
+    return math.isfinite(value)
+
+
+def _check_settings(settings: RaceSettings) -> None:
+    """Types and ranges of every setting, before anything runs (the grid's own limits: plan_arms)."""
+    key = "hydra.sweeper.race."
+    for name in ("max_seeds", "round_seeds", "first_seed"):
+        if not _number(getattr(settings, name), whole=True):
+            raise RaceError(f"{key}{name} = {getattr(settings, name)!r}: a whole number")
+    if settings.max_seeds < 2:
+        raise RaceError(f"{key}max_seeds = {settings.max_seeds}: at least 2 (a seed variance needs two seeds)")
+    if settings.round_seeds < 1:
+        raise RaceError(f"{key}round_seeds = {settings.round_seeds}: must be at least 1")
+    if settings.first_seed < 0:
+        raise RaceError(f"{key}first_seed = {settings.first_seed}: seed ids start at 0 or above")
+    if settings.max_cells is not None and not (_number(settings.max_cells, whole=True) and settings.max_cells > 0):
+        raise RaceError(f"{key}max_cells = {settings.max_cells!r}: a positive whole number of cells, or null")
+    if not (_number(settings.futility_power) and 0 <= settings.futility_power < 1):
+        raise RaceError(f"{key}futility_power = {settings.futility_power!r}: a probability in [0, 1) (0: no futility "
+                        f"stops)")
+    spending = settings.spending
+    if spending != "pocock" and not (_number(spending) and spending > 0):
+        raise RaceError(f"{key}spending = {spending!r}: \"pocock\", or a positive rho (alpha * t^rho; 3 spends "
+                        f"little on the first rounds)")
+    if settings.max_gpu_hours is not None and not (_number(settings.max_gpu_hours) and settings.max_gpu_hours > 0):
+        raise RaceError(f"{key}max_gpu_hours = {settings.max_gpu_hours!r}: a positive number of hours")
 
 
 def plan_arms(swept: dict[str, list[str]], settings: RaceSettings, min_seeds: int,
@@ -88,10 +118,6 @@ def plan_arms(swept: dict[str, list[str]], settings: RaceSettings, min_seeds: in
     if settings.max_seeds < min_seeds:
         raise RaceError(f"hydra.sweeper.race.max_seeds = {settings.max_seeds} is below one round of "
                         f"select.min_seeds = {min_seeds} seeds")
-    if settings.first_seed < 0:
-        raise RaceError(f"hydra.sweeper.race.first_seed = {settings.first_seed}: seed ids start at 0 or above")
-    if settings.round_seeds < 1:
-        raise RaceError(f"hydra.sweeper.race.round_seeds = {settings.round_seeds}: must be at least 1")
     if settings.max_cells is not None and settings.max_cells < len(arms) * min_seeds:
         raise RaceError(f"hydra.sweeper.race.max_cells = {settings.max_cells} is below one round: {len(arms)} arms x "
                         f"{min_seeds} seeds = {len(arms) * min_seeds} cells")
@@ -120,16 +146,19 @@ def open_race(sweep_dir: Path, arms: list[list[str]], settings: RaceSettings, se
         _refuse_a_decided_sweep(Path(sweep_dir))
         record = {"format": 1, "settings": asdict(settings), "select": _plain(select), "arms": arms, "rounds": [],
                   **({"tuning": {"groups": groups}} if groups else {})}
-    elif record.get("arms") != arms or tuning_groups(record) != groups:
+    elif _grid(record.get("arms")) != _grid(arms) or tuning_groups(record) != groups:
         raise RaceError(f"{Path(sweep_dir) / RACE_JSON}: this race ran another grid ({record.get('arms')}); run it "
                         f"with its own command, or start a new race in another hydra.sweep.dir")
     elif asdict(recorded := RaceSettings(**record.get("settings", {}))) != asdict(settings):
         # e.g. a race begun under the former defaults (max_seeds 8, Pocock): the override that continues it
-        own = ",".join(f"{key}:{value}" for key, value in asdict(recorded).items()
-                       if value != getattr(RaceSettings, key))
+        own = {key: value for key, value in asdict(recorded).items() if value != getattr(RaceSettings, key)}
+        override = "hydra.sweeper.race=" + ("{" + ",".join(f"{k}:{v}" for k, v in own.items()) + "}" if own else "true")
+        flags = ("" if "first_seed" in own else  # `ablate race` has a flag for every other setting
+                 " (ablate race: " + (" ".join(f"--{k.replace('_', '-')} {v}" for k, v in own.items()) or "no flags")
+                 + ")")
         raise RaceError(f"{Path(sweep_dir) / RACE_JSON}: this race runs with other race settings "
-                        f"({record.get('settings')}); continue it with 'hydra.sweeper.race={{{own}}}', or start a "
-                        f"new race in another hydra.sweep.dir")
+                        f"({record.get('settings')}); continue it with '{override}'{flags}, or start a new race in "
+                        f"another hydra.sweep.dir")
     else:  # its looks so far were taken under the recorded rule: the rest must be too (alpha is spent on it)
         now, then = _plain(select), record.get("select") or {}
         changed = sorted(k for k in set(now) | set(then) if now.get(k) != then.get(k))
@@ -141,6 +170,25 @@ def open_race(sweep_dir: Path, arms: list[list[str]], settings: RaceSettings, se
     Path(sweep_dir).mkdir(parents=True, exist_ok=True)
     atomic_write_json(Path(sweep_dir) / RACE_JSON, record)  # from the first round on, the collector reports a race
     return record
+
+
+def stop_words(record: dict) -> str:
+    """Why an ended race ended, in the words the log, a rerun and `ablate status` all use."""
+    rounds = record.get("rounds") or []
+    if not rounds:
+        return str(record.get("stop"))
+    last = rounds[-1]
+    if last.get("stop") == "winner":
+        return f"decisive winner {(record.get('select') or {}).get('factor', 'arm')} = {last['winner']}"
+    return f"{last.get('stop')}" + (f" ({last['stop_reason']})" if last.get("stop_reason") else "")
+
+
+def _grid(arms) -> list[list[str]] | None:
+    """The arms without their `select.*` overrides: a command line's rule rides along in every arm's overrides, but it
+    is the race's rule, not its grid (open_race checks it against the recorded rule, and names what changed)."""
+    if not isinstance(arms, list):
+        return None
+    return [[o for o in arm if not o.lstrip("+~").startswith("select.")] for arm in arms]
 
 
 def _refuse_a_decided_sweep(sweep_dir: Path) -> None:
@@ -281,12 +329,21 @@ def take_look(sweep_dir: Path, record: dict, plan: dict, select, log: Callable[[
     else:
         look = race_look(values, strata, weights, factor_of, select, history, dropped, **kw)
     still = look.get("live", set(values)) - set(look["drops"])
+    why = None  # said with the stop (the log, `ablate status`, the report), kept in race.json
+    if look["stop"] == "futile" and look.get("futile_against"):
+        why = (f"{look['best']} vs {look['futile_against']}: the chance to resolve it within max_seeds = "
+               f"{settings.max_seeds} is below futility_power = {settings.futility_power:g}")
+    elif look["stop"] == "equivalent":
+        why = f"every live rival within ±{select.equivalence_margin:g} of {look['best']} (two one-sided tests)"
+    elif look["stop"] == "budget":
+        why = f"max_seeds = {settings.max_seeds} seeds per arm reached"
     rounds.append({"round": plan["round"], "n": n, "live": [a for a in live if labels[a] in still],
                    "ran": live, "new_cells": plan["new"], "z": look["z"], "level": look["level"],
                    "spent": look["spent"], "best": look["best"], "point": look["point"], "drops": look["drops"],
                    "factor_of": factor_of, "stop": look["stop"], "winner": look["winner"],
                    "gpu_hours": round(device_hours(sweep_dir)[0], 4), "fixed_seeds": look["fixed_seeds"],
                    "pairs": int(len(strata)), **({"groups": look["groups"]} if groups else {}),
+                   **({"stop_reason": why} if why else {}),
                    "at": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
     record.pop("pending", None)
     atomic_write_json(Path(sweep_dir) / RACE_JSON, record)  # the look is on disk before anything else happens
@@ -298,8 +355,7 @@ def take_look(sweep_dir: Path, record: dict, plan: dict, select, log: Callable[[
             log(f"  {group}: settled ({decided['stop']}), " + (f"selected {decided['selected']}" if decided["selected"]
                 else f"the best validation mean of {', '.join(decided['live'])} is selected"))
     if look["stop"]:
-        log(f"race ended at round {len(rounds)} ({n} seeds per live arm): "
-            + (f"decisive winner {select.factor} = {look['winner']}" if look["stop"] == "winner" else look["stop"]))
+        log(f"race ended at round {len(rounds)} ({n} seeds per live arm): {stop_words(record)}")
     return look
 
 
@@ -311,10 +367,12 @@ def _log_incomplete(sweep, select, round_number: int, label: str, seeds: str, mi
     why = [row["what"] for row in failed] + missing.get(label, [])
     log(f"race round {round_number} incomplete: {label} lacks finished, readable seeds among {seeds}"
         + (f" ({'; '.join(why)})" if why else "") + "; no look was taken (finished cells are kept: run the same "
-        "command again to retry the others)")
+        f"command again with hydra.sweep.dir={sweep.sweep_dir} to retry the others)")
     if any(row["state"] == "failed" for row in failed):
-        log("  a run that fails again stops this race here, under select.failed_cells=undetermined; a race started "
-            "with select.failed_cells=worst counts a failed run as its arm's worst outcome and goes on")
+        log("  under select.failed_cells=undetermined this race takes no look while a run fails: if it fails again "
+            "for a reason of its own (a learning rate that diverges), this race cannot go on; start a new one in "
+            "another hydra.sweep.dir with select.failed_cells=worst, which counts a failed run as its arm's worst "
+            "outcome")
 
 
 def _tuning_look(values: dict, strata, weights, group_of: dict[str, str], select, history: list[dict],
@@ -355,13 +413,15 @@ def run_race(sweep_dir: Path, arms: list[list[str]], settings: RaceSettings, sel
     sweep_dir = Path(sweep_dir)
     record = open_race(sweep_dir, arms, settings, select, groups)
     if ended(record):
-        log(f"race already ended at round {len(record['rounds'])}: "
-            f"{record['rounds'][-1]['stop'] if record['rounds'] else record['stop']}")
+        log(f"race already ended at round {len(record['rounds'])}: {stop_words(record)}")
         return record
     plan = next_round(sweep_dir, record)
     while plan is not None:
         log(f"race round {plan['round']}: {len(plan['live'])} live arm(s) x seeds {plan['seeds']} "
             f"({len(plan['new'])} new cells)")
+        # the round in flight, with this process as its witness (`ablate status` follows it; take_look clears it)
+        record["pending"] = {**plan, "process": {"host": socket.gethostname(), "pid": os.getpid()}}
+        atomic_write_json(sweep_dir / RACE_JSON, record)
         launch(plan["jobs"])
         look = take_look(sweep_dir, record, plan, select, log)
         if look is None:
@@ -371,6 +431,8 @@ def run_race(sweep_dir: Path, arms: list[list[str]], settings: RaceSettings, sel
         plan = None if look["stop"] else next_round(sweep_dir, record)
         if plan is not None:
             report()
+        elif not look["stop"]:  # the budget cannot pay for the next round
+            log(f"race ended at round {len(record['rounds'])}: {stop_words(record)}")
     return record
 
 
@@ -467,11 +529,10 @@ def status_lines(sweep_dir: str | Path) -> list[str]:
     spent = sum(len(r["new_cells"]) for r in rounds) + len((record.get("pending") or {}).get("new", []))
     budget = settings.get("max_cells") or len(record["arms"]) * settings["max_seeds"]
     if ended(record):
-        last = rounds[-1] if rounds else {}
-        factor = (record.get("select") or {}).get("factor", "arm")
-        head = f"race ended at round {len(rounds)}: " + (
-            f"decisive winner {factor} = {last['winner']}" if last.get("stop") == "winner"
-            else f"{last.get('stop') or record.get('stop')}")
+        head = f"race ended at round {len(rounds)}: {stop_words(record)}"
+    elif record.get("pending") and not _pending_alive(record["pending"]):
+        head = (f"race round {record['pending']['round']} interrupted (the process that ran it is gone): run the "
+                f"same command with hydra.sweep.dir={sweep_dir} to continue")
     elif record.get("pending"):
         head = f"race round {record['pending']['round']} in flight ({record['pending']['n']} seeds per live arm)"
     else:
@@ -502,7 +563,18 @@ def in_flight(sweep_dir: str | Path) -> bool:
         record = read_record(Path(sweep_dir))
     except RaceError:
         return False
-    return record is not None and not ended(record) and bool(record.get("pending"))
+    if record is None or ended(record) or not record.get("pending"):
+        return False
+    return _pending_alive(record["pending"])
+
+
+def _pending_alive(pending: dict) -> bool:
+    """A local round is alive while the process that runs it is (ablate.sweepdir.liveness; from another host it is
+    not known, and counts as gone); a SLURM round's cells and race job are followed by ablate status itself."""
+    from ablate.sweepdir.liveness import holder_alive
+
+    process = pending.get("process")
+    return process is None or holder_alive(process, None)
 
 
 def _ran(job: list[str], rounds: list[dict]) -> bool:

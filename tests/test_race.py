@@ -338,6 +338,8 @@ def test_a_tiny_race_runs_in_rounds_resumes_from_its_record_and_refuses_another_
     assert f"race ended at round {len(rounds)}: {ended_line};" in status.stdout, status.stdout + status.stderr
     assert f"race ended at round {len(rounds)} ({rounds[-1]['n']} seeds per live arm): {ended_line}" in proc.stdout
     assert f"cells {cells} of 8 (arms x max_seeds)" in status.stdout
+    race_line_shown = next(line for line in status.stdout.splitlines() if line.startswith("race ended"))
+    assert "live: objective=" in race_line_shown and "trainer." not in race_line_shown  # labels as the collector
 
     # the same race through `ablate race`: it has ended, nothing trains, no look repeats
     again = subprocess.run([sys.executable, "-m", "ablate.cli", "race", "objective=dpo,simpo", "--max-seeds", "4",

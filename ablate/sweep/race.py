@@ -538,8 +538,9 @@ def status_lines(sweep_dir: str | Path) -> list[str]:
     else:
         head = f"race: {len(rounds)} round(s) done"
     live = rounds[-1]["live"] if rounds else [" ".join(a) for a in record["arms"]]
-    lines = [f"{head}; cells {spent} of {budget} "
-             f"({'max_cells' if settings.get('max_cells') else 'arms x max_seeds'}); live: {', '.join(live)}"]
+    short = _short_labels(record["arms"])
+    lines = [f"{head}; cells {spent} of {budget} ({'max_cells' if settings.get('max_cells') else 'arms x max_seeds'}); "
+             f"live: {', '.join(short.get(name, name) for name in live)}"]
     if settings.get("max_gpu_hours"):
         used = rounds[-1].get("gpu_hours") if rounds else None
         lines.append(f"  device-hours {used if used is not None else 0:.3g} of max_gpu_hours = "
@@ -555,6 +556,13 @@ def status_lines(sweep_dir: str | Path) -> list[str]:
             lines.append(f"  dropped at round {r['round']}: {arm} (beaten by {why['by']}, {why['difference']:+.3f}, "
                          f"CI [{why['ci_low']:+.3f}, {why['ci_high']:+.3f}] at {why['level']:.3g})")
     return lines
+
+
+def _short_labels(arms: list[list[str]]) -> dict[str, str]:
+    """Arm name (all its overrides) -> the values that tell the arms apart, as the collector labels arms."""
+    values = [override_values(arm) for arm in arms]
+    keys = [k for k in values[0] if len({v.get(k) for v in values}) > 1] if values else []
+    return {" ".join(arm): arm_label(v, dict.fromkeys(keys)) for arm, v in zip(arms, values, strict=True)}
 
 
 def in_flight(sweep_dir: str | Path) -> bool:

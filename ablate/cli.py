@@ -159,13 +159,13 @@ RACE_FLAGS = ("max_seeds", "round_seeds", "max_cells", "max_gpu_hours", "spendin
 def race_argv(overrides: list[str], flags: dict) -> list[str]:
     """`python -m ablate` arguments of the race `ablate race` names: the grid as given, hydra.sweeper.race from the
     flags (true when none is set). RaceError for settings a race refuses, before anything runs."""
-    from ablate.sweep.race import RaceError, settings_of
+    from ablate.sweep.race import SEEDS_GIVEN, RaceError, settings_of
 
     if any(o.lstrip("+~").startswith("hydra.sweeper.race") for o in overrides):
         raise RaceError("give the race's settings as flags (--max-seeds, ...) or run `python -m ablate -m ... "
                         "hydra.sweeper.race=...` yourself, not both")
     if any(o.lstrip("+~").startswith("seed=") for o in overrides):
-        raise RaceError("seed=: a race chooses its seeds round by round (0, 1, 2, ...); drop seed= from the command")
+        raise RaceError(SEEDS_GIVEN)
     chosen = {key: value for key, value in flags.items() if value is not None}
     settings_of(chosen or True)  # the sweeper's checks of the settings themselves, here before Hydra starts
     race = "{" + ",".join(f"{key}:{value}" for key, value in chosen.items()) + "}" if chosen else "true"

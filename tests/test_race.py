@@ -290,6 +290,8 @@ def test_ablate_race_is_the_sweep_with_hydra_sweeper_race_and_refuses_bad_settin
         "-m", *grid, "hydra.sweeper.race={max_seeds:10,spending:pocock}"]
     with pytest.raises(RaceError, match="as flags .* not both"):
         race_argv([*grid, "hydra.sweeper.race={max_seeds:6}"], {})
+    with pytest.raises(RaceError, match="a race chooses its seeds round by round"):
+        race_argv([*grid, "seed=0,1,2"], {})
     assert main(["race", *grid, "--max-gpu-hours", "0", "--print"]) == 2
     assert "max_gpu_hours = 0.0: a positive number of hours" in capsys.readouterr().err
     assert main(["race", grid[0], "--round-seeds", "2", grid[1], "--spending", "2", "--print"]) == 0  # intermixed

@@ -31,6 +31,8 @@ from pathlib import Path
 from ablate.sweepdir.atomic import atomic_write_json
 from ablate.sweepdir.layout import RACE_JSON, arm_label, override_values
 
+SEEDS_GIVEN = "seed=: a race chooses its seeds round by round (0, 1, 2, ...); drop seed= from the command"
+
 
 class RaceError(ValueError):
     """A race that cannot run as asked (one arm, a budget below one round, a changed grid); nothing is run."""
@@ -110,7 +112,7 @@ def plan_arms(swept: dict[str, list[str]], settings: RaceSettings, min_seeds: in
     """The arms (override lists without a seed) of the grid, or `arms` as given (a confirmation's selected
     settings); RaceError for a race that cannot be run."""
     if any(key.lstrip("+~") == "seed" for key in swept):
-        raise RaceError("seed=: a race chooses its seeds round by round (0, 1, 2, ...); drop seed= from the command")
+        raise RaceError(SEEDS_GIVEN)
     if arms is None:
         arms = [list(combo) for combo in itertools.product(*swept.values())] if swept else [[]]
     if len(arms) < 2:

@@ -293,7 +293,7 @@ def main(argv: list[str] | None = None) -> int:
     # ends a positional list at the first flag, so the rest of the list arrives here
     args, extra = parser.parse_known_args(argv)
     if extra and (not hasattr(args, "overrides") or any(a.startswith("-") for a in extra)):
-        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        sub.choices[args.command].error(f"unrecognized arguments: {' '.join(extra)}")  # its own usage, not ablate's
     if extra:
         args.overrides += extra
     try:

@@ -153,33 +153,61 @@ def test_null_races_stay_at_alpha_when_one_arm_is_far_noisier():
     assert s["race"] <= bound(SIMS)
 
 
-def test_the_known_variance_bound_reproduces_the_z_test_and_walds_formula():
-    """benchmarks/race_bound.py's machinery: one look at 8 seeds is the fixed z test (its power as the formula
-    says), spending alpha over looks keeps the null rate at alpha, the SPRT ratio is Wald's, by hand, and the
-    4-arm race and fixed design behave at the extremes."""
+def _race_bound():
     import sys
     from pathlib import Path
-
-    from scipy import stats
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
     import race_bound
 
+    return race_bound
+
+
+def test_the_optimal_race_dp_reproduces_the_fixed_tests_and_its_own_simulation():
+    """benchmarks/race_bound.py's dynamic programme: made to decide at one look of 8 seeds it is the one-sided z test
+    (variance known) and the one-sided t test on 7 df (variance estimated), with their textbook power; its chain on
+    the scale-free state carries u from 3 to 12 seeds to u's exact law at 12; the optimum of a race spends fewer seeds
+    than the fixed design, more without the variance than with it, and simulating its regions on t paths gives its
+    level and power."""
+    from scipy import stats
+
+    rb = _race_bound()
+    delta, level = 0.677, 0.025
+    known = rb.operating(rb.KnownVariance(delta, 8, 8), rb.at_level(rb.KnownVariance(delta, 8, 8), 1.0), True)[0]
+    assert known == pytest.approx(stats.norm.sf(stats.norm.isf(level) - delta * math.sqrt(8)), abs=0.003)
+    chain = rb.ScaleInvariant(delta, 8, 8)
+    t_power = stats.nct.sf(stats.t.isf(level, 7), 7, delta * math.sqrt(8))
+    assert rb.operating(chain, rb.at_level(chain, 1.0), True)[0] == pytest.approx(t_power, abs=0.005)
+    assert rb.operating(chain, rb.at_level(chain, 1.0), False)[0] == pytest.approx(level, abs=0.001)
+
+    chain = rb.ScaleInvariant(delta, 3, 12)
+    for alternative in (True, False):
+        mass = chain.start(alternative)
+        for n in range(3, 12):
+            mass = chain.step_mass(n, mass, alternative)
+        exact = rb.ScaleInvariant(delta, 12, 12).start(alternative)
+        assert np.abs(np.cumsum(mass) - np.cumsum(exact)).max() < 0.005
+
+    power = rb.t_fixed_power(8, delta)
+    best_known = rb.optimum(rb.KnownVariance(delta, 3, 12), power)
+    best = rb.optimum(chain, power)
+    assert best["power"] == pytest.approx(power, abs=0.002) and best["level"] <= level + 0.0005
+    assert 3 < best_known["seeds"] < best["seeds"] < 8
+    sims = 40000
+    simulated_level, simulated_power, seeds = rb.simulate_invariant(best, delta, 3, 12, np.random.default_rng(0), sims)
+    assert simulated_level <= level + 3 * math.sqrt(level * (1 - level) / sims)
+    assert simulated_power == pytest.approx(power, abs=0.015) and seeds == pytest.approx(best["seeds"], abs=0.1)
+
+
+def test_the_four_arm_grid_races_behave_at_the_extremes():
+    """The known-variance 4-arm races of benchmarks/race_bound.py: under the null a0 is rarely seen best AND beating
+    all three; a huge effect ends at round 1 (12 cells); Holm's drops keep a null race far below alpha."""
+    rb = _race_bound()
     rng = np.random.default_rng(0)
-    theta = (stats.norm.ppf(0.975) + stats.norm.ppf(0.8)) / math.sqrt(8)
-    power, seeds = race_bound.race(8, 8, None, -np.inf, theta, rng, 20000)
-    assert power == pytest.approx(0.8, abs=0.015) and seeds == 8
-    null, _ = race_bound.race(3, 10, 3.0, -np.inf, 0.0, rng, 20000)
-    assert null <= 0.025 + 0.004  # a win is a crossing on the better side: half the two-sided alpha
-    a, b = 0.025, 0.2
-    wald = ((1 - b) * math.log((1 - b) / a) + b * math.log(b / (1 - a))) * 2 / (1.959964 + 0.841621) ** 2
-    assert race_bound.sprt_ratio(0.8) == pytest.approx(wald, rel=1e-4)
-    # four arms: under the null a0 is rarely seen best AND beating all three; a huge effect ends at round 1 (12 cells)
-    assert race_bound.four_arms_fixed(8, 0.0, rng, 20000) <= 0.025
-    assert race_bound.four_arms(3, 8, None, -np.inf, 5.0, rng, 200) == (1.0, 12.0)
-    assert race_bound.four_arms(3, 8, None, -np.inf, 5.0, rng, 200, holm=True) == (1.0, 12.0)
-    # Holm's drops: a null race of 4 arms names a0 (one of four equal arms) far below alpha
-    assert race_bound.four_arms(3, 10, 1.0, -np.inf, 0.0, rng, 2000, holm=True)[0] <= 0.025
+    assert rb.four_arms_fixed(8, 0.0, rng, 20000) <= 0.025
+    assert rb.four_arms(3, 8, None, -np.inf, 5.0, rng, 200) == (1.0, 12.0)
+    assert rb.four_arms(3, 8, None, -np.inf, 5.0, rng, 200, holm=True) == (1.0, 12.0)
+    assert rb.four_arms(3, 10, 1.0, -np.inf, 0.0, rng, 2000, holm=True)[0] <= 0.025
 
 
 CURVE = (3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 14, 16)  # seeds per arm of the fixed designs the race is measured against
@@ -297,6 +325,11 @@ def test_ablate_race_is_the_sweep_with_hydra_sweeper_race_and_refuses_bad_settin
     assert main(["race", grid[0], "--round-seeds", "2", grid[1], "--spending", "2", "--print"]) == 0  # intermixed
     assert capsys.readouterr().out.strip() == ("python -m ablate -m objective=dpo,simpo lora.r=8,16 "
                                                "'hydra.sweeper.race={round_seeds:2,spending:2.0}'")
+    with pytest.raises(SystemExit) as exit_:  # a mistyped flag: the subcommand's usage, which lists the right ones
+        main(["race", *grid, "--max-seed-count", "4"])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and "usage: ablate race" in err and "--max-seeds MAX_SEEDS" in err
+    assert "ablate race: error: unrecognized arguments: --max-seed-count 4" in err
 
 
 @pytest.mark.slow
@@ -679,5 +712,14 @@ def test_a_round_with_a_failed_run_names_it_and_goes_on_only_when_failures_count
         assert look is None and record["rounds"] == []
         assert "race round 1 incomplete: objective=simpo" in lines[0] and "loss is nan" in lines[0]
         assert "select.failed_cells=worst" in lines[1]
+        # the collector's rerun hint is the race's own command, which goes on from race.json: no seed= (refused)
+        import json
+
+        from ablate.collect.decide import rerun_command
+        from ablate.collect.load import load_sweep
+
+        (sweep_dir / "race.json").write_text(json.dumps(record))
+        assert rerun_command(load_sweep(sweep_dir)) == (
+            f"python -m ablate -m objective=dpo,simpo hydra.sweeper.race=true hydra.sweep.dir={sweep_dir.resolve()}")
     else:
         assert look is not None and len(record["rounds"]) == 1 and not any("incomplete" in line for line in lines)

@@ -680,6 +680,71 @@ def test_a_race_runs_round_after_round_on_slurm_with_no_terminal_attached(slurm_
     assert not sweep_jobs(slurm_cluster, sweep_dir)
 
 
+def test_a_race_begun_locally_goes_on_on_slurm_from_the_round_its_process_left(slurm_cluster, embedded_model,
+                                                                               tmp_path):
+    """A race run with the local launcher and stopped during round 2 goes on on SLURM with the same command plus
+    hydra/launcher=slurm. Stopped after round 2's cells, before its look: the command takes the look (here the race
+    ends, at max_seeds). Stopped after one of the two cells: round 2 is submitted again less its finished cell, and
+    the race job ends the race. While the local process lives, the command refuses (exit 2), submitting nothing."""
+    import os
+    import socket
+
+    from ablate.sweep.race import next_round
+    from ablate.sweepdir.atomic import atomic_write_json
+    from ablate.sweepdir.layout import update_status
+
+    sweep_dir = tmp_path / "race"
+    race = ["-m", "objective=dpo,simpo", "hydra.sweeper.race={max_seeds:4,futility_power:0}",
+            "select.equivalence_margin=null", f"hydra.sweep.dir={sweep_dir}", *TINY]
+    local = run_ablate(slurm_cluster, *race, timeout=600)
+    assert local.returncode == 0, output(local)
+    ran = read_json(sweep_dir / "race.json")
+    assert [r["n"] for r in ran["rounds"]] == [3, 4], ran["rounds"]  # the tiny cells never decide at 3 seeds
+    cells = {" ".join(c["overrides"]): c["cell_id"] for c in read_json(sweep_dir / "sweep.json")["cells"]}
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+
+    def stopped_in_round_2(pid: int) -> dict:
+        """race.json as the local race leaves it when stopped in round 2: the round pending, with its process."""
+        record = {**ran, "rounds": ran["rounds"][:1]}
+        plan = next_round(sweep_dir, record)
+        assert plan["new"] == ran["rounds"][1]["new_cells"]
+        record["pending"] = {**plan, "process": {"host": socket.gethostname(), "pid": pid}}
+        atomic_write_json(sweep_dir / "race.json", record)
+        return plan
+
+    plan = stopped_in_round_2(os.getpid())  # the local race's process lives (this one stands in for it)
+    proc = run_ablate(slurm_cluster, *race, *SLURM, "hydra.launcher.gpus_per_node=0")
+    assert proc.returncode == 2 and f"round 2 of this race is running in process {os.getpid()}" in proc.stderr, \
+        output(proc)
+    assert not sweep_jobs(slurm_cluster, sweep_dir) and "pending" in read_json(sweep_dir / "race.json")
+
+    stopped_in_round_2(int(gone.stdout))  # both cells of round 2 done, its look not taken
+    proc = run_ablate(slurm_cluster, *race, *SLURM, "hydra.launcher.gpus_per_node=0")
+    assert proc.returncode == 0 and "race ended at round 2 (4 seeds per live arm)" in proc.stdout, output(proc)
+    record = read_json(sweep_dir / "race.json")
+    assert [r["n"] for r in record["rounds"]] == [3, 4] and "pending" not in record
+    assert not sweep_jobs(slurm_cluster, sweep_dir) and not read_json(sweep_dir / "sweep.json").get("jobs")
+
+    plan = stopped_in_round_2(int(gone.stdout))  # one cell of round 2 done, one not
+    update_status(sweep_dir / "cells" / cells[plan["new"][0]], state="running")
+    proc = run_ablate(slurm_cluster, *race, *SLURM, "hydra.launcher.gpus_per_node=0")
+    assert proc.returncode == 0, output(proc)
+    assert "race round 2 again (its cells that did not finish): 2 arms x seeds 0..3" in proc.stdout, output(proc)
+    assert "submitted 1; skipped 7 done" in proc.stdout, output(proc)
+
+    def race_ended():
+        now = read_json(sweep_dir / "race.json")
+        return len(now["rounds"]) == 2 and now["rounds"][-1]["stop"] and not sweep_jobs(slurm_cluster, sweep_dir)
+
+    wait_for(race_ended, 2 * ENDED, "the race to end on SLURM", slurm_cluster)
+    record = read_json(sweep_dir / "race.json")
+    assert [r["n"] for r in record["rounds"]] == [3, 4] and "pending" not in record
+    assert record["rounds"][-1]["new_cells"] == plan["new"]
+    assert len(read_json(sweep_dir / "sweep.json")["collector_jobs"]) == 1  # the race job that took round 2's look
+    summary = read_json(sweep_dir / "report" / "summary.json")
+    assert summary["race"]["stop"] == record["rounds"][-1]["stop"] and len(summary["race"]["rounds"]) == 2
+
+
 # ------------------------------------------------------------------------------------- tuned + confirm
 def test_a_tuned_sweep_confirms_itself_from_its_collector_job(slurm_cluster, embedded_model, tmp_path):
     """hydra.sweeper.confirm on SLURM: the tuning sweep's collector job writes its report, then submits the

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -376,8 +377,10 @@ def unfinished_cells(sweep: Sweep, select) -> list[dict]:
 
 def rerun_command(sweep: Sweep) -> str:
     """The command that trains the planned cells again without retraining the finished ones."""
-    from ablate.collect.plan import add_seeds_command
+    from ablate.collect.plan import add_seeds_command, sweep_command
 
+    if (Path(sweep.sweep_dir) / layout.RACE_JSON).exists():  # a race picks its seeds; its command goes on (SLURM too)
+        return sweep_command(sweep, [] if sweep.record.get("argv") else ["hydra.sweeper.race=true"])
     if isinstance(sweep.record.get("slurm"), dict):
         return f"ablate resubmit {sweep.sweep_dir} --failed"
     seeds = sweep.cells.seed.dropna()

@@ -27,13 +27,17 @@ def seed_list(present: list[int], n: int) -> list[int]:
 
 
 def add_seeds_command(sweep: Sweep, n_seeds: int) -> str:
-    """`python -m ablate -m <the sweep's overrides> seed=<n seeds> hydra.sweep.dir=<this sweep>`.
+    """`python -m ablate -m <the sweep's overrides> seed=<n seeds> hydra.sweep.dir=<this sweep>`."""
+    present = [int(s) for s in sweep.cells.seed.dropna()]
+    return sweep_command(sweep, [f"seed={','.join(map(str, seed_list(present, n_seeds)))}"])
+
+
+def sweep_command(sweep: Sweep, extra: list[str]) -> str:
+    """`python -m ablate -m <the sweep's overrides but seed=> <extra> hydra.sweep.dir=<this sweep>`.
 
     From the recorded command line (sweep.json "argv": launcher and config-dir options included) when
     there is one, else rebuilt from the cells' own overrides (each key with every value it took).
     """
-    present = [int(s) for s in sweep.cells.seed.dropna()]
-    seeds = f"seed={','.join(map(str, seed_list(present, n_seeds)))}"
     argv = sweep.record.get("argv")
     if isinstance(argv, list) and all(isinstance(a, str) for a in argv):
         args = [a for a in argv if not a.lstrip("+~").startswith(("seed=", _SWEEP_DIR))]
@@ -46,5 +50,5 @@ def add_seeds_command(sweep: Sweep, n_seeds: int) -> str:
                 if key != "seed" and value not in values.setdefault(key, []):
                     values[key].append(value)
         args = ["-m", *(f"{key}={','.join(v)}" for key, v in values.items())]
-    args += [seeds, f"{_SWEEP_DIR}{Path(sweep.sweep_dir).resolve()}"]
+    args += [*extra, f"{_SWEEP_DIR}{Path(sweep.sweep_dir).resolve()}"]
     return "python -m ablate " + " ".join(shlex.quote(a) for a in args)

@@ -469,8 +469,9 @@ def submit_round(sweep_dir: Path, record: dict, plan: dict, launcher, select) ->
     return submit_cells(sweep_dir, cells, launcher, select, collector=RaceJob(str(sweep_dir)))
 
 
-def race_round_job(sweep_dir: str | Path, log: Callable[[str], None] = print) -> dict:
-    """What the race job does after a round on SLURM: the look, the report, and the next round (or the end)."""
+def race_round_job(sweep_dir: str | Path, log: Callable[[str], None] = print, launcher=None) -> dict:
+    """What the race job does after a round on SLURM: the look, the report, and the next round (or the end), submitted
+    with `launcher` (hydra.launcher's config; by default the one the sweep's cells were submitted with)."""
     from types import SimpleNamespace
 
     from omegaconf import OmegaConf
@@ -501,7 +502,8 @@ def race_round_job(sweep_dir: str | Path, log: Callable[[str], None] = print) ->
         return record
     log(f"race round {upcoming['round']}: {len(upcoming['live'])} live arm(s) x seeds {upcoming['seeds']} "
         f"({len(upcoming['new'])} new cells), submitted")
-    submit_round(sweep_dir, record, upcoming, OmegaConf.create(layout.read_sweep(sweep_dir).slurm), rule)
+    launcher = launcher if launcher is not None else OmegaConf.create(layout.read_sweep(sweep_dir).slurm)
+    submit_round(sweep_dir, record, upcoming, launcher, rule)
     return record
 
 
@@ -576,6 +578,25 @@ def in_flight(sweep_dir: str | Path) -> bool:
     if record is None or ended(record) or not record.get("pending"):
         return False
     return _pending_alive(record["pending"])
+
+
+def round_finished(sweep_dir: Path, plan: dict) -> bool:
+    """Every cell of the round has finished (its look can be taken)."""
+    from ablate.sweepdir import layout
+
+    ids = {" ".join(c["overrides"]): c["cell_id"] for c in layout.read_sweep(sweep_dir).cells}
+    return all(" ".join(job) in ids and layout.is_done(layout.cell_dir(sweep_dir, ids[" ".join(job)]))
+               for job in plan["jobs"])
+
+
+def refuse_a_local_round_in_flight(record: dict) -> None:
+    """A RaceError while the round in flight is run by a local race's process that still lives (the race runs in it;
+    once that process is gone, a race on SLURM may go on from the round)."""
+    pending = record.get("pending") or {}
+    process = pending.get("process")
+    if process is not None and _pending_alive(pending):
+        raise RaceError(f"round {pending['round']} of this race is running in process {process.get('pid')} on "
+                        f"{process.get('host')} (the local launcher); let it end, or stop it, before going on")
 
 
 def _pending_alive(pending: dict) -> bool:

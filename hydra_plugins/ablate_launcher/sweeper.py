@@ -215,8 +215,22 @@ class AblateSweeper(hydra_api.basic_sweeper_class()):
         return jobs
 
     def _race_on_slurm(self, sweep_dir: Path, arms, settings, select, groups=None):
-        """Round 1 through the SLURM launcher with a race job after it; each race job submits the next round."""
-        from ablate.sweep.race import RaceError, RaceJob, ended, next_round, open_race, race_round_job
+        """The race's next round through the SLURM launcher with a race job after it; each race job takes its round's
+        look and submits the next round. Run again on a race under way whose jobs have all ended, it carries the race
+        on from its record: a round whose cells did not all finish (a failed run; a local race's process that was
+        stopped) is submitted again, its finished cells skipped; a finished round whose look was never taken is
+        looked at here."""
+        from ablate.sweep.race import (
+            RaceError,
+            RaceJob,
+            ended,
+            next_round,
+            open_race,
+            race_round_job,
+            refuse_a_local_round_in_flight,
+            round_finished,
+            stop_words,
+        )
         from ablate.sweep.status import ALIVE, slurm_states
         from ablate.sweepdir.atomic import atomic_write_json
         from ablate.sweepdir.layout import RACE_JSON, read_sweep
@@ -226,18 +240,27 @@ class AblateSweeper(hydra_api.basic_sweeper_class()):
             print(f"race already ended at round {len(record['rounds'])}", flush=True)
             return []
         if record["rounds"] or record.get("pending"):
-            # a race under way: its jobs carry it on; if none is alive (a race job that died), carry it on from here
             jobs = [*(read_sweep(sweep_dir).jobs or {}).values(), *(read_sweep(sweep_dir).collector_jobs or [])]
             if any(state in ALIVE for state in slurm_states(jobs).values()):
                 raise RaceError(f"a race is running in {sweep_dir} (round {len(record['rounds']) + 1}); follow it "
                                 f"with `ablate status {sweep_dir}` and its report")
-            race_round_job(sweep_dir, log=lambda line: print(line, flush=True))
+        refuse_a_local_round_in_flight(record)
+        plan = record.get("pending")
+        if plan is not None and round_finished(sweep_dir, plan):
+            # its look was never taken (the race job, or the local process, ended first): here, then the next round
+            race_round_job(sweep_dir, log=lambda line: print(line, flush=True), launcher=self.config.hydra.launcher)
             return []
-        plan = next_round(sweep_dir, record)
-        record["pending"] = plan
+        again = plan is not None
+        if plan is None:
+            plan = next_round(sweep_dir, record)
+            if plan is None:  # the budget cannot pay for another round
+                print(f"race ended at round {len(record['rounds'])}: {stop_words(record)}", flush=True)
+                return []
+        record["pending"] = {key: value for key, value in plan.items() if key != "process"}  # SLURM's now
         atomic_write_json(sweep_dir / RACE_JSON, record)
-        print(f"race round 1: {len(plan['live'])} arms x seeds {plan['seeds']}; after it a race job takes the look "
-              f"and submits the next round (race.json, ablate status {sweep_dir})", flush=True)
+        print(f"race round {plan['round']}{' again (its cells that did not finish)' if again else ''}: "
+              f"{len(plan['live'])} arms x seeds {plan['seeds']}; after it a race job takes the look and submits the "
+              f"next round (race.json, ablate status {sweep_dir})", flush=True)
         self.launcher.collector_job = RaceJob(str(sweep_dir))
         self.launcher.launch(plan["jobs"], initial_job_idx=0)
         return []

@@ -685,7 +685,8 @@ def test_a_race_begun_locally_goes_on_on_slurm_from_the_round_its_process_left(s
     """A race run with the local launcher and stopped during round 2 goes on on SLURM with the same command plus
     hydra/launcher=slurm. Stopped after round 2's cells, before its look: the command takes the look (here the race
     ends, at max_seeds). Stopped after one of the two cells: round 2 is submitted again less its finished cell, and
-    the race job ends the race. While the local process lives, the command refuses (exit 2), submitting nothing."""
+    the race job ends the race. While the local process lives, the command refuses (exit 2), submitting nothing; while
+    the race's jobs live, the command without hydra/launcher=slurm refuses too, training nothing."""
     import os
     import socket
 
@@ -727,10 +728,18 @@ def test_a_race_begun_locally_goes_on_on_slurm_from_the_round_its_process_left(s
 
     plan = stopped_in_round_2(int(gone.stdout))  # one cell of round 2 done, one not
     update_status(sweep_dir / "cells" / cells[plan["new"][0]], state="running")
-    proc = run_ablate(slurm_cluster, *race, *SLURM, "hydra.launcher.gpus_per_node=0")
+    held = "+hydra.launcher.additional_parameters.hold=true"  # held (alive) until released below
+    proc = run_ablate(slurm_cluster, *race, *SLURM, "hydra.launcher.gpus_per_node=0", held)
     assert proc.returncode == 0, output(proc)
     assert "race round 2 again (its cells that did not finish): 2 arms x seeds 0..3" in proc.stdout, output(proc)
     assert "submitted 1; skipped 7 done" in proc.stdout, output(proc)
+    # the same command without hydra/launcher=slurm while the race's jobs live: refused, nothing trains here
+    local = run_ablate(slurm_cluster, *race)
+    assert local.returncode == 2 and f"a race is running in {sweep_dir} on SLURM (round 2)" in local.stderr, \
+        output(local)
+    assert read_json(sweep_dir / "race.json")["pending"]["round"] == 2
+    for job in sweep_jobs(slurm_cluster, sweep_dir):
+        slurm_cluster.run("scontrol", "release", job.split("_")[0], check=True)
 
     def race_ended():
         now = read_json(sweep_dir / "race.json")

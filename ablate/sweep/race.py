@@ -417,6 +417,7 @@ def run_race(sweep_dir: Path, arms: list[list[str]], settings: RaceSettings, sel
     if ended(record):
         log(f"race already ended at round {len(record['rounds'])}: {stop_words(record)}")
         return record
+    refuse_a_round_in_flight(sweep_dir, record)  # e.g. a race on SLURM, run again without hydra/launcher=slurm
     plan = next_round(sweep_dir, record)
     while plan is not None:
         log(f"race round {plan['round']}: {len(plan['live'])} live arm(s) x seeds {plan['seeds']} "
@@ -589,9 +590,20 @@ def round_finished(sweep_dir: Path, plan: dict) -> bool:
                for job in plan["jobs"])
 
 
-def refuse_a_local_round_in_flight(record: dict) -> None:
-    """A RaceError while the round in flight is run by a local race's process that still lives (the race runs in it;
-    once that process is gone, a race on SLURM may go on from the round)."""
+def refuse_a_round_in_flight(sweep_dir: Path, record: dict) -> None:
+    """A RaceError while a round of this race runs elsewhere, whichever launcher this command uses: a SLURM job of the
+    sweep is queued or running (its race job carries the race on), or the local process of the pending round lives.
+    Once they have ended, the race goes on from its record with either launcher."""
+    from ablate.sweep.status import ALIVE, slurm_states
+    from ablate.sweepdir.layout import read_sweep
+
+    if not (record["rounds"] or record.get("pending")):
+        return
+    sweep = read_sweep(sweep_dir)
+    jobs = [*(sweep.jobs or {}).values(), *(sweep.collector_jobs or [])]
+    if any(state in ALIVE for state in slurm_states(jobs).values()):
+        raise RaceError(f"a race is running in {sweep_dir} on SLURM (round {len(record['rounds']) + 1}); follow it "
+                        f"with `ablate status {sweep_dir}` and its report")
     pending = record.get("pending") or {}
     process = pending.get("process")
     if process is not None and _pending_alive(pending):

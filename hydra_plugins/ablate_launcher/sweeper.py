@@ -221,30 +221,23 @@ class AblateSweeper(hydra_api.basic_sweeper_class()):
         stopped) is submitted again, its finished cells skipped; a finished round whose look was never taken is
         looked at here."""
         from ablate.sweep.race import (
-            RaceError,
             RaceJob,
             ended,
             next_round,
             open_race,
             race_round_job,
-            refuse_a_local_round_in_flight,
+            refuse_a_round_in_flight,
             round_finished,
             stop_words,
         )
-        from ablate.sweep.status import ALIVE, slurm_states
         from ablate.sweepdir.atomic import atomic_write_json
-        from ablate.sweepdir.layout import RACE_JSON, read_sweep
+        from ablate.sweepdir.layout import RACE_JSON
 
         record = open_race(sweep_dir, arms, settings, select, groups)
         if ended(record):
             print(f"race already ended at round {len(record['rounds'])}", flush=True)
             return []
-        if record["rounds"] or record.get("pending"):
-            jobs = [*(read_sweep(sweep_dir).jobs or {}).values(), *(read_sweep(sweep_dir).collector_jobs or [])]
-            if any(state in ALIVE for state in slurm_states(jobs).values()):
-                raise RaceError(f"a race is running in {sweep_dir} (round {len(record['rounds']) + 1}); follow it "
-                                f"with `ablate status {sweep_dir}` and its report")
-        refuse_a_local_round_in_flight(record)
+        refuse_a_round_in_flight(sweep_dir, record)
         plan = record.get("pending")
         if plan is not None and round_finished(sweep_dir, plan):
             # its look was never taken (the race job, or the local process, ended first): here, then the next round

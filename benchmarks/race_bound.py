@@ -144,8 +144,9 @@ def design(chain, cost_error: float, cost_miss: float) -> dict[int, tuple[np.nda
     regions, value = {}, None
     for n in range(chain.nmax, chain.first - 1, -1):
         stop = np.minimum(cost_error * chain.f0_over_f1[n], cost_miss)
-        go_on = np.zeros(stop.shape, bool) if n == chain.nmax else (1 + chain.expect_next(n, value)) < stop
-        value = stop if n == chain.nmax else np.where(go_on, 1 + chain.expect_next(n, value), stop)
+        more = np.full(stop.shape, np.inf) if n == chain.nmax else 1 + chain.expect_next(n, value)  # one more seed
+        go_on = more < stop
+        value = np.where(go_on, more, stop)
         regions[n] = (go_on, ~go_on & (cost_error * chain.f0_over_f1[n] < cost_miss))
     return regions
 

@@ -58,6 +58,7 @@ def _resubmit_locked(args) -> int:
 
     from ablate.config import select_config
     from ablate.sweep.partition import ImpossibleRequest
+    from ablate.sweep.race import RaceJob
     from ablate.sweep.slurm import submit_cells
     from ablate.sweep.status import ALIVE, reconcile
     from ablate.sweepdir import layout
@@ -69,6 +70,10 @@ def _resubmit_locked(args) -> int:
               file=sys.stderr)
         return 2
     table = reconcile(sweep_dir)
+    race = _unfinished_race(sweep_dir)
+    if race is not None:  # only the round in flight: a look already taken must not see its cells change
+        round_cells = _round_cells(sweep, race.get("pending"))
+        table = table[table.cell_id.isin(round_cells)]
     if args.cells:
         unknown = set(args.cells) - set(table.cell_id)
         if unknown:
@@ -84,7 +89,8 @@ def _resubmit_locked(args) -> int:
         print(f"skipping {int(alive.sum())} cell(s) whose job is still queued or running")
     chosen = chosen[~alive & (chosen.state != "done")]
     if chosen.empty:
-        print("nothing to resubmit")
+        print("nothing to resubmit" + (f"; the race goes on with its own command: {_race_command(sweep_dir)}"
+                                       if race is not None else ""))
         return 0
     overrides = sweep.overrides_of()
     cells = [(OmegaConf.load(layout.cell_dir(sweep_dir, cid) / layout.CONFIG_YAML), overrides[cid], cid)
@@ -92,14 +98,40 @@ def _resubmit_locked(args) -> int:
     launcher = OmegaConf.create(sweep.slurm)
     launcher.force = args.force
     try:
+        # a race's round is followed by its race job (the look, then the next round), not by a plain collector
         submitted = submit_cells(sweep_dir, cells, launcher,
-                                 select_config(base=OmegaConf.create(sweep.select or {})))
+                                 select_config(base=OmegaConf.create(sweep.select or {})),
+                                 collector=RaceJob(str(sweep_dir)) if race is not None else None)
     except ImpossibleRequest as error:
         print(f"ablate resubmit: {error}", file=sys.stderr)
         return 2
     arrays = ", ".join(a["job_id"] for a in submitted["arrays"])
-    print(f"resubmitted {len(cells)} cell(s) as job array(s) {arrays}; collector job {submitted['collector_job']}")
+    after = "race job" if race is not None else "collector job"
+    print(f"resubmitted {len(cells)} cell(s) as job array(s) {arrays}; {after} {submitted['collector_job']}")
     return 0
+
+
+def _unfinished_race(sweep_dir: Path) -> dict | None:
+    """The race record of a race that has not ended (None: not a race, or one that has ended)."""
+    from ablate.sweep.race import ended, read_record
+
+    race = read_record(sweep_dir)
+    return race if race is not None and not ended(race) else None
+
+
+def _round_cells(sweep, pending: dict | None) -> set[str]:
+    """Cell ids of a race's round in flight (none between rounds)."""
+    ids = {" ".join(overrides): cid for cid, overrides in sweep.overrides_of().items()}
+    return {ids[" ".join(job)] for job in (pending or {}).get("jobs", []) if " ".join(job) in ids}
+
+
+def _race_command(sweep_dir: Path) -> str:
+    """The race's own command (same hydra.sweep.dir): it goes on from race.json, on SLURM or, without
+    hydra/launcher=slurm, in this terminal."""
+    from ablate.collect.decide import rerun_command
+    from ablate.collect.load import load_sweep
+
+    return rerun_command(load_sweep(sweep_dir))
 
 
 def _cancel(args) -> int:
@@ -116,6 +148,9 @@ def _cancel(args) -> int:
         return 0
     subprocess.run(["scancel", *jobs], check=True)
     print(f"cancelled {len(jobs)} job(s); finished cells are kept. Resume with: ablate resubmit {args.sweep_dir}")
+    if _unfinished_race(Path(args.sweep_dir)) is not None:
+        print(f"(a race: resubmitted, its round is followed by its race job; or go on locally with its own command "
+              f"less hydra/launcher=slurm and hydra.launcher.*: {_race_command(Path(args.sweep_dir))})")
     return 0
 
 

@@ -7,6 +7,7 @@ one more per live arm per round, up to max_seeds, with the collector's own race_
 
     python tests/test_race.py [--sims 2000]      # the README's table (mixed noise, two race settings)
     python tests/test_race.py --matrix          # every noise source and layout, a collapsing rival (defaults)
+    python tests/test_race.py --neighbours      # the defaults against nearby futility and spending settings
 """
 
 from __future__ import annotations
@@ -265,14 +266,43 @@ def matrix(sims: int, jobs: int, only: tuple[str, ...] = ()) -> str:
     return "\n".join(head + rows)
 
 
+# the race's own family around its defaults: futility planned at other powers, alpha * t^rho at other rho
+NEIGHBOURS = {"defaults (futility_power 0.3, spending 3)": {}, "futility_power 0.15": {"futility_power": 0.15},
+              "futility_power 0.5": {"futility_power": 0.5}, "futility_power 0.7": {"futility_power": 0.7},
+              "spending 2": {"rho": 2.0}, "spending 4": {"rho": 4.0}}
+
+
+def neighbours(sims: int, jobs: int) -> str:
+    """The defaults against their neighbours where the bar is set (2 arms, +4 points, seeds dominate), on the same
+    simulated sweeps: is any nearby setting closer to the fixed design's cells at equal power?"""
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(jobs) as pool:
+        rows = list(pool.map(_neighbour_row, NEIGHBOURS, [sims] * len(NEIGHBOURS)))
+    head = ["| race settings (max_seeds 12) | race: right winner | race: cells | fixed 8: right winner | "
+            "fixed at the race's power: cells | race / that |", "|---|---|---|---|---|---|"]
+    return "\n".join(head + rows)
+
+
+def _neighbour_row(name: str, sims: int) -> str:
+    s = summary("seeds dominate", 4, 2, sims, seed=7, fixed_seeds=CURVE, **NEIGHBOURS[name])
+    same = same_power_cells(s["race_right"], s["fixed_by_seeds"], 2)
+    versus = f"{same:.1f} | {s['cells'] / same:.2f}" if same else "— | —"
+    return f"| {name} | {s['race_right']:.3f} | {s['cells']:.1f} | {s['fixed_right']:.3f} | {versus} |"
+
+
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sims", type=int, default=2000)
     parser.add_argument("--matrix", action="store_true", help="every noise source, layout and a collapsing rival")
     parser.add_argument("--jobs", type=int, default=2, help="processes for --matrix")
     parser.add_argument("--layout", action="append", choices=list(LAYOUTS), help="--matrix: this layout's rows only")
+    parser.add_argument("--neighbours", action="store_true", help="the defaults against nearby race settings")
     args = parser.parse_args()
-    print(matrix(args.sims, args.jobs, tuple(args.layout or ())) if args.matrix else table(args.sims))
+    if args.neighbours:
+        print(neighbours(args.sims, args.jobs))
+    else:
+        print(matrix(args.sims, args.jobs, tuple(args.layout or ())) if args.matrix else table(args.sims))
 
 
 # ------------------------------------------------------------------------------------ the race, for real

@@ -754,6 +754,61 @@ def test_a_race_begun_locally_goes_on_on_slurm_from_the_round_its_process_left(s
     assert summary["race"]["stop"] == record["rounds"][-1]["stop"] and len(summary["race"]["rounds"]) == 2
 
 
+def test_a_cancelled_slurm_race_is_resubmitted_with_its_race_job_and_goes_on_locally(slurm_cluster, embedded_model,
+                                                                                     tmp_path):
+    """The other way round: a race on SLURM whose jobs are cancelled (a maintenance window, a lost allocation).
+    `ablate cancel` says how it goes on; `ablate resubmit` submits the round's cells again with the race job after
+    them (not a plain collector, which would leave the race stalled at that round), and the race job takes the look and
+    submits round 2; cancelled again, the race's command less hydra/launcher=slurm trains round 2 in this terminal,
+    takes its look and ends the race, submitting nothing."""
+    sweep_dir = tmp_path / "race"
+    race = ["-m", "objective=dpo,simpo", "hydra.sweeper.race={max_seeds:4,futility_power:0}",
+            "select.equivalence_margin=null", f"hydra.sweep.dir={sweep_dir}", *TINY]
+    held = "+hydra.launcher.additional_parameters.hold=true"  # every submission of this sweep is held until released
+    proc = run_ablate(slurm_cluster, *race, *SLURM, "hydra.launcher.gpus_per_node=0", held)
+    assert proc.returncode == 0 and "race round 1: 2 arms x seeds 0..2" in proc.stdout, output(proc)
+    assert len(sweep_jobs(slurm_cluster, sweep_dir)) == 7  # 6 cells and the race job
+
+    cancel = cli(slurm_cluster, "cancel", str(sweep_dir))
+    assert cancel.returncode == 0 and "cancelled 7 job(s)" in cancel.stdout, output(cancel)
+    assert "a race: resubmitted, its round is followed by its race job" in cancel.stdout, output(cancel)
+    assert f"hydra.sweep.dir={sweep_dir.resolve()}" in cancel.stdout and "hydra.sweeper.race=" in cancel.stdout
+    wait_sweep_ended(slurm_cluster, sweep_dir, 60)
+    assert read_json(sweep_dir / "race.json")["pending"]["round"] == 1
+    status = wait_for(lambda: (s := cli(slurm_cluster, "status", str(sweep_dir))).returncode == 0
+                      and "race round 1 stopped on SLURM" in s.stdout and s, 30, "status to see the round stopped")
+    assert f"`ablate resubmit {sweep_dir}` submits what did not finish with its race job" in status.stdout
+    watch = cli(slurm_cluster, "status", str(sweep_dir), "--watch", "1", timeout=30)  # nothing left to follow: returns
+    assert watch.returncode == 0, output(watch)
+
+    again = cli(slurm_cluster, "resubmit", str(sweep_dir))
+    assert again.returncode == 0 and re.search(r"resubmitted 6 cell\(s\) .*; race job \d+", again.stdout), output(again)
+    for job in {j.split("_")[0] for j in sweep_jobs(slurm_cluster, sweep_dir)}:
+        slurm_cluster.run("scontrol", "release", job, check=True)
+
+    def round_2_submitted():
+        now = read_json(sweep_dir / "race.json")
+        return len(now["rounds"]) == 1 and (now.get("pending") or {}).get("round") == 2
+
+    wait_for(round_2_submitted, 2 * ENDED, "the race job to take round 1's look and submit round 2", slurm_cluster)
+    wait_for(lambda: len(sweep_jobs(slurm_cluster, sweep_dir)) == 3, 60, "round 2's jobs (held)", slurm_cluster)
+    cancel = cli(slurm_cluster, "cancel", str(sweep_dir))
+    assert cancel.returncode == 0 and "cancelled 3 job(s)" in cancel.stdout, output(cancel)
+    wait_sweep_ended(slurm_cluster, sweep_dir, 60)
+
+    local = run_ablate(slurm_cluster, *race, timeout=600)
+    assert local.returncode == 0, output(local)
+    assert "race round 2: 2 live arm(s) x seeds 0..3 (2 new cells)" in local.stdout, output(local)
+    record = read_json(sweep_dir / "race.json")
+    assert [r["n"] for r in record["rounds"]] == [3, 4] and record["rounds"][-1]["stop"] and "pending" not in record
+    assert not sweep_jobs(slurm_cluster, sweep_dir)
+    assert len(read_json(sweep_dir / "sweep.json")["collector_jobs"]) == 3  # round 1's, resubmitted, round 2's
+    summary = read_json(sweep_dir / "report" / "summary.json")
+    assert summary["race"]["stop"] == record["rounds"][-1]["stop"] and summary["cell_counts"] == {"done": 8}
+    nothing = cli(slurm_cluster, "resubmit", str(sweep_dir))  # an ended race: its cells are done, nothing to submit
+    assert nothing.returncode == 0 and nothing.stdout.strip() == "nothing to resubmit", output(nothing)
+
+
 # ------------------------------------------------------------------------------------- tuned + confirm
 def test_a_tuned_sweep_confirms_itself_from_its_collector_job(slurm_cluster, embedded_model, tmp_path):
     """hydra.sweeper.confirm on SLURM: the tuning sweep's collector job writes its report, then submits the

@@ -538,6 +538,10 @@ def status_lines(sweep_dir: str | Path) -> list[str]:
     elif record.get("pending") and not _pending_alive(record["pending"]):
         head = (f"race round {record['pending']['round']} interrupted (the process that ran it is gone): run the "
                 f"same command with hydra.sweep.dir={sweep_dir} to continue")
+    elif record.get("pending") and "process" not in record["pending"] and _slurm_round_gone(Path(sweep_dir)):
+        head = (f"race round {record['pending']['round']} stopped on SLURM (its jobs ended, none took its look): "
+                f"`ablate resubmit {sweep_dir}` submits what did not finish with its race job, or run the race's "
+                f"command (same hydra.sweep.dir; without hydra/launcher=slurm it goes on here)")
     elif record.get("pending"):
         head = f"race round {record['pending']['round']} in flight ({record['pending']['n']} seeds per live arm)"
     else:
@@ -578,7 +582,10 @@ def in_flight(sweep_dir: str | Path) -> bool:
         return False
     if record is None or ended(record) or not record.get("pending"):
         return False
-    return _pending_alive(record["pending"])
+    pending = record["pending"]
+    if "process" in pending:  # a local round
+        return _pending_alive(pending)
+    return not _slurm_round_gone(Path(sweep_dir))
 
 
 def round_finished(sweep_dir: Path, plan: dict) -> bool:
@@ -594,14 +601,11 @@ def refuse_a_round_in_flight(sweep_dir: Path, record: dict) -> None:
     """A RaceError while a round of this race runs elsewhere, whichever launcher this command uses: a SLURM job of the
     sweep is queued or running (its race job carries the race on), or the local process of the pending round lives.
     Once they have ended, the race goes on from its record with either launcher."""
-    from ablate.sweep.status import ALIVE, slurm_states
-    from ablate.sweepdir.layout import read_sweep
+    from ablate.sweep.status import ALIVE
 
     if not (record["rounds"] or record.get("pending")):
         return
-    sweep = read_sweep(sweep_dir)
-    jobs = [*(sweep.jobs or {}).values(), *(sweep.collector_jobs or [])]
-    if any(state in ALIVE for state in slurm_states(jobs).values()):
+    if ALIVE & set(_job_states(sweep_dir).values()):
         raise RaceError(f"a race is running in {sweep_dir} on SLURM (round {len(record['rounds']) + 1}); follow it "
                         f"with `ablate status {sweep_dir}` and its report")
     pending = record.get("pending") or {}
@@ -609,6 +613,24 @@ def refuse_a_round_in_flight(sweep_dir: Path, record: dict) -> None:
     if process is not None and _pending_alive(pending):
         raise RaceError(f"round {pending['round']} of this race is running in process {process.get('pid')} on "
                         f"{process.get('host')} (the local launcher); let it end, or stop it, before going on")
+
+
+def _job_states(sweep_dir: Path) -> dict[str, str]:
+    """SLURM's state of every job of the sweep, cells' and race jobs' ({} for a sweep never submitted)."""
+    from ablate.sweep.status import slurm_states
+    from ablate.sweepdir.layout import read_sweep
+
+    sweep = read_sweep(sweep_dir)
+    return slurm_states([*(sweep.jobs or {}).values(), *(sweep.collector_jobs or [])])
+
+
+def _slurm_round_gone(sweep_dir: Path) -> bool:
+    """Every SLURM job of the sweep has ended, known ended (not merely unknown: SLURM's tools may be out of reach
+    here): a SLURM round still pending then has lost its jobs (cancelled, or its race job lost) before its look."""
+    from ablate.sweep.status import ALIVE, DEAD
+
+    states = set(_job_states(sweep_dir).values())
+    return bool(states) and not states & ALIVE and states <= DEAD | {"COMPLETED"}
 
 
 def _pending_alive(pending: dict) -> bool:

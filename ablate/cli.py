@@ -125,13 +125,18 @@ def _round_cells(sweep, pending: dict | None) -> set[str]:
     return {ids[" ".join(job)] for job in (pending or {}).get("jobs", []) if " ".join(job) in ids}
 
 
-def _race_command(sweep_dir: Path) -> str:
-    """The race's own command (same hydra.sweep.dir): it goes on from race.json, on SLURM or, without
-    hydra/launcher=slurm, in this terminal."""
+def _race_command(sweep_dir: Path, here: bool = False) -> str:
+    """The race's own command (same hydra.sweep.dir): it goes on from race.json; `here`: less its launcher overrides,
+    so that it trains the round in this terminal."""
     from ablate.collect.decide import rerun_command
     from ablate.collect.load import load_sweep
 
-    return rerun_command(load_sweep(sweep_dir))
+    sweep = load_sweep(sweep_dir)
+    argv = sweep.record.get("argv")
+    if here and isinstance(argv, list):
+        launcher = ("hydra/launcher=", "hydra.launcher.")
+        sweep.record = sweep.record | {"argv": [a for a in argv if not str(a).lstrip("+~").startswith(launcher)]}
+    return rerun_command(sweep)
 
 
 def _cancel(args) -> int:
@@ -149,8 +154,8 @@ def _cancel(args) -> int:
     subprocess.run(["scancel", *jobs], check=True)
     print(f"cancelled {len(jobs)} job(s); finished cells are kept. Resume with: ablate resubmit {args.sweep_dir}")
     if _unfinished_race(Path(args.sweep_dir)) is not None:
-        print(f"(a race: resubmitted, its round is followed by its race job; or go on locally with its own command "
-              f"less hydra/launcher=slurm and hydra.launcher.*: {_race_command(Path(args.sweep_dir))})")
+        print(f"(a race: resubmitted, its round is followed by its race job; or go on in this terminal with: "
+              f"{_race_command(Path(args.sweep_dir), here=True)})")
     return 0
 
 

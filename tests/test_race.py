@@ -42,11 +42,13 @@ def bound(sims: int) -> float:
 def race(rng, scenario: str, delta: float, arms: int, *, factor_of: dict | None = None,
          max_seeds: int = DEFAULT.max_seeds, round_seeds: int = 1, collapse: bool = False,
          futility_power: float = DEFAULT.futility_power, rho: float | None = DEFAULT.rho,
-         fixed_seeds: tuple[int, ...] = (), spread: float = 1.0) -> tuple[dict, int, dict, list[dict]]:
+         fixed_seeds: tuple[int, ...] = (), spread: float = 1.0,
+         give_up_t: dict | None = None) -> tuple[dict, int, dict, list[dict]]:
     """(the stopping look, cells spent, the fixed design's decision at 8 seeds and full alpha, all looks); with
     `fixed_seeds`, the fixed design's decision at each of those seeds per arm too (under "by_seeds"); `spread`: arm
     a1's seed-to-seed spread, times the others' (a seed-sensitive arm). The effect goes to every arm that shares a0's
-    value of the factor (a 2x2's better objective is better at both ranks)."""
+    value of the factor (a 2x2's better objective is better at both ranks). `give_up_t` ({seeds: t, None: t after}),
+    tried and not shipped: also stop, futile, when a live rival's |difference| / se is below that t."""
     tau, sigma, het = SCENARIOS[scenario]
     factor_of = factor_of or {f"a{j}": f"a{j}" for j in range(arms)}
     better = tuple(arm for arm, value in factor_of.items() if value == factor_of["a0"])
@@ -65,6 +67,10 @@ def race(rng, scenario: str, delta: float, arms: int, *, factor_of: dict | None 
         values = {arm: (full[arm][0][:n], full[arm][1][:n]) for arm in live}
         look = race_look(values, STRATA, WEIGHTS, factor_of, select, history, dropped, max_seeds=max_seeds,
                          accuracy=True, futility_power=futility_power, rho=rho)
+        if give_up_t and not look["stop"] and any(
+                abs(c["difference"]) < give_up_t.get(n, give_up_t[None]) * c["se"]
+                for c in look["comparisons"] if c["arm"] not in look["drops"]):
+            look["stop"] = "futile"
         looks.append(look)
         history.append({"n": n, "z": look["z"]})
         dropped.update(look["drops"])
@@ -269,7 +275,10 @@ def matrix(sims: int, jobs: int, only: tuple[str, ...] = ()) -> str:
 # the race's own family around its defaults: futility planned at other powers, alpha * t^rho at other rho
 NEIGHBOURS = {"defaults (futility_power 0.3, spending 3)": {}, "futility_power 0.15": {"futility_power": 0.15},
               "futility_power 0.5": {"futility_power": 0.5}, "futility_power 0.7": {"futility_power": 0.7},
-              "spending 2": {"rho": 2.0}, "spending 4": {"rho": 4.0}}
+              "spending 2": {"rho": 2.0}, "spending 4": {"rho": 4.0},
+              # the exact optimum's give-up shape (benchmarks/race_bound.py) as a futility that claims nothing
+              "give up where t (difference / se) < 1.29 at 3 seeds, < 1.2 after (no planned futility)":
+                  {"futility_power": 0.0, "give_up_t": {3: 1.29, None: 1.2}}}
 
 
 def neighbours(sims: int, jobs: int) -> str:

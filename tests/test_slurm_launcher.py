@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import shlex
 import subprocess
 import sys
 import time
@@ -772,7 +773,9 @@ def test_a_cancelled_slurm_race_is_resubmitted_with_its_race_job_and_goes_on_loc
     cancel = cli(slurm_cluster, "cancel", str(sweep_dir))
     assert cancel.returncode == 0 and "cancelled 7 job(s)" in cancel.stdout, output(cancel)
     assert "a race: resubmitted, its round is followed by its race job" in cancel.stdout, output(cancel)
-    assert f"hydra.sweep.dir={sweep_dir.resolve()}" in cancel.stdout and "hydra.sweeper.race=" in cancel.stdout
+    here = cancel.stdout.split("go on in this terminal with: ")[1].strip().removesuffix(")")  # less its launcher
+    assert f"hydra.sweep.dir={sweep_dir.resolve()}" in here and "hydra.sweeper.race=" in here, output(cancel)
+    assert "hydra/launcher=slurm" not in here and "hydra.launcher." not in here, output(cancel)
     wait_sweep_ended(slurm_cluster, sweep_dir, 60)
     assert read_json(sweep_dir / "race.json")["pending"]["round"] == 1
     status = wait_for(lambda: (s := cli(slurm_cluster, "status", str(sweep_dir))).returncode == 0
@@ -796,7 +799,8 @@ def test_a_cancelled_slurm_race_is_resubmitted_with_its_race_job_and_goes_on_loc
     assert cancel.returncode == 0 and "cancelled 3 job(s)" in cancel.stdout, output(cancel)
     wait_sweep_ended(slurm_cluster, sweep_dir, 60)
 
-    local = run_ablate(slurm_cluster, *race, timeout=600)
+    assert here.startswith("python -m ablate -m ")
+    local = run_ablate(slurm_cluster, *shlex.split(here)[3:], timeout=600)  # the command ablate cancel printed
     assert local.returncode == 0, output(local)
     assert "race round 2: 2 live arm(s) x seeds 0..3 (2 new cells)" in local.stdout, output(local)
     record = read_json(sweep_dir / "race.json")

@@ -71,14 +71,20 @@ def _resubmit_locked(args) -> int:
         return 2
     table = reconcile(sweep_dir)
     race = _unfinished_race(sweep_dir)
-    if race is not None:  # only the round in flight: a look already taken must not see its cells change
-        round_cells = _round_cells(sweep, race.get("pending"))
-        table = table[table.cell_id.isin(round_cells)]
     if args.cells:
         unknown = set(args.cells) - set(table.cell_id)
         if unknown:
             print(f"unknown cell ids: {', '.join(sorted(unknown))}", file=sys.stderr)
             return 2
+    if race is not None:  # only the round in flight: a look already taken must not see its cells change
+        round_cells = _round_cells(sweep, race.get("pending"))
+        outside = sorted(set(args.cells or []) - round_cells)
+        if outside:
+            print(f"not in the race's round in flight (its looks so far were taken on these cells as they are): "
+                  f"{', '.join(outside)}", file=sys.stderr)
+            return 2
+        table = table[table.cell_id.isin(round_cells)]
+    if args.cells:
         chosen = table[table.cell_id.isin(args.cells)]
     elif args.failed:
         chosen = table[table.state == "failed"]
@@ -120,9 +126,10 @@ def _unfinished_race(sweep_dir: Path) -> dict | None:
 
 
 def _round_cells(sweep, pending: dict | None) -> set[str]:
-    """Cell ids of a race's round in flight (none between rounds)."""
+    """Cell ids of the cells a race's round in flight adds (none between rounds; its other cells ran in rounds whose
+    looks were taken)."""
     ids = {" ".join(overrides): cid for cid, overrides in sweep.overrides_of().items()}
-    return {ids[" ".join(job)] for job in (pending or {}).get("jobs", []) if " ".join(job) in ids}
+    return {ids[name] for name in (pending or {}).get("new", []) if name in ids}
 
 
 def _race_command(sweep_dir: Path, here: bool = False) -> str:

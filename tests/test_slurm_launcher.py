@@ -798,6 +798,9 @@ def test_a_cancelled_slurm_race_is_resubmitted_with_its_race_job_and_goes_on_loc
     cancel = cli(slurm_cluster, "cancel", str(sweep_dir))
     assert cancel.returncode == 0 and "cancelled 3 job(s)" in cancel.stdout, output(cancel)
     wait_sweep_ended(slurm_cluster, sweep_dir, 60)
+    looked_at = next(c["cell_id"] for c in read_json(sweep_dir / "sweep.json")["cells"] if "seed=0" in c["overrides"])
+    refused = cli(slurm_cluster, "resubmit", str(sweep_dir), "--cells", looked_at)  # round 1's: its look is taken
+    assert refused.returncode == 2 and "not in the race's round in flight" in refused.stderr, output(refused)
 
     assert here.startswith("python -m ablate -m ")
     local = run_ablate(slurm_cluster, *shlex.split(here)[3:], timeout=600)  # the command ablate cancel printed

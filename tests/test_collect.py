@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import slowness
 from scipy import stats
 from sweep_fixtures import (
     GOLDEN_COUNTS,
@@ -792,7 +793,8 @@ def test_collect_1000_cells_within_5_seconds(large):
     assert len(summary["arms"]) == 168 and summary["decision"]["pairs"] == 600
     # obj6 has the highest correctness rate (0.79 + 0.005 lr index): the winner
     assert summary["decision"]["best_arm"].startswith("objective=obj6")
-    assert elapsed <= 5.0, f"collect() took {elapsed:.2f} s for 1008 cells (bound: 5 s)"
+    bound = 5.0 * slowness()  # 5 s on the core the bound was set on (tests/conftest.py)
+    assert elapsed <= bound, f"collect() took {elapsed:.2f} s for 1008 cells (bound here: {bound:.1f} s)"
 
 
 # ------------------------------------------------------------------------------ failed cells count

@@ -11,6 +11,7 @@ import time
 import datasets
 import pandas as pd
 import pytest
+from conftest import slowness
 from tokenizers import Tokenizer
 from tokenizers.models import WordLevel
 from tokenizers.pre_tokenizers import WhitespaceSplit
@@ -363,10 +364,11 @@ def test_tokenising_20k_pairs_is_fast():
         PreferencePair(str(i), f"w{i % 7} w{i % 11} hello", f"w{i % 5} yes world", "no w3 maybe")
         for i in range(20_000)
     ]
+    bound = 10 * slowness()  # 10 s of CPU on the core the bound was set on (tests/conftest.py)
     for tokenizer in (make_tokenizer(), make_tokenizer(CHAT_TEMPLATE)):
-        start = time.perf_counter()
+        start = time.process_time()  # CPU time: not the waits another test worker adds to a shared machine
         tokens = tokenize_pairs(pairs, tokenizer, max_length=32, max_prompt_length=16)
-        assert time.perf_counter() - start < 10
+        assert time.process_time() - start < bound
         assert len(tokens) == 20_000
 
 
